@@ -1,0 +1,91 @@
+"""Checks on the user's problem and argument lists, each failing with a `ValueError` that names
+the offending part (with cvxpy's own diagnosis where cvxpy has one)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cvxpy as cp
+
+
+def _name(leaf) -> str:
+    return f"{type(leaf).__name__.lower()} '{leaf.name()}' (shape {leaf.shape})"
+
+
+def _cvxpy_diagnosis(problem: cp.Problem) -> str:
+    """cvxpy's own error message for this problem, from its solving chain."""
+    try:
+        problem.get_problem_data(cp.SCS, enforce_dpp=True)
+    except (cp.error.DCPError, cp.error.DPPError) as err:
+        return str(err)
+    return ""
+
+
+def check_problem(problem: cp.Problem) -> None:
+    """Reject problems that are not DCP, or DCP but not DPP (disciplined parametrized)."""
+    if not isinstance(problem, cp.Problem):
+        raise TypeError(f"expected a cvxpy.Problem, got {type(problem).__name__}")
+    if problem.is_dcp(dpp=True):
+        return
+    parts = [("objective", problem.objective)] + [
+        (f"constraint {i}", con) for i, con in enumerate(problem.constraints)
+    ]
+    if not problem.is_dcp():
+        bad = [f"  {label}: {expr}" for label, expr in parts if not expr.is_dcp()]
+        raise ValueError(
+            "the problem is not DCP (disciplined convex), so it cannot be a layer.\n"
+            "Not DCP:\n" + "\n".join(bad) + "\ncvxpy says: " + _cvxpy_diagnosis(problem)
+        )
+    bad = [f"  {label}: {expr}" for label, expr in parts if not expr.is_dcp(dpp=True)]
+    raise ValueError(
+        "the problem is DCP but not DPP (disciplined parametrized), so its solution map "
+        "cannot be compiled once and differentiated. Typical causes: a product of two "
+        "parameters, a parameter inside a nonlinear atom of a variable (e.g. quad_form(x, P) "
+        "with P a Parameter), or parameters multiplied by each other. Move such products into "
+        "torch and pass the result as one parameter.\nNot DPP:\n"
+        + "\n".join(bad)
+        + "\ncvxpy says: "
+        + _cvxpy_diagnosis(problem)
+    )
+
+
+def check_parameters(problem: cp.Problem, parameters: Sequence[cp.Parameter]) -> None:
+    """The list must hold each parameter of the problem exactly once, and nothing else."""
+    parameters = list(parameters)
+    for p in parameters:
+        if not isinstance(p, cp.Parameter):
+            raise ValueError(f"parameters must be cvxpy Parameters; got {type(p).__name__}: {p}")
+    seen = set()
+    for p in parameters:
+        if p.id in seen:
+            raise ValueError(f"{_name(p)} appears more than once in the parameters list")
+        seen.add(p.id)
+    in_problem = {p.id: p for p in problem.parameters()}
+    extra = [p for p in parameters if p.id not in in_problem]
+    if extra:
+        raise ValueError(
+            "parameters list holds parameters the problem does not use: "
+            + ", ".join(_name(p) for p in extra)
+        )
+    missing = [p for pid, p in in_problem.items() if pid not in seen]
+    if missing:
+        raise ValueError(
+            "the parameters list must hold every parameter of the problem; missing: "
+            + ", ".join(_name(p) for p in missing)
+        )
+
+
+def check_variables(problem: cp.Problem, variables: Sequence[cp.Variable]) -> None:
+    """Each requested variable must be a cvxpy Variable of the problem."""
+    variables = list(variables)
+    if not variables:
+        raise ValueError("variables must name at least one cvxpy Variable of the problem")
+    in_problem = {v.id for v in problem.variables()}
+    for v in variables:
+        if not isinstance(v, cp.Variable):
+            raise ValueError(
+                f"variables must be cvxpy Variables; got {type(v).__name__}: {v} "
+                "(dual variables as outputs are not supported yet)"
+            )
+        if v.id not in in_problem:
+            raise ValueError(f"{_name(v)} is not a variable of the problem")

@@ -1,0 +1,110 @@
+"""The parametric map θ ↦ (P, A, b, c), built once from cvxpy's DPP canonicalization and applied
+per call in torch.
+
+cvxpy's `ParamConeProg` holds sparse tensors that map the stacked parameter vector
+θ̃ = [vec_F(θ₁); …; vec_F(θ_k); 1] linearly to the entries of its cone data (cvxpy form
+`A_cvx x + b ∈ K`, SCS form `A = −A_cvx`). We keep only the rows that can be nonzero,
+stack them into one sparse matrix M (rows: c, A pattern, b, P pattern) and compute the
+data of a whole batch as  vals = θ̃ Mᵀ, one sparse-dense product that autograd
+differentiates: ∂vals/∂θ̃ = M.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from cvxlayer.cones import ConeSpec
+from cvxlayer.program import ConeProgram, ConeStructure
+
+
+def _nonzero_rows(tensor: sp.spmatrix) -> np.ndarray:
+    """Sorted indices of the rows of `tensor` that hold a structural nonzero."""
+    return np.unique(sp.coo_matrix(tensor).row)
+
+
+@dataclass(frozen=True, eq=False)
+class ParametricMap:
+    """vals(θ̃) = M θ̃ with M of shape (n + nnz_A + m + nnz_P, p + 1).
+
+    Attributes:
+        structure: cones and sparsity patterns of the programs this map produces.
+        matrix: M as a SciPy CSR matrix (float64).
+        num_params: p, the length of θ̃ without its trailing 1.
+    """
+
+    structure: ConeStructure
+    matrix: sp.csr_matrix
+    num_params: int
+    _torch_cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_cvxpy(cls, param_prob) -> ParametricMap:
+        """Build from a cvxpy `ParamConeProg` (`data[cp.settings.PARAM_PROB]`)."""
+        n = int(param_prob.x.size)
+        cones = ConeSpec.from_cvxpy(param_prob.cone_dims)
+        q = sp.csr_matrix(param_prob.q)
+        A_tensor = sp.csr_matrix(param_prob.A)
+        m = A_tensor.shape[0] // (n + 1)
+        if m != cones.size:
+            raise RuntimeError(f"cvxpy's data has {m} rows but its cones take {cones.size}")
+
+        # A tensor rows are column-major entries of [A_cvx | b]: row k ↦ (k mod m, k div m);
+        # sorted k with column < n is exactly CSC order of A's pattern.
+        k = _nonzero_rows(A_tensor)
+        k = k[k < n * m]
+        a_rows, a_cols = k % m, k // m
+        a_indptr = np.searchsorted(a_cols, np.arange(n + 1)).astype(np.int64)
+        blocks = [q[:n], -A_tensor[k], A_tensor[n * m + np.arange(m)]]
+
+        p_indices = p_indptr = None
+        if param_prob.P is not None:
+            P_tensor = sp.csr_matrix(param_prob.P)
+            kp = _nonzero_rows(P_tensor)
+            p_rows, p_cols = kp % n, kp // n
+            upper = p_rows <= p_cols  # SCS takes the upper triangle of the symmetric P
+            kp, p_indices = kp[upper], p_rows[upper].astype(np.int64)
+            p_indptr = np.searchsorted(p_cols[upper], np.arange(n + 1)).astype(np.int64)
+            blocks.append(P_tensor[kp])
+
+        structure = ConeStructure(
+            n=n,
+            m=m,
+            cones=cones,
+            a_indices=a_rows.astype(np.int64),
+            a_indptr=a_indptr,
+            p_indices=p_indices,
+            p_indptr=p_indptr,
+        )
+        matrix = sp.vstack(blocks, format="csr").astype(np.float64)
+        return cls(structure, matrix, int(param_prob.total_param_size))
+
+    def _torch_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (dtype, device)
+        if key not in self._torch_cache:
+            coo = self.matrix.tocoo()
+            indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+            values = torch.from_numpy(coo.data)
+            mat = torch.sparse_coo_tensor(
+                indices, values, coo.shape, check_invariants=True
+            ).coalesce()
+            self._torch_cache[key] = mat.to(dtype=dtype, device=device)
+        return self._torch_cache[key]
+
+    def apply(self, theta: torch.Tensor) -> ConeProgram:
+        """Cone data of a batch.
+
+        Args:
+            theta: (B, p + 1) stacked parameters with a trailing column of ones.
+
+        Returns:
+            A `ConeProgram` whose tensors are differentiable functions of `theta`.
+        """
+        st = self.structure
+        M = self._torch_matrix(theta.dtype, theta.device)
+        vals = torch.sparse.mm(M, theta.T).T  # (B, rows of M)
+        c, A, b, P = torch.split(vals, [st.n, st.a_nnz, st.m, st.p_nnz], dim=1)
+        return ConeProgram(st, A=A, b=b, c=c, P=P if st.p_indices is not None else None)

@@ -1,0 +1,86 @@
+"""One implicit-differentiation helper for every generic solver mode.
+
+The forward runs any `Solver`; the backward asks an `Adjoint` for the vector-Jacobian
+product of the solution map (A, b, c, P) ↦ (x, y, s) at the solution. The solver never knows
+it is differentiated, and the adjoint never knows which solver ran (cf. jaxopt's
+`custom_root`): a new solver mode or a new backward method plugs in without touching this.
+
+Elements whose status is not "solved" get a zero gradient (they are only ever returned when
+the caller asked for per-element status; otherwise the layer raises before any backward).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from cvxlayer.program import ConeProgram, ConeStructure
+from cvxlayer.solvers.base import Solution, Solver, SolveSettings
+
+
+class Adjoint(Protocol):
+    """A backward method: the adjoint of the cone program's solution map at a solution."""
+
+    name: str
+
+    def check(self, structure: ConeStructure) -> None:
+        """Raise `NotImplementedError` if programs of this structure are not supported."""
+
+    def vjp(
+        self,
+        program: ConeProgram,
+        solution: Solution,
+        dx: torch.Tensor,
+        dy: torch.Tensor,
+        ds: torch.Tensor,
+        active: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(dA (B, nnz_A), db (B, m), dc (B, n), dP (B, nnz_P) or None) for the elements in
+        `active`; the other rows are zero."""
+
+
+class _ConeSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, A, b, c, P, structure, solver, settings, adjoint, warm_start, box):
+        program = ConeProgram(structure, A.detach(), b.detach(), c.detach(),
+                              None if P is None else P.detach())
+        solution = solver.solve(program, settings, warm_start)
+        box.append(solution)
+        ctx.program, ctx.solution, ctx.adjoint = program, solution, adjoint
+        return solution.x, solution.y, solution.s
+
+    @staticmethod
+    def backward(ctx, dx, dy, ds):
+        solution = ctx.solution
+        active = [i for i, st in enumerate(solution.status) if st.ok]
+        dA, db, dc, dP = ctx.adjoint.vjp(ctx.program, solution, dx, dy, ds, active)
+        return dA, db, dc, dP, None, None, None, None, None, None
+
+
+def solve_and_differentiate(
+    program: ConeProgram,
+    solver: Solver,
+    settings: SolveSettings,
+    adjoint: Adjoint,
+    warm_start: Solution | None = None,
+) -> Solution:
+    """Solve a batch with `solver`; its x, y, s are differentiable w.r.t. the program's data.
+
+    Args:
+        program: cone data (B, …) whose tensors may require grad.
+        solver: the forward mode.
+        settings: forward settings.
+        adjoint: the backward method (used only if a gradient is requested).
+        warm_start: optional starting point for the solver.
+
+    Returns:
+        The `Solution`, with x (B, n), y (B, m), s (B, m) attached to the autograd graph.
+    """
+    box: list[Solution] = []
+    x, y, s = _ConeSolve.apply(
+        program.A, program.b, program.c, program.P,
+        program.structure, solver, settings, adjoint, warm_start, box,
+    )
+    solved = box[0]
+    return Solution(x, y, s, solved.status, solved.iterations)

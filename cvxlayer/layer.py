@@ -1,0 +1,227 @@
+"""`CvxpyLayer`: a DPP cvxpy problem as a differentiable, batched `torch.nn.Module`.
+
+    θ ──compile (once)──▶ CompiledProblem ──per call──▶ ConeProgram ──mode──▶ Solution
+      ──recover──▶ variables;  gradients flow back by implicit differentiation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import cvxpy as cp
+import torch
+
+from cvxlayer.compile import CompiledProblem, compile_problem
+from cvxlayer.diff import get_adjoint, solve_and_differentiate
+from cvxlayer.errors import SolverError
+from cvxlayer.options import CallOptions, parse_solver_args
+from cvxlayer.solvers import SolveSettings, Status, get_solver
+
+_CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """Per-element outcome of one call (returned with `return_status=True`).
+
+    Attributes:
+        status: one `Status` per batch element ("solved", "infeasible", …).
+        iterations: (B,) solver iterations per element.
+        mode: the forward mode that ran.
+    """
+
+    status: tuple[Status, ...]
+    iterations: torch.Tensor
+    mode: str
+
+    @property
+    def solved(self) -> torch.Tensor:
+        """(B,) bool: which elements were solved accurately."""
+        return torch.tensor([s.ok for s in self.status], dtype=torch.bool)
+
+
+class CvxpyLayer(torch.nn.Module):
+    """A differentiable convex optimization layer.
+
+    Solves  x*(θ) = argmin f(x; θ) s.t. x ∈ C(θ)  for a DPP cvxpy problem in the forward
+    pass and differentiates x*(θ) implicitly in the backward pass. Constructor and call are
+    compatible with cvxpylayers' torch `CvxpyLayer`.
+
+    Args:
+        problem: a DPP (disciplined parametrized) `cvxpy.Problem`.
+        parameters: every `cp.Parameter` of the problem, in the order the layer takes them.
+        variables: the `cp.Variable`s to return, in order.
+        solver: accepted for cvxpylayers compatibility (None, "SCS" or "DIFFCP"); the solver is
+            chosen by `mode`.
+        gp: geometric programs are not supported yet (raises `NotImplementedError`).
+        verbose: print solver progress.
+        canon_backend: cvxpy canonicalization backend (e.g. "SCIPY"); None lets cvxpy choose.
+        solver_args: default solver settings for every call (see `forward`).
+        mode: forward solver: "scs" (native SCS, one element at a time, per-element status) or
+            "scs-block" (native SCS on one block-diagonal problem for the whole batch).
+
+    Raises:
+        ValueError: the problem is not DCP/DPP, the parameter list misses, repeats or adds a
+            parameter, a variable is not in the problem, an unknown mode or solver_args key.
+
+    Example:
+        >>> x = cp.Parameter(3); y = cp.Variable(3)
+        >>> prob = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [y >= 0])
+        >>> layer = CvxpyLayer(prob, parameters=[x], variables=[y])
+        >>> (y_star,) = layer(torch.tensor([-1.0, 0.5, 2.0]))   # ReLU: [0, 0.5, 2]
+    """
+
+    def __init__(
+        self,
+        problem: cp.Problem,
+        parameters: Sequence[cp.Parameter],
+        variables: Sequence[cp.Variable],
+        solver: str | None = None,
+        gp: bool = False,
+        verbose: bool = False,
+        canon_backend: str | None = None,
+        solver_args: Mapping | None = None,
+        *,
+        mode: str = "scs",
+    ) -> None:
+        super().__init__()
+        if gp:
+            raise NotImplementedError("geometric programs (gp=True) are not supported yet")
+        if solver not in _CVXPYLAYERS_SOLVERS:
+            raise ValueError(
+                f"solver={solver!r} is not available; cvxlayer picks its solver with "
+                f"mode= (one of 'scs', 'scs-block')"
+            )
+        self.compiled: CompiledProblem = compile_problem(
+            problem, parameters, variables, canon_backend=canon_backend
+        )
+        self.mode = mode
+        self.solver = get_solver(mode)
+        self.defaults: CallOptions = parse_solver_args(
+            solver_args, CallOptions(SolveSettings(verbose=verbose), "auto")
+        )
+        get_adjoint(self.defaults.backward).check(self.compiled.structure)
+
+    def extra_repr(self) -> str:
+        st = self.compiled.structure
+        return (
+            f"mode={self.mode!r}, parameters={[s.name for s in self.compiled.parameters]}, "
+            f"variables={[r.name for r in self.compiled.recoveries]}, "
+            f"cone program: n={st.n}, m={st.m}, nnz(A)={st.a_nnz}, cones: {st.cones.describe()}"
+        )
+
+    def forward(
+        self,
+        *params: torch.Tensor,
+        solver_args: Mapping | None = None,
+        return_status: bool = False,
+    ):
+        """Solve for a batch of parameter values.
+
+        Args:
+            *params: one tensor per parameter, in the constructor's order; each either of the
+                parameter's shape (shared by the batch) or (B, *shape) (batched).
+            solver_args: settings for this call: `eps` (sets `eps_abs` and `eps_rel`),
+                `eps_abs`, `eps_rel`, `eps_infeas`, `max_iters`, `acceleration_lookback`,
+                `verbose`, `backward` ("diffcp"), and native SCS settings (`normalize`,
+                `scale`, `alpha`, …). Unknown keys raise `ValueError`.
+            return_status: if True, return `(solutions, SolveInfo)` and do not raise for
+                elements that were not solved; their gradients are zero.
+
+        Returns:
+            A tuple with one tensor per requested variable, (B, *shape) if any parameter was
+            batched, else (*shape); dtype and device follow the parameters. With
+            `return_status=True`, the pair `(that tuple, SolveInfo)`.
+
+        Raises:
+            ValueError / TypeError: wrong number, shape, dtype, device of parameters; NaN/inf.
+            SolverError: some element was not solved accurately (unless `return_status`).
+        """
+        values, batched = _prepare_parameters(self.compiled, params)
+        options = parse_solver_args(solver_args, self.defaults)
+        adjoint = get_adjoint(options.backward)
+        adjoint.check(self.compiled.structure)
+        program = self.compiled.cone_program(values)
+        solution = solve_and_differentiate(program, self.solver, options.settings, adjoint)
+        info = SolveInfo(solution.status, solution.iterations, self.mode)
+        if not return_status:
+            _raise_on_failure(info)
+        outputs = self.compiled.recover(solution.x)
+        if not batched:
+            outputs = tuple(o.squeeze(0) for o in outputs)
+        return (outputs, info) if return_status else outputs
+
+
+def _raise_on_failure(info: SolveInfo) -> None:
+    failed = [i for i, s in enumerate(info.status) if not s.ok]
+    if not failed:
+        return
+    shown = ", ".join(f"element {i}: {info.status[i].value}" for i in failed[:10])
+    more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
+    raise SolverError(
+        f"{len(failed)} of {len(info.status)} batch element(s) were not solved accurately by "
+        f"mode {info.mode!r}: {shown}{more}. Check the parameters of those elements for "
+        "infeasibility or unboundedness, loosen solver_args (eps, max_iters), or call with "
+        "return_status=True to get per-element status instead of this error.",
+        tuple(s.value for s in info.status),
+        failed,
+    )
+
+
+def _prepare_parameters(
+    compiled: CompiledProblem, params: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], bool]:
+    """Check the call's parameters and broadcast them to one batch size.
+
+    Returns:
+        (values, batched): one (B, *shape) tensor per parameter, all of one floating dtype
+        and device; `batched` says whether any input had a batch dimension.
+    """
+    slots = compiled.parameters
+    if len(params) != len(slots):
+        raise ValueError(
+            f"expected {len(slots)} parameter tensor(s) ({', '.join(s.name for s in slots)}), "
+            f"got {len(params)}"
+        )
+    batch_sizes: dict[int, int] = {}
+    for k, (slot, value) in enumerate(zip(slots, params)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"parameter '{slot.name}' must be a torch.Tensor, got {type(value).__name__}"
+            )
+        if not (value.is_floating_point() and value.dtype in (torch.float32, torch.float64)):
+            raise TypeError(
+                f"parameter '{slot.name}' has dtype {value.dtype}; use float32 or float64"
+            )
+        if tuple(value.shape) == slot.shape:
+            continue
+        if value.dim() == len(slot.shape) + 1 and tuple(value.shape[1:]) == slot.shape:
+            batch_sizes[k] = value.shape[0]
+            continue
+        raise ValueError(
+            f"parameter '{slot.name}' has shape {tuple(value.shape)}; expected {slot.shape} "
+            f"(shared by the batch) or {('batch',) + slot.shape} (batched)"
+        )
+    if len(set(batch_sizes.values())) > 1:
+        sizes = ", ".join(f"'{slots[k].name}': {b}" for k, b in batch_sizes.items())
+        raise ValueError(f"inconsistent batch sizes across parameters: {sizes}")
+    devices = {value.device for value in params}
+    if len(devices) > 1:
+        raise ValueError(f"parameters are on different devices: {sorted(map(str, devices))}")
+    batched = bool(batch_sizes)
+    B = next(iter(batch_sizes.values())) if batched else 1
+    if B == 0:
+        raise ValueError("empty batch: the batch dimension of the parameters is 0")
+    dtype = torch.float32
+    for value in params:
+        dtype = torch.promote_types(dtype, value.dtype)
+    values = []
+    for k, (slot, value) in enumerate(zip(slots, params)):
+        if not torch.isfinite(value).all():
+            raise ValueError(f"parameter '{slot.name}' contains NaN or inf")
+        value = value.to(dtype)
+        if k not in batch_sizes:
+            value = value.unsqueeze(0).expand(B, *slot.shape)
+        values.append(value)
+    return values, batched
