@@ -1,8 +1,8 @@
 """cvxlayer: cvxpy problems as differentiable, batched PyTorch layers.
 
-    from cvxlayer import CvxpyLayer
-    layer = CvxpyLayer(problem, parameters=[...], variables=[...])
-    (x_star,) = layer(*parameter_tensors)
+from cvxlayer import CvxpyLayer
+layer = CvxpyLayer(problem, parameters=[...], variables=[...])
+(x_star,) = layer(*parameter_tensors)
 """
 
 from cvxlayer.errors import SolverError

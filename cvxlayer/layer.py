@@ -1,7 +1,7 @@
 """`CvxpyLayer`: a DPP cvxpy problem as a differentiable, batched `torch.nn.Module`.
 
-    θ ──compile (once)──▶ CompiledProblem ──per call──▶ ConeProgram ──mode──▶ Solution
-      ──recover──▶ variables;  gradients flow back by implicit differentiation.
+θ ──compile (once)──▶ CompiledProblem ──per call──▶ ConeProgram ──mode──▶ Solution
+  ──recover──▶ variables;  gradients flow back by implicit differentiation.
 """
 
 from __future__ import annotations

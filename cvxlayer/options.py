@@ -52,9 +52,7 @@ def parse_solver_args(
     args = dict(solver_args or {})
     unknown = sorted(set(args) - ACCEPTED)
     if unknown:
-        raise ValueError(
-            f"unknown solver_args key(s) {unknown}; accepted keys: {sorted(ACCEPTED)}"
-        )
+        raise ValueError(f"unknown solver_args key(s) {unknown}; accepted keys: {sorted(ACCEPTED)}")
     backward = args.pop("backward", base.backward)
     if "eps" in args:
         eps = args.pop("eps")

@@ -1,8 +1,8 @@
 """Compile stage: a DPP cvxpy problem ↦ `CompiledProblem` (done once per layer).
 
-    θ (user's parameters)  ──pack──▶  θ̃ = [vec_F θ₁; …; vec_F θ_k; 1]
-                           ──ParametricMap──▶  ConeProgram (P, A, b, c)      [torch, autograd]
-    cone solution x        ──VariableRecovery──▶  user's variables            [torch, autograd]
+θ (user's parameters)  ──pack──▶  θ̃ = [vec_F θ₁; …; vec_F θ_k; 1]
+                       ──ParametricMap──▶  ConeProgram (P, A, b, c)      [torch, autograd]
+cone solution x        ──VariableRecovery──▶  user's variables            [torch, autograd]
 """
 
 from __future__ import annotations

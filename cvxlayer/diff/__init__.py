@@ -12,9 +12,7 @@ def get_adjoint(name: str) -> Adjoint:
     if name == "auto":
         name = DEFAULT_ADJOINT
     if name not in ADJOINTS:
-        raise ValueError(
-            f"unknown backward {name!r}; available: {sorted(ADJOINTS) + ['auto']}"
-        )
+        raise ValueError(f"unknown backward {name!r}; available: {sorted(ADJOINTS) + ['auto']}")
     return ADJOINTS[name]()
 
 

@@ -43,8 +43,9 @@ class Adjoint(Protocol):
 class _ConeSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, b, c, P, structure, solver, settings, adjoint, warm_start, box):
-        program = ConeProgram(structure, A.detach(), b.detach(), c.detach(),
-                              None if P is None else P.detach())
+        program = ConeProgram(
+            structure, A.detach(), b.detach(), c.detach(), None if P is None else P.detach()
+        )
         solution = solver.solve(program, settings, warm_start)
         box.append(solution)
         ctx.program, ctx.solution, ctx.adjoint = program, solution, adjoint
@@ -79,8 +80,16 @@ def solve_and_differentiate(
     """
     box: list[Solution] = []
     x, y, s = _ConeSolve.apply(
-        program.A, program.b, program.c, program.P,
-        program.structure, solver, settings, adjoint, warm_start, box,
+        program.A,
+        program.b,
+        program.c,
+        program.P,
+        program.structure,
+        solver,
+        settings,
+        adjoint,
+        warm_start,
+        box,
     )
     solved = box[0]
     return Solution(x, y, s, solved.status, solved.iterations)

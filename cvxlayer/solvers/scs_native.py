@@ -131,9 +131,7 @@ class ScsBlock:
         if warm is not None:
             wx, wy, ws = warm
             warm = (wx.reshape(-1), wy.reshape(-1)[perm], ws.reshape(-1)[perm])
-        sol = _solve_one(
-            A, b, c, P, st.cones.repeat(B).to_scs(), _scs_settings(settings), warm
-        )
+        sol = _solve_one(A, b, c, P, st.cones.repeat(B).to_scs(), _scs_settings(settings), warm)
         y, s = np.empty_like(sol["y"]), np.empty_like(sol["s"])
         y[perm], s[perm] = sol["y"], sol["s"]
         like = program.b
