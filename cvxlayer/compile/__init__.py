@@ -11,28 +11,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cvxpy as cp
+import numpy as np
+import scipy.sparse as sp
 import torch
+from cvxpy.reductions.cvx_attr2constr import CvxAttr2Constr
 
 from cvxlayer.compile.checks import check_parameters, check_problem, check_variables
 from cvxlayer.compile.parametric import ParametricMap
-from cvxlayer.compile.recovery import VariableRecovery, build_recoveries
+from cvxlayer.compile.recovery import VariableRecovery, build_recoveries, expansion_index
 from cvxlayer.program import ConeProgram, ConeStructure
 
 
 @dataclass(frozen=True)
 class ParameterSlot:
-    """Where one user parameter sits in θ̃: columns [offset, offset + size)."""
+    """One user parameter; θ̃ holds the parameters' vec_F values in the user's order."""
 
     name: str
     shape: tuple[int, ...]
-    offset: int
-
-    @property
-    def size(self) -> int:
-        out = 1
-        for d in self.shape:
-            out *= d
-        return out
 
 
 def _vec_f(value: torch.Tensor) -> torch.Tensor:
@@ -67,15 +62,58 @@ class CompiledProblem:
         Args:
             values: one (B, *shape) tensor per parameter slot, same dtype and device.
         """
-        B = values[0].shape[0]
-        ordered = sorted(zip(self.parameters, values), key=lambda sv: sv[0].offset)
-        ones = values[0].new_ones(B, 1)
-        theta = torch.cat([_vec_f(v) for _, v in ordered] + [ones], dim=1)
+        ones = values[0].new_ones(values[0].shape[0], 1)
+        theta = torch.cat([_vec_f(v) for v in values] + [ones], dim=1)
         return self.param_map.apply(theta)
 
     def recover(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, n) primal solutions ↦ the requested variables, each (B, *shape)."""
         return tuple(r(x) for r in self.recoveries)
+
+
+def _parameter_columns(
+    parameters: Sequence[cp.Parameter], param_prob, chain
+) -> tuple[tuple[ParameterSlot, ...], sp.csr_matrix]:
+    """Our θ̃ (the user's parameters, full size, in the user's order, then 1) ↦ cvxpy's θ̃.
+
+    cvxpy lowers parameters with dimension-reducing attributes (symmetric, PSD, diag) to
+    their free entries. We lower by least squares, the average of the full entries that
+    share a lowered entry (C_ij and C_ji), so gradients of symmetric parameters are
+    symmetric.
+
+    Returns:
+        The slots of our layout, and the (p_cvxpy + 1, p + 1) sparse matrix L with
+        θ̃_cvxpy = L θ̃.
+    """
+    param_id_map = {}
+    for reduction in chain.reductions:
+        if isinstance(reduction, CvxAttr2Constr):
+            param_id_map = reduction.param_id_map
+    rows, cols, vals, slots = [], [], [], []
+    offset = 0
+    for param in parameters:
+        if param.id in param_prob.param_id_to_col:
+            local = np.arange(param.size)
+            target = param.id
+        else:
+            target = param_id_map[param.id][0]
+            local = expansion_index(param, param_prob.param_id_to_size[target])
+        full = np.flatnonzero(local >= 0)
+        counts = np.bincount(local[full])
+        rows.append(param_prob.param_id_to_col[target] + local[full])
+        cols.append(offset + full)
+        vals.append(1.0 / counts[local[full]])
+        slots.append(ParameterSlot(param.name(), tuple(int(d) for d in param.shape)))
+        offset += param.size
+    p_cvxpy = param_prob.total_param_size
+    rows.append([p_cvxpy])
+    cols.append([offset])
+    vals.append([1.0])
+    columns = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(p_cvxpy + 1, offset + 1),
+    )
+    return tuple(slots), columns
 
 
 def compile_problem(
@@ -98,11 +136,8 @@ def compile_problem(
         cp.SCS, solver_opts={"use_quad_obj": False}, enforce_dpp=True, canon_backend=canon_backend
     )
     param_prob = data[cp.settings.PARAM_PROB]
-    param_map = ParametricMap.from_cvxpy(param_prob)
-    slots = tuple(
-        ParameterSlot(p.name(), tuple(int(d) for d in p.shape), param_prob.param_id_to_col[p.id])
-        for p in parameters
-    )
+    slots, columns = _parameter_columns(parameters, param_prob, chain)
+    param_map = ParametricMap.from_cvxpy(param_prob, columns)
     recoveries = build_recoveries(variables, param_prob, chain, inverse_data)
     return CompiledProblem(slots, param_map, recoveries)
 

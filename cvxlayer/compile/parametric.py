@@ -42,8 +42,13 @@ class ParametricMap:
     _torch_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_cvxpy(cls, param_prob) -> ParametricMap:
-        """Build from a cvxpy `ParamConeProg` (`data[cp.settings.PARAM_PROB]`)."""
+    def from_cvxpy(cls, param_prob, columns: sp.spmatrix) -> ParametricMap:
+        """Build from a cvxpy `ParamConeProg` (`data[cp.settings.PARAM_PROB]`).
+
+        Args:
+            param_prob: cvxpy's parametrized cone program.
+            columns: (p_cvxpy + 1, p + 1) map from our θ̃ to cvxpy's θ̃ (parameter lowering).
+        """
         n = int(param_prob.x.size)
         cones = ConeSpec.from_cvxpy(param_prob.cone_dims)
         q = sp.csr_matrix(param_prob.q)
@@ -79,8 +84,8 @@ class ParametricMap:
             p_indices=p_indices,
             p_indptr=p_indptr,
         )
-        matrix = sp.vstack(blocks, format="csr").astype(np.float64)
-        return cls(structure, matrix, int(param_prob.total_param_size))
+        matrix = (sp.vstack(blocks, format="csr") @ columns).tocsr().astype(np.float64)
+        return cls(structure, matrix, columns.shape[1] - 1)
 
     def _torch_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (dtype, device)

@@ -40,6 +40,29 @@ class VariableRecovery:
         return out.permute(0, *range(len(self.shape), 0, -1))
 
 
+def expansion_index(leaf, lowered_size: int) -> np.ndarray:
+    """How cvxpy expands a lowered leaf (symmetric, diagonal, …) back to its full shape.
+
+    Returns:
+        (prod(leaf.shape),) int64: for each full entry in column-major order, the index of
+        the lowered entry it copies, or −1 for a structural zero.
+
+    Raises:
+        NotImplementedError: the expansion is not a plain gather.
+    """
+    # Probe cvxpy's own recovery with 1, 2, …, size: the values say which entry goes where.
+    probe = np.arange(1, lowered_size + 1, dtype=float)
+    value = recover_value_for_leaf(leaf, probe, project=False)
+    value = value.toarray() if sp.issparse(value) else np.asarray(value, dtype=float)
+    flat = value.reshape(-1, order="F")
+    local = np.rint(flat).astype(np.int64)
+    if flat.size != leaf.size or not np.allclose(flat, local) or local.min() < 0:
+        raise NotImplementedError(
+            f"'{leaf.name()}' has attributes whose lowering is not a plain gather"
+        )
+    return local - 1
+
+
 def build_recoveries(variables, param_prob, chain, inverse_data) -> tuple[VariableRecovery, ...]:
     """One `VariableRecovery` per requested variable.
 
@@ -61,19 +84,8 @@ def build_recoveries(variables, param_prob, chain, inverse_data) -> tuple[Variab
                 f"variable '{var.name()}' was eliminated by cvxpy's canonicalization and has no "
                 "value in the cone program"
             )
+        local = expansion_index(id2old_var.get(var.id, var), int(lowered.size))
         offset = param_prob.var_id_to_col[lowered.id]
-        size = int(lowered.size)
-        # Probe the lowering with 1, 2, …, size: what comes back says which entry goes where.
-        probe = np.arange(1, size + 1, dtype=float).reshape(lowered.shape, order="F")
-        original = id2old_var.get(var.id, var)
-        value = recover_value_for_leaf(original, probe, project=False)
-        value = value.toarray() if sp.issparse(value) else np.asarray(value, dtype=float)
-        flat = value.reshape(-1, order="F")
-        local = np.rint(flat).astype(np.int64)
-        if not np.allclose(flat, local) or local.min() < 0 or local.max() > size:
-            raise NotImplementedError(
-                f"variable '{var.name()}' has attributes whose recovery is not a plain gather"
-            )
-        index = np.where(local == 0, n, offset + local - 1)
+        index = np.where(local < 0, n, offset + local)
         out.append(VariableRecovery(var.name(), tuple(int(d) for d in var.shape), index))
     return tuple(out)

@@ -66,7 +66,7 @@ class DiffcpAdjoint:
         """Gradients (dA (B, nnz_A), db (B, m), dc (B, n), dP=None); rows not in `active` are 0."""
         st = program.structure
         n, m = st.n, st.m
-        cones = diffcp_cones.parse_cone_dict(_diffcp_cone_dict(st))
+        cones = diffcp_cones.parse_cone_dict(st.cones.to_scs())  # diffcp reads SCS's keys
         cones_cpp = diffcp_cones.parse_cone_dict_cpp(cones)
         rows, cols = st.a_coords()
         method = self.method
@@ -111,15 +111,3 @@ class DiffcpAdjoint:
             return torch.as_tensor(a, dtype=program.b.dtype, device=program.b.device)
 
         return back(dA), back(db), back(dc), None
-
-
-def _diffcp_cone_dict(structure: ConeStructure) -> dict:
-    cones = structure.cones
-    return {
-        diffcp_cones.ZERO: cones.zero,
-        diffcp_cones.POS: cones.nonneg,
-        diffcp_cones.SOC: list(cones.soc),
-        diffcp_cones.PSD: list(cones.psd),
-        diffcp_cones.EXP: cones.exp,
-        diffcp_cones.EXP_DUAL: cones.exp_dual,
-    }

@@ -1,0 +1,153 @@
+"""Every bad input ends in a clear error that names the problem; failures report status."""
+
+import cvxpy as cp
+import diffcp
+import numpy as np
+import pytest
+import torch
+
+from cvxlayer import CvxpyLayer, SolverError, Status
+
+
+@pytest.fixture
+def relu():
+    x = cp.Parameter(3, name="x")
+    y = cp.Variable(3, name="y")
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [y >= 0])
+    return prob, x, y
+
+
+def test_non_dcp_problem_is_rejected_with_cvxpy_diagnosis():
+    x = cp.Parameter(2)
+    y = cp.Variable(2)
+    prob = cp.Problem(cp.Maximize(cp.sum_squares(y - x)), [y <= 1])
+    with pytest.raises(ValueError, match="not DCP") as err:
+        CvxpyLayer(prob, [x], [y])
+    assert "cvxpy says" in str(err.value) and "objective" in str(err.value)
+
+
+def test_non_dpp_problem_is_rejected_naming_the_constraint():
+    a = cp.Parameter(nonneg=True, name="a")
+    b = cp.Parameter(nonneg=True, name="b")
+    y = cp.Variable(name="y")
+    prob = cp.Problem(cp.Minimize(y), [y >= a * b])
+    with pytest.raises(ValueError, match="not DPP") as err:
+        CvxpyLayer(prob, [a, b], [y])
+    assert "constraint 0" in str(err.value)
+
+
+def test_missing_parameter(relu):
+    prob, x, y = relu
+    with pytest.raises(ValueError, match="missing: parameter 'x'"):
+        CvxpyLayer(prob, [], [y])
+
+
+def test_repeated_parameter(relu):
+    prob, x, y = relu
+    with pytest.raises(ValueError, match="'x'.*more than once"):
+        CvxpyLayer(prob, [x, x], [y])
+
+
+def test_parameter_not_in_problem(relu):
+    prob, x, y = relu
+    other = cp.Parameter(2, name="other")
+    with pytest.raises(ValueError, match="does not use: parameter 'other'"):
+        CvxpyLayer(prob, [x, other], [y])
+
+
+def test_variable_not_in_problem(relu):
+    prob, x, y = relu
+    z = cp.Variable(3, name="z")
+    with pytest.raises(ValueError, match="variable 'z'.*not a variable of the problem"):
+        CvxpyLayer(prob, [x], [z])
+
+
+def test_unknown_mode_and_solver(relu):
+    prob, x, y = relu
+    with pytest.raises(ValueError, match="unknown mode 'fast'.*available modes"):
+        CvxpyLayer(prob, [x], [y], mode="fast")
+    with pytest.raises(ValueError, match="solver='ECOS'"):
+        CvxpyLayer(prob, [x], [y], solver="ECOS")
+
+
+def test_unknown_solver_args_key_lists_accepted(relu):
+    prob, x, y = relu
+    layer = CvxpyLayer(prob, [x], [y])
+    with pytest.raises(ValueError, match="unknown solver_args key.*'epsilon'.*accepted keys"):
+        layer(torch.ones(3), solver_args={"epsilon": 1e-3})
+    with pytest.raises(ValueError, match="max_iters"):
+        layer(torch.ones(3), solver_args={"max_iters": 0})
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (torch.ones(4), r"'x' has shape \(4,\); expected \(3,\)"),
+        (torch.ones(2, 2, 3), r"'x' has shape \(2, 2, 3\)"),
+        (torch.ones(3, dtype=torch.int64), "'x' has dtype torch.int64"),
+        (torch.ones(3, dtype=torch.float16), "'x' has dtype torch.float16"),
+        (torch.tensor([1.0, float("nan"), 0.0]), "'x' contains NaN or inf"),
+        (torch.ones(0, 3), "empty batch"),
+        (np.ones(3), "'x' must be a torch.Tensor"),
+    ],
+)
+def test_bad_parameter_values(relu, value, match):
+    prob, x, y = relu
+    layer = CvxpyLayer(prob, [x], [y])
+    with pytest.raises((ValueError, TypeError), match=match):
+        layer(value)
+
+
+def test_wrong_number_of_parameters(relu):
+    prob, x, y = relu
+    layer = CvxpyLayer(prob, [x], [y])
+    with pytest.raises(ValueError, match="expected 1 parameter tensor"):
+        layer(torch.ones(3), torch.ones(3))
+
+
+def test_inconsistent_batch_sizes():
+    a = cp.Parameter(2, name="a")
+    b = cp.Parameter(2, name="b")
+    y = cp.Variable(2)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(y - a)), [y >= b])
+    layer = CvxpyLayer(prob, [a, b], [y])
+    with pytest.raises(ValueError, match="inconsistent batch sizes.*'a': 2.*'b': 3"):
+        layer(torch.ones(2, 2), torch.ones(3, 2))
+
+
+def _infeasible_in_second_element(mode):
+    lo = cp.Parameter(name="lo")
+    y = cp.Variable()
+    prob = cp.Problem(cp.Minimize(y), [y >= lo, y <= 1])
+    layer = CvxpyLayer(prob, [lo], [y], mode=mode)
+    return layer, torch.tensor([0.0, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
+
+
+def test_failed_element_raises_solver_error_naming_it():
+    layer, lo = _infeasible_in_second_element("scs")
+    with pytest.raises(SolverError, match="element 1: infeasible") as err:
+        layer(lo)
+    assert isinstance(err.value, diffcp.SolverError)
+    assert err.value.failed == [1]
+
+
+def test_per_element_status_keeps_the_good_elements():
+    layer, lo = _infeasible_in_second_element("scs")
+    (y,), info = layer(lo, return_status=True, solver_args={"eps": 1e-9})
+    assert info.status == (Status.SOLVED, Status.INFEASIBLE, Status.SOLVED)
+    assert info.solved.tolist() == [True, False, True]
+    torch.testing.assert_close(y[[0, 2]], lo[[0, 2]].detach(), atol=1e-6, rtol=0)
+    y[[0, 2]].sum().backward()
+    torch.testing.assert_close(lo.grad, torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+
+
+def test_block_mode_reports_the_block_status_for_all():
+    layer, lo = _infeasible_in_second_element("scs-block")
+    _, info = layer(lo, return_status=True)
+    assert all(s is Status.INFEASIBLE for s in info.status)
+
+
+def test_gp_not_supported_yet(relu):
+    prob, x, y = relu
+    with pytest.raises(NotImplementedError, match="gp=True"):
+        CvxpyLayer(prob, [x], [y], gp=True)

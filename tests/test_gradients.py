@@ -1,0 +1,172 @@
+"""Gradients: closed forms, finite differences, gradcheck, and diffcp's own adjoint."""
+
+import cvxpy as cp
+import diffcp
+import numpy as np
+import pytest
+import torch
+from problems import CASES
+
+from cvxlayer import CvxpyLayer
+
+MODES = ["scs", "scs-block"]
+TIGHT = {"eps": 1e-10, "max_iters": 200_000}
+
+
+def _batch(case, seed, size):
+    rng = np.random.default_rng(seed)
+    draws = [case.draw(rng) for _ in range(size)]
+    return [torch.tensor(np.stack(v), dtype=torch.float64) for v in zip(*draws)]
+
+
+def _relu_layer(n, mode):
+    x = cp.Parameter(n)
+    y = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [y >= 0])
+    return CvxpyLayer(prob, [x], [y], mode=mode)
+
+
+def _sigmoid_layer(n, mode):
+    x = cp.Parameter(n)
+    y = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y) + cp.entr(1.0 - y))))
+    return CvxpyLayer(prob, [x], [y], mode=mode)
+
+
+def _softmax_layer(n, mode):
+    x = cp.Parameter(n)
+    y = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1])
+    return CvxpyLayer(prob, [x], [y], mode=mode)
+
+
+def _jacobian(layer, x):
+    return torch.autograd.functional.jacobian(lambda t: layer(t, solver_args=TIGHT)[0], x)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_relu_output_and_jacobian(mode):
+    x = torch.tensor([-1.5, -0.2, 0.3, 2.0], dtype=torch.float64)
+    layer = _relu_layer(4, mode)
+    (y,) = layer(x, solver_args=TIGHT)
+    torch.testing.assert_close(y, torch.relu(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(_jacobian(layer, x), torch.diag((x > 0).double()), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigmoid_output_and_jacobian(mode):
+    x = torch.tensor([-2.0, -0.5, 0.1, 1.7], dtype=torch.float64)
+    layer = _sigmoid_layer(4, mode)
+    (y,) = layer(x, solver_args=TIGHT)
+    s = torch.sigmoid(x)
+    torch.testing.assert_close(y, s, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_jacobian(layer, x), torch.diag(s * (1 - s)), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_softmax_output_and_jacobian(mode):
+    x = torch.tensor([0.3, -1.0, 1.2, 0.0], dtype=torch.float64)
+    layer = _softmax_layer(4, mode)
+    (y,) = layer(x, solver_args=TIGHT)
+    s = torch.softmax(x, 0)
+    torch.testing.assert_close(y, s, atol=1e-5, rtol=0)
+    expected = torch.diag(s) - torch.outer(s, s)
+    torch.testing.assert_close(_jacobian(layer, x), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradient_matches_finite_differences(name, mode):
+    """Directional derivative of L = Σ w ⊙ x*(θ) along a random direction, all parameters."""
+    case = CASES[name]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode)
+    values = _batch(case, seed=10, size=2)
+    gen = torch.Generator().manual_seed(0)
+    directions = [torch.randn(v.shape, generator=gen, dtype=torch.float64) for v in values]
+    if name == "psd":  # keep the symmetric parameter symmetric
+        directions[0] = directions[0] + directions[0].transpose(1, 2)
+    weights = None
+
+    def loss(vals):
+        nonlocal weights
+        outputs = layer(*vals, solver_args=TIGHT)
+        if weights is None:
+            weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in outputs]
+        return sum((w * o).sum() for w, o in zip(weights, outputs))
+
+    leaves = [v.clone().requires_grad_() for v in values]
+    loss(leaves).backward()
+    analytic = sum((leaf.grad * d).sum() for leaf, d in zip(leaves, directions))
+    h = 1e-5
+    plus = loss([v + h * d for v, d in zip(values, directions)])
+    minus = loss([v - h * d for v, d in zip(values, directions)])
+    numeric = (plus - minus) / (2 * h)
+    assert abs(analytic.item() - numeric.item()) <= 1e-4 * max(1.0, abs(numeric.item()))
+    # parameters that appear only in constraints get a gradient too
+    assert all(leaf.grad.abs().sum() > 0 for leaf in leaves)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_small_socp(mode):
+    case = CASES["socp"]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode)
+    values = [v[0].clone().requires_grad_() for v in _batch(case, seed=3, size=1)]
+    assert torch.autograd.gradcheck(
+        lambda *vals: layer(*vals, solver_args=TIGHT)[0],
+        values,
+        eps=1e-6,
+        atol=1e-5,
+        rtol=1e-3,
+    )
+
+
+def test_shared_parameter_gradient_is_sum_over_batch():
+    case = CASES["qp"]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    values = _batch(case, seed=4, size=3)
+    shared_L = values[0][0].clone().requires_grad_()
+    (x,) = layer(shared_L, *values[1:], solver_args=TIGHT)
+    x.sum().backward()
+    per_element = torch.zeros_like(shared_L)
+    for i in range(3):
+        L_i = values[0][0].clone().requires_grad_()
+        (xi,) = layer(L_i, *[v[i] for v in values[1:]], solver_args=TIGHT)
+        xi.sum().backward()
+        per_element += L_i.grad
+    torch.testing.assert_close(shared_L.grad, per_element, atol=1e-6, rtol=1e-5)
+
+
+def test_diffcp_adjoint_matches_diffcp_public_api():
+    """Our use of diffcp's kernels gives the same (dA, db, dc) as diffcp.solve_and_derivative."""
+    from cvxlayer.diff import get_adjoint, solve_and_differentiate
+    from cvxlayer.solvers import SolveSettings, get_solver
+
+    case = CASES["socp"]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    values = [v[:1] for v in _batch(case, seed=5, size=1)]
+    program = layer.compiled.cone_program(values)
+    A = program.A.clone().requires_grad_()
+    b = program.b.clone().requires_grad_()
+    c = program.c.clone().requires_grad_()
+    program = type(program)(program.structure, A, b, c)
+    sol = solve_and_differentiate(
+        program,
+        get_solver("scs"),
+        SolveSettings(eps_abs=1e-12, eps_rel=1e-12),
+        get_adjoint("diffcp"),
+    )
+    gen = torch.Generator().manual_seed(1)
+    dx = torch.randn(sol.x.shape, generator=gen, dtype=torch.float64)
+    dy = torch.randn(sol.y.shape, generator=gen, dtype=torch.float64)
+    ((sol.x * dx).sum() + (sol.y * dy).sum()).backward()
+
+    ((A_sp, b_np, c_np, _),) = program.to_scipy()
+    cone_dict = program.structure.cones.to_scs()
+    *_, adjoint = diffcp.solve_and_derivative(
+        A_sp.copy(), b_np, c_np, cone_dict, mode="dense", eps_abs=1e-12, eps_rel=1e-12
+    )
+    dA_ref, db_ref, dc_ref = adjoint(dx[0].numpy(), dy[0].numpy(), np.zeros_like(b_np))
+    rows, cols = program.structure.a_coords()
+    np.testing.assert_allclose(A.grad[0].numpy(), dA_ref.toarray()[rows, cols], atol=1e-6)
+    np.testing.assert_allclose(b.grad[0].numpy(), db_ref, atol=1e-6)
+    np.testing.assert_allclose(c.grad[0].numpy(), dc_ref, atol=1e-6)
