@@ -1,0 +1,20 @@
+"""The examples run (shortened) and write their figures."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "softmax"])
+def test_activation_examples(name):
+    module = __import__(name)
+    assert module.main().exists()
+
+
+@pytest.mark.parametrize("name", ["polytope_projection", "ellipsoid_projection"])
+def test_training_examples_run_a_few_steps(name):
+    module = __import__(name)
+    assert module.main(iterations=4, points=8).exists()
