@@ -1,0 +1,334 @@
+"""Batched Euclidean projections onto the cones of a `ConeSpec` and their duals.
+
+Every routine works on a batch: z has shape (B, m), rows in SCS order. Cones of one family
+and one size are gathered into a single (B, count, size) tensor and projected together, so
+there is no Python loop over cones or batch elements. Families are dispatched through a
+table (`_FAMILIES`), each entry giving the projection onto the cone and onto its dual.
+
+Moreau: z = Π_K(z) + Π_{K°}(z) with K° = −K*, hence Π_{K*}(z) = z + Π_K(−z).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from cvxlayer.cones.spec import ConeSpec, psd_rows
+
+_SQRT2 = math.sqrt(2.0)
+
+
+# ---------------------------------------------------------------- second-order cone
+def proj_soc(z: torch.Tensor) -> torch.Tensor:
+    """Π onto {(t, x) : ‖x‖ ≤ t} for z of shape (..., q), t = z[..., 0]."""
+    t, x = z[..., :1], z[..., 1:]
+    nx = x.norm(dim=-1, keepdim=True)
+    scale = (t + nx) / 2
+    safe = torch.where(nx > 0, nx, torch.ones_like(nx))
+    boundary = torch.cat([scale, scale * x / safe], dim=-1)
+    inside = nx <= t
+    outside_polar = nx <= -t
+    return torch.where(inside, z, torch.where(outside_polar, torch.zeros_like(z), boundary))
+
+
+# ---------------------------------------------------------------- PSD cone
+def _tril_index(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the lower triangle, column by column (SCS's vectorization order)."""
+    rows, cols = [], []
+    for j in range(side):
+        for i in range(j, side):
+            rows.append(i)
+            cols.append(j)
+    return torch.tensor(rows), torch.tensor(cols)
+
+
+def psd_side(rows: int) -> int:
+    """Matrix side k of a vectorized PSD cone with k(k+1)/2 rows."""
+    return (math.isqrt(8 * rows + 1) - 1) // 2
+
+
+def svec_to_mat(v: torch.Tensor) -> torch.Tensor:
+    """(..., k(k+1)/2) scaled lower-triangle vectors ↦ (..., k, k) symmetric matrices."""
+    side = psd_side(v.shape[-1])
+    rows, cols = _tril_index(side)
+    rows, cols = rows.to(v.device), cols.to(v.device)
+    off = (rows != cols).to(v.dtype)
+    vals = v / (1 + off * (_SQRT2 - 1))
+    mat = v.new_zeros(*v.shape[:-1], side, side)
+    mat[..., rows, cols] = vals
+    mat[..., cols, rows] = vals
+    return mat
+
+
+def mat_to_svec(mat: torch.Tensor) -> torch.Tensor:
+    """Inverse of `svec_to_mat`: off-diagonal entries scaled by √2."""
+    side = mat.shape[-1]
+    rows, cols = _tril_index(side)
+    rows, cols = rows.to(mat.device), cols.to(mat.device)
+    off = (rows != cols).to(mat.dtype)
+    return mat[..., rows, cols] * (1 + off * (_SQRT2 - 1))
+
+
+def proj_psd(v: torch.Tensor) -> torch.Tensor:
+    """Π onto the PSD cone in SCS's scaled lower-triangle vectorization, v: (..., rows)."""
+    evals, evecs = torch.linalg.eigh(svec_to_mat(v))
+    mat = (evecs * evals.clamp(min=0).unsqueeze(-2)) @ evecs.transpose(-1, -2)
+    return mat_to_svec(mat)
+
+
+# ---------------------------------------------------------------- exponential cone
+# K_exp = cl{(r, s, t) : s > 0, s·exp(r/s) ≤ t}. The projection is found as in Friberg
+# (2021), "Projection onto the exponential cone: a univariate root-finding problem":
+# cheap candidate projections, then a bracketed root of h(ρ) that parametrizes the
+# primal/polar boundary pair, solved here by a fixed number of safeguarded Newton steps
+# for the whole batch at once.
+_EXP_INF = 1e15
+
+
+def _exp_h(r, s, t, rho):
+    e_pos, e_neg = torch.exp(rho), torch.exp(-rho)
+    quad = rho * (rho - 1) + 1
+    f = ((rho - 1) * r + s) * e_pos - (r - rho * s) * e_neg - quad * t
+    df = (rho * r + s) * e_pos + (r - (rho - 1) * s) * e_neg - (2 * rho - 1) * t
+    return f, df
+
+
+def _exp_bracket(r, s, t, pdist, ddist):
+    """Lower and upper bounds on the root ρ of h (Friberg 2021, §4)."""
+    inf = torch.full_like(r, _EXP_INF)
+    low, upr = -inf, inf
+    base_low, base_upr = -inf, inf
+    Dp = torch.sqrt((pdist**2 - torch.clamp(s, max=0) ** 2).clamp(min=0))
+    Dd = torch.sqrt((ddist**2 - torch.clamp(r, max=0) ** 2).clamp(min=0))
+    root = torch.sqrt((r * r + s * s - r * s).clamp(min=0))
+
+    # bound from t0 > 0 (primal psi) and t0 < 0 (dual psi)
+    safe_r = torch.where(r != 0, r, torch.ones_like(r))
+    safe_s = torch.where(s != 0, s, torch.ones_like(s))
+    psi_p = torch.where(
+        r > s,
+        (r - s + root) / safe_r,
+        -s / torch.where(r - s - root != 0, r - s - root, -torch.ones_like(r)),
+    )
+    ppsi = ((psi_p - 1) * r + s) / (psi_p * (psi_p - 1) + 1)
+    psi_d = torch.where(
+        s > r,
+        (r - root) / safe_s,
+        (r - s) / torch.where(r + root != 0, r + root, torch.ones_like(r)),
+    )
+    dpsi = (r - psi_d * s) / (psi_d * (psi_d - 1) + 1)
+    tiny = torch.finfo(r.dtype).tiny
+    low = torch.where(
+        t > 0, torch.maximum(low, torch.log(t.clamp(min=tiny) / ppsi.clamp(min=tiny))), low
+    )
+    upr = torch.where(
+        t < 0, torch.minimum(upr, -torch.log((-t).clamp(min=tiny) / dpsi.clamp(min=tiny))), upr
+    )
+
+    pos_r = r > 0
+    base_low = torch.where(pos_r, 1 - s / safe_r, base_low)
+    low = torch.where(pos_r, torch.maximum(low, base_low), low)
+    tpu = torch.clamp(torch.minimum(Dd, Dp + t), min=1e-12)
+    pomega = torch.exp(low.clamp(max=700)) / (low * (low - 1) + 1)
+    pomega = torch.where(low < 2, torch.clamp(pomega, max=math.exp(2.0) / 3), pomega)
+    cur = torch.maximum(low, base_low + tpu / safe_r / pomega)
+    upr = torch.where(pos_r, torch.minimum(upr, cur), upr)
+
+    pos_s = s > 0
+    base_upr = torch.where(pos_s, r / safe_s, base_upr)
+    upr = torch.where(pos_s, torch.minimum(upr, base_upr), upr)
+    tdl = -torch.clamp(torch.minimum(Dp, Dd - t), min=1e-12)
+    domega = -torch.exp((-upr).clamp(max=700)) / (upr * (upr - 1) + 1)
+    domega = torch.where(upr > -1, torch.clamp(domega, min=-math.e / 3), domega)
+    cur = torch.minimum(upr, base_upr - tdl / safe_s / domega)
+    low = torch.where(pos_s, torch.maximum(low, cur), low)
+
+    low2 = torch.minimum(low, upr).clamp(min=base_low).clamp(max=base_upr)
+    upr2 = torch.maximum(low, upr).clamp(min=base_low).clamp(max=base_upr)
+    return low2, upr2
+
+
+def _exp_root(r, s, t, low, upr, iters: int = 40):
+    """Safeguarded Newton on h over [low, upr], all elements at once (no early exit)."""
+    x = (low + upr) / 2
+    for _ in range(iters):
+        f, df = _exp_h(r, s, t, x)
+        low = torch.where(f < 0, x, low)
+        upr = torch.where(f < 0, upr, x)
+        step = x - f / torch.where(df > 1e-13, df, torch.ones_like(df))
+        newton_ok = (df > 1e-13) & (step > low) & (step < upr) & torch.isfinite(step)
+        x = torch.where(newton_ok, step, (low + upr) / 2)
+    return x
+
+
+def _exp_from_rho(r, s, t, rho):
+    """Primal and polar candidates from the root ρ, with their distances to v."""
+    quad = rho * (rho - 1) + 1
+    lin_p = (rho - 1) * r + s
+    ep = torch.exp(rho.clamp(max=700))
+    vp = torch.stack([rho * lin_p / quad, lin_p / quad, ep * lin_p / quad], -1)
+    ok_p = (lin_p > 0) & torch.isfinite(ep)
+    lin_d = r - rho * s
+    ed = torch.exp((-rho).clamp(max=700))
+    vd = torch.stack([lin_d / quad, (1 - rho) * lin_d / quad, -ed * lin_d / quad], -1)
+    ok_d = (lin_d > 0) & torch.isfinite(ed)
+    return vp, ok_p, vd, ok_d
+
+
+def proj_exp_primal_polar(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Π_K(v), Π_{K°}(v)) for the exponential cone K, v of shape (..., 3) = (r, s, t)."""
+    r, s, t = v[..., 0], v[..., 1], v[..., 2]
+    zero = torch.zeros_like(r)
+    # heuristic primal projection: perspective boundary, or perspective interior if better
+    vp = torch.stack([torch.clamp(r, max=0), zero, torch.clamp(t, min=0)], -1)
+    pdist = (v - vp).norm(dim=-1)
+    s_pos = torch.where(s > 0, s, torch.ones_like(s))
+    tp = torch.maximum(t, s_pos * torch.exp((r / s_pos).clamp(max=700)))
+    interior_p = (s > 0) & (tp - t < pdist)
+    vp = torch.where(interior_p[..., None], torch.stack([r, s, tp], -1), vp)
+    pdist = torch.where(interior_p, tp - t, pdist)
+    # heuristic polar projection
+    vd = torch.stack([zero, torch.clamp(s, max=0), torch.clamp(t, max=0)], -1)
+    ddist = (v - vd).norm(dim=-1)
+    r_pos = torch.where(r > 0, r, torch.ones_like(r))
+    td = torch.minimum(t, -r_pos * torch.exp((s / r_pos - 1).clamp(max=700)))
+    interior_d = (r > 0) & (t - td < ddist)
+    vd = torch.where(interior_d[..., None], torch.stack([r, s, td], -1), vd)
+    ddist = torch.where(interior_d, t - td, ddist)
+
+    tol = 1e-8 if v.dtype == torch.float64 else 1e-5
+    err = (vp + vd - v).abs().amax(-1)
+    done = ((s <= 0) & (r <= 0)) | (torch.minimum(pdist, ddist) <= tol)
+    done = done | ((err <= tol) & ((vp * vd).sum(-1) <= tol))
+    if bool(done.all()):
+        return vp, vd
+
+    low, upr = _exp_bracket(r, s, t, pdist, ddist)
+    rho = _exp_root(r, s, t, low, upr)
+    cand_p, ok_p, cand_d, ok_d = _exp_from_rho(r, s, t, rho)
+    better_p = ~done & ok_p & ((cand_p - v).norm(dim=-1) <= pdist)
+    better_d = ~done & ok_d & ((cand_d - v).norm(dim=-1) <= ddist)
+    vp = torch.where(better_p[..., None], cand_p, vp)
+    vd = torch.where(better_d[..., None], cand_d, vd)
+    return vp, vd
+
+
+def proj_exp(v: torch.Tensor) -> torch.Tensor:
+    """Π onto K_exp."""
+    return proj_exp_primal_polar(v)[0]
+
+
+def proj_exp_dual(v: torch.Tensor) -> torch.Tensor:
+    """Π onto K_exp* = −(K_exp)°: Π_{K*}(v) = −Π_{K°}(−v)."""
+    return -proj_exp_primal_polar(-v)[1]
+
+
+# ---------------------------------------------------------------- the table
+def _identity(z: torch.Tensor) -> torch.Tensor:
+    return z
+
+
+def _zero(z: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(z)
+
+
+def _nonneg(z: torch.Tensor) -> torch.Tensor:
+    return z.clamp(min=0)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """Projections of one cone family onto K and K*, on (B, count, size) blocks."""
+
+    primal: Callable[[torch.Tensor], torch.Tensor]
+    dual: Callable[[torch.Tensor], torch.Tensor]
+
+
+_FAMILIES: dict[str, _Family] = {
+    "zero": _Family(_zero, _identity),
+    "nonneg": _Family(_nonneg, _nonneg),
+    "soc": _Family(proj_soc, proj_soc),
+    "psd": _Family(proj_psd, proj_psd),
+    "exp": _Family(proj_exp, proj_exp_dual),
+    "exp_dual": _Family(proj_exp_dual, proj_exp),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class _Group:
+    """Cones of one family and one size: their rows as a (count, size) index."""
+
+    family: str
+    rows: torch.Tensor
+
+    def project(self, block: torch.Tensor, dual: bool) -> torch.Tensor:
+        fam = _FAMILIES[self.family]
+        return (fam.dual if dual else fam.primal)(block)
+
+
+class ConeProjector:
+    """Π_K and Π_{K*} for every cone of a `ConeSpec`, on batches z of shape (B, m).
+
+    Args:
+        cones: the cone K.
+    Raises:
+        NotImplementedError: power cones (not supported by the torch projections yet).
+    """
+
+    def __init__(self, cones: ConeSpec) -> None:
+        if cones.power:
+            raise NotImplementedError("power cones are not supported by the torch solver yet")
+        self.cones = cones
+        self.groups: list[_Group] = []
+        offset = 0
+
+        def add(family: str, count: int, size: int) -> None:
+            nonlocal offset
+            if count and size:
+                rows = offset + torch.arange(count * size).reshape(count, size)
+                self.groups.append(_Group(family, rows))
+                offset += count * size
+
+        add("zero", 1, cones.zero)
+        add("nonneg", 1, cones.nonneg)
+        for q in cones.soc:  # merged below into one group per size
+            add("soc", 1, q)
+        for k in cones.psd:
+            add("psd", 1, psd_rows(k))
+        add("exp", cones.exp, 3)
+        add("exp_dual", cones.exp_dual, 3)
+        self.groups = _merge_equal_groups(self.groups)
+        self._device_cache: dict = {}
+
+    def _rows(self, group: _Group, device: torch.device) -> torch.Tensor:
+        key = (id(group), device)
+        if key not in self._device_cache:
+            self._device_cache[key] = group.rows.to(device)
+        return self._device_cache[key]
+
+    def _apply(self, z: torch.Tensor, dual: bool) -> torch.Tensor:
+        out = torch.empty_like(z)
+        for group in self.groups:
+            rows = self._rows(group, z.device)
+            block = z[:, rows]  # (B, count, size)
+            out[:, rows] = group.project(block, dual)
+        return out
+
+    def primal(self, z: torch.Tensor) -> torch.Tensor:
+        """Π_K(z), z: (B, m)."""
+        return self._apply(z, dual=False)
+
+    def dual(self, z: torch.Tensor) -> torch.Tensor:
+        """Π_{K*}(z), z: (B, m)."""
+        return self._apply(z, dual=True)
+
+
+def _merge_equal_groups(groups: list[_Group]) -> list[_Group]:
+    """Join groups of the same family and size into one (count, size) index each."""
+    merged: dict[tuple[str, int], list[torch.Tensor]] = {}
+    for g in groups:
+        merged.setdefault((g.family, g.rows.shape[1]), []).append(g.rows)
+    return [_Group(family, torch.cat(rows, dim=0)) for (family, _), rows in merged.items()]

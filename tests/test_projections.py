@@ -1,0 +1,100 @@
+"""Cone projections, checked by the Moreau characterization and closed forms.
+
+p = Π_K(v) iff p ∈ K, v − p ∈ K° = −K*, and pᵀ(v − p) = 0.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cvxlayer.cones import ConeSpec
+from cvxlayer.cones.projections import (
+    ConeProjector,
+    mat_to_svec,
+    proj_exp_primal_polar,
+    svec_to_mat,
+)
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def _in_exp(p, tol):
+    r, s, t = p[..., 0], p[..., 1], p[..., 2]
+    s_safe = torch.where(s > 0, s, torch.ones_like(s))
+    interior = (s > 0) & (s_safe * torch.exp(r / s_safe) <= t + tol * (1 + t.abs()))
+    boundary = (s.abs() <= tol) & (r <= tol) & (t >= -tol)
+    return interior | boundary
+
+
+def _in_exp_dual(d, tol):  # K* = {(u, v, w): u < 0, −u e^{v/u} ≤ e w} ∪ {(0, v, w): v, w ≥ 0}
+    u, v, w = d[..., 0], d[..., 1], d[..., 2]
+    u_safe = torch.where(u < 0, u, -torch.ones_like(u))
+    interior = (u < 0) & (-u_safe * torch.exp(v / u_safe) <= math.e * w + tol * (1 + w.abs()))
+    boundary = (u.abs() <= tol) & (v >= -tol) & (w >= -tol)
+    return interior | boundary
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+def test_exp_cone_moreau(scale):
+    v = scale * torch.randn(20000, 3, generator=GEN, dtype=torch.float64)
+    p, d = proj_exp_primal_polar(v)
+    tol = 1e-7 * max(1.0, scale)
+    torch.testing.assert_close(p + d, v, atol=tol, rtol=0)
+    assert _in_exp(p, 1e-7).all()
+    assert _in_exp_dual(-d, 1e-7).all()
+    assert ((p * d).sum(-1).abs() <= 1e-7 * (1 + v.norm(dim=-1) ** 2)).all()
+
+
+def test_exp_cone_against_clarabel():
+    """Projections of random points equal cvxpy + Clarabel's answer."""
+    import cvxpy as cp
+
+    v = 2 * torch.randn(12, 3, generator=GEN, dtype=torch.float64)
+    p, _ = proj_exp_primal_polar(v)
+    for vi, pi in zip(v.numpy(), p.numpy()):
+        z = cp.Variable(3)
+        prob = cp.Problem(cp.Minimize(cp.sum_squares(z - vi)), [cp.ExpCone(z[0], z[1], z[2])])
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        # the distance is flat along the boundary: compare distances tightly, points loosely
+        assert _in_exp(torch.as_tensor(pi), 1e-9)
+        assert np.linalg.norm(pi - vi) <= np.linalg.norm(z.value - vi) + 1e-9
+        np.testing.assert_allclose(pi, z.value, atol=1e-5)
+
+
+def test_soc_closed_form():
+    v = torch.randn(500, 5, generator=GEN, dtype=torch.float64)
+    proj = ConeProjector(ConeSpec(soc=(5,)))
+    p = proj.primal(v)
+    t, x = p[:, 0], p[:, 1:]
+    assert (x.norm(dim=1) <= t + 1e-12).all()
+    d = v - p  # in the polar cone −SOC
+    assert (d[:, 1:].norm(dim=1) <= -d[:, 0] + 1e-12).all()
+    assert ((p * d).sum(1).abs() < 1e-10).all()
+
+
+def test_psd_projection_and_vectorization():
+    side = 4
+    M = torch.randn(50, side, side, generator=GEN, dtype=torch.float64)
+    S = (M + M.transpose(1, 2)) / 2
+    v = mat_to_svec(S)
+    torch.testing.assert_close(svec_to_mat(v), S)
+    torch.testing.assert_close(v.norm(dim=1), S.flatten(1).norm(dim=1))  # isometry
+    proj = ConeProjector(ConeSpec(psd=(side,)))
+    P = svec_to_mat(proj.primal(v))
+    evals, evecs = torch.linalg.eigh(S)
+    expected = evecs @ torch.diag_embed(evals.clamp(min=0)) @ evecs.transpose(1, 2)
+    torch.testing.assert_close(P, expected)
+
+
+def test_mixed_spec_dual_is_moreau_of_primal():
+    spec = ConeSpec(zero=2, nonneg=3, soc=(3, 4, 3), psd=(2, 3), exp=2, exp_dual=1)
+    proj = ConeProjector(spec)
+    v = torch.randn(64, spec.size, generator=GEN, dtype=torch.float64)
+    # Π_{K*}(v) = v + Π_K(−v)
+    torch.testing.assert_close(proj.dual(v), v + proj.primal(-v), atol=1e-7, rtol=0)
+    z = proj.dual(v)
+    torch.testing.assert_close(z[:, :2], v[:, :2])  # dual of the zero cone is free
+    assert (z[:, 2:5] >= 0).all()
+    torch.testing.assert_close(proj.primal(proj.primal(v)), proj.primal(v), atol=1e-9, rtol=0)
