@@ -58,7 +58,8 @@ class CvxpyLayer(torch.nn.Module):
         verbose: print solver progress.
         canon_backend: cvxpy canonicalization backend (e.g. "SCIPY"); None lets cvxpy choose.
         solver_args: default solver settings for every call (see `forward`).
-        mode: forward solver: "scs" (native SCS, one element at a time, per-element status) or
+        mode: forward solver: "torch" (default: batched SCS-style ADMM in PyTorch on the
+            parameters' device and dtype), "scs" (native SCS, one element at a time) or
             "scs-block" (native SCS on one block-diagonal problem for the whole batch).
 
     Raises:
@@ -83,7 +84,7 @@ class CvxpyLayer(torch.nn.Module):
         canon_backend: str | None = None,
         solver_args: Mapping | None = None,
         *,
-        mode: str = "scs",
+        mode: str = "torch",
     ) -> None:
         super().__init__()
         if gp:
@@ -91,7 +92,7 @@ class CvxpyLayer(torch.nn.Module):
         if solver not in _CVXPYLAYERS_SOLVERS:
             raise ValueError(
                 f"solver={solver!r} is not available; cvxlayer picks its solver with "
-                f"mode= (one of 'scs', 'scs-block')"
+                f"mode= (one of 'torch', 'scs', 'scs-block')"
             )
         self.compiled: CompiledProblem = compile_problem(
             problem, parameters, variables, canon_backend=canon_backend
@@ -122,10 +123,10 @@ class CvxpyLayer(torch.nn.Module):
         Args:
             *params: one tensor per parameter, in the constructor's order; each either of the
                 parameter's shape (shared by the batch) or (B, *shape) (batched).
-            solver_args: settings for this call: `eps` (sets `eps_abs` and `eps_rel`),
-                `eps_abs`, `eps_rel`, `eps_infeas`, `max_iters`, `acceleration_lookback`,
-                `verbose`, `backward` ("diffcp"), and native SCS settings (`normalize`,
-                `scale`, `alpha`, …). Unknown keys raise `ValueError`.
+            solver_args: settings for this call: `eps` (sets `eps_abs` and `eps_rel`), every
+                field of `SolveSettings` (`eps_abs`, `eps_rel`, `eps_infeas`, `max_iters`,
+                `linsys`, `scale`, `alpha`, `normalize`, …) and `backward` ("diffcp").
+                Unknown keys raise `ValueError`.
             return_status: if True, return `(solutions, SolveInfo)` and do not raise for
                 elements that were not solved; their gradients are zero.
 

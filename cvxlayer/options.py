@@ -7,21 +7,8 @@ from dataclasses import dataclass, fields, replace
 
 from cvxlayer.solvers.base import SolveSettings
 
-# Native SCS settings passed through unchanged to the "scs" and "scs-block" modes.
-SCS_PASSTHROUGH = frozenset(
-    {
-        "normalize",
-        "scale",
-        "adaptive_scale",
-        "rho_x",
-        "alpha",
-        "acceleration_interval",
-        "time_limit_secs",
-        "use_indirect",
-    }
-)
-_SETTINGS = frozenset(f.name for f in fields(SolveSettings)) - {"extra"}
-ACCEPTED = frozenset({"eps", "backward"}) | _SETTINGS | SCS_PASSTHROUGH
+_SETTINGS = frozenset(f.name for f in fields(SolveSettings))
+ACCEPTED = frozenset({"eps", "backward"}) | _SETTINGS
 
 
 @dataclass(frozen=True)
@@ -58,7 +45,6 @@ def parse_solver_args(
         eps = args.pop("eps")
         args.setdefault("eps_abs", eps)
         args.setdefault("eps_rel", eps)
-    extra = {**base.settings.extra, **{k: args.pop(k) for k in list(args) if k in SCS_PASSTHROUGH}}
     for key in ("eps_abs", "eps_rel", "eps_infeas"):
         if key in args and not float(args[key]) > 0:
             raise ValueError(f"solver_args[{key!r}] must be positive, got {args[key]!r}")
@@ -66,5 +52,5 @@ def parse_solver_args(
         if int(args["max_iters"]) < 1:
             raise ValueError(f"solver_args['max_iters'] must be >= 1, got {args['max_iters']!r}")
         args["max_iters"] = int(args["max_iters"])
-    settings = replace(base.settings, extra=extra, **args)
+    settings = replace(base.settings, **args)
     return CallOptions(settings, backward)

@@ -9,7 +9,7 @@ from problems import CASES
 
 from cvxlayer import CvxpyLayer
 
-MODES = ["scs", "scs-block"]
+MODES = ["torch", "scs", "scs-block"]
 TIGHT = {"eps": 1e-10, "max_iters": 200_000}
 
 

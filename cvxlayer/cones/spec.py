@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 def psd_rows(side: int) -> int:
     """Rows of the vectorized PSD cone of a `side × side` matrix: side(side+1)/2."""
@@ -86,6 +88,14 @@ class ConeSpec:
             exp_dual=self.exp_dual * copies,
             power=self.power * copies,
         )
+
+    def block_ids(self) -> np.ndarray:
+        """(m,) id of the cone each row belongs to; rows of zero and nonneg cones are each a
+        cone of their own. Row scalings must be constant within one id to keep K invariant."""
+        sizes = [1] * (self.zero + self.nonneg) + list(self.soc)
+        sizes += [psd_rows(k) for k in self.psd]
+        sizes += [3] * (self.exp + self.exp_dual + len(self.power))
+        return np.repeat(np.arange(len(sizes)), sizes)
 
     def to_scs(self) -> dict:
         """The cone dictionary of SCS 3 (keys z, l, q, s, ep, ed, p)."""

@@ -4,10 +4,12 @@ A new mode (the batched torch ADMM, a fast path) registers here and the layer pi
 by its `mode=` name; the layer never branches on modes itself.
 """
 
+from cvxlayer.solvers.admm import TorchADMM
 from cvxlayer.solvers.base import Solution, Solver, SolveSettings, Status
 from cvxlayer.solvers.scs_native import ScsBlock, ScsSerial
 
 SOLVERS: dict[str, type] = {
+    TorchADMM.name: TorchADMM,
     ScsSerial.name: ScsSerial,
     ScsBlock.name: ScsBlock,
 }

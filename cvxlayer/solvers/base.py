@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -31,16 +31,24 @@ class Status(str, enum.Enum):
 
 @dataclass(frozen=True)
 class SolveSettings:
-    """Settings of the generic cone solvers (the keys of `solver_args` they understand).
+    """Settings of the generic cone solvers (the keys of `solver_args`), SCS's names and meaning.
 
     Attributes:
         eps_abs, eps_rel: absolute / relative tolerance on the primal, dual residuals and gap.
         eps_infeas: tolerance of infeasibility / unboundedness certificates.
         max_iters: iteration limit per solve.
         acceleration_lookback: Anderson acceleration memory (0 turns it off).
+        acceleration_interval: iterations between Anderson steps.
         verbose: print the solver's progress.
-        extra: further native SCS settings (e.g. `normalize`, `scale`, `alpha`), passed as is
-            to the native SCS modes.
+        scale: initial dual scale (R_y = 1/scale), adapted during the solve if
+            `adaptive_scale`.
+        adaptive_scale: adapt `scale` to balance primal and dual residuals.
+        rho_x: primal regularization R_x.
+        alpha: Douglas-Rachford relaxation in (0, 2).
+        normalize: Ruiz equilibration of the data before solving.
+        linsys: linear systems of the "torch" mode: "cholesky", "lu" or "cg" (the native
+            SCS modes map "cg" to SCS's indirect solver, the others to its direct one).
+        time_limit_secs: wall-clock limit per native SCS solve (0: none).
     """
 
     eps_abs: float = 1e-6
@@ -48,8 +56,15 @@ class SolveSettings:
     eps_infeas: float = 1e-7
     max_iters: int = 100_000
     acceleration_lookback: int = 10
+    acceleration_interval: int = 10
     verbose: bool = False
-    extra: dict = field(default_factory=dict)
+    scale: float = 0.1
+    adaptive_scale: bool = True
+    rho_x: float = 1e-6
+    alpha: float = 1.5
+    normalize: bool = True
+    linsys: str = "cholesky"
+    time_limit_secs: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,6 +7,8 @@ elements is contiguous, as SCS requires (all zero rows, then all nonneg rows, â€
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import scipy.sparse as sp
 import scs
@@ -27,15 +29,10 @@ _SCS_STATUS = {
 
 
 def _scs_settings(settings: SolveSettings) -> dict:
-    return {
-        "eps_abs": settings.eps_abs,
-        "eps_rel": settings.eps_rel,
-        "eps_infeas": settings.eps_infeas,
-        "max_iters": settings.max_iters,
-        "acceleration_lookback": settings.acceleration_lookback,
-        "verbose": settings.verbose,
-        **settings.extra,
-    }
+    """SCS's own keyword arguments: the same names, `linsys` mapped to `linear_solver`."""
+    opts = asdict(settings)
+    opts["linear_solver"] = "cpu_indirect" if opts.pop("linsys") == "cg" else "auto"
+    return opts
 
 
 def _solve_one(A, b, c, P, cones: dict, settings: dict, warm: tuple | None) -> dict:

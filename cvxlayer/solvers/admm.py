@@ -1,0 +1,401 @@
+"""Mode "torch": SCS 3's ADMM on the homogeneous embedding, for a whole batch in PyTorch.
+
+For each element, with u = (x, y, τ), R = diag(r_x I, R_y, 1), h = (c, b), and the
+skew operator M = [[P, Aᵀ], [−A, 0]] (O'Donoghue 2021, "Operator splitting for a
+homogeneous embedding of the linear complementarity problem"):
+
+    ũ   = (p − τ̃ g, τ̃),   p = (R + M)⁻¹ R v,   g = (R + M)⁻¹ h,   τ̃ = root₊(p, v)
+    u   = Π_{Rⁿ × K* × R₊}(2ũ − v)
+    rsk = R (v + u − 2ũ)                         (= (r, s, κ): s and κ of the solution)
+    v  ← v + α (u − ũ)
+
+and (x, y, s) = (u_x, u_y, rsk_s) / τ. The matrix R + M is factored once per solve (again
+when the adaptive scale changes R_y); every iteration is one solve with the factor, one
+batched cone projection, and vector updates. Data are equilibrated first (Ruiz), each
+element stops on its own residuals (checked every `_CHECK_EVERY` iterations, the only host
+synchronization of the loop), and finished elements leave the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+
+from cvxlayer.cones.projections import ConeProjector
+from cvxlayer.program import ConeProgram
+from cvxlayer.solvers.base import Solution, SolveSettings, Status
+from cvxlayer.solvers.linsys import make_linsys
+
+_CHECK_EVERY = 10
+_RUIZ_PASSES = 25
+_NORM_MIN, _NORM_MAX = 1e-4, 1e4
+_SCALE_MIN, _SCALE_MAX = 1e-6, 1e6
+_RESCALE_MIN_ITERS = 100
+_SQRT10 = math.sqrt(10.0)
+# Tolerances below this are raised to it for float32 data: its rounding error is ~1e-7
+# relative, and residuals of a first-order method on ill-conditioned data stall orders
+# of magnitude above it.
+_FLOAT32_EPS_FLOOR = 1e-4
+
+
+def dense_data(program: ConeProgram) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A (B, m, n) and the symmetric P (B, n, n) (or None) from the pattern values."""
+    st, B = program.structure, program.batch_size
+    rows, cols = (torch.as_tensor(a, device=program.b.device) for a in st.a_coords())
+    A = program.A.new_zeros(B, st.m, st.n)
+    A[:, rows, cols] = program.A
+    P = None
+    if program.P is not None:
+        p_cols = torch.repeat_interleave(
+            torch.arange(st.n), torch.as_tensor(st.p_indptr).diff()
+        ).to(program.b.device)
+        p_rows = torch.as_tensor(st.p_indices, device=program.b.device)
+        P = program.P.new_zeros(B, st.n, st.n)
+        P[:, p_rows, p_cols] = program.P
+        P = P + P.transpose(1, 2) - torch.diag_embed(torch.diagonal(P, dim1=1, dim2=2))
+    return A, P
+
+
+def _per_cone(values: torch.Tensor, ids: torch.Tensor, count: int, reduce: str) -> torch.Tensor:
+    """Replace each row's value by its cone's max or mean (ids: (m,) cone of each row)."""
+    index = ids.expand(values.shape[0], -1)
+    out = values.new_zeros(values.shape[0], count)
+    out = out.scatter_reduce(1, index, values, reduce, include_self=False)
+    return out[:, ids]
+
+
+def _limit(norms: torch.Tensor) -> torch.Tensor:
+    """Norms below 1e-4 (empty rows/columns) count as 1; above 1e4 as 1e4."""
+    return torch.where(norms < _NORM_MIN, torch.ones_like(norms), norms.clamp(max=_NORM_MAX))
+
+
+def equilibrate(A, P, block_ids, passes: int = _RUIZ_PASSES):
+    """Equilibration of [[P, Aᵀ], [A, 0]] as SCS does it: `passes` Ruiz (∞-norm) passes, then
+    one 2-norm pass, giving Â = D A E, P̂ = E P E. Row scalings are aggregated within each
+    cone (max for Ruiz, mean for the 2-norm pass) so that D⁻¹ K = K.
+
+    Returns:
+        D (B, m), E (B, n).
+    """
+    B, m, n = A.shape
+    ids = torch.as_tensor(block_ids, device=A.device)
+    count = int(block_ids.max()) + 1 if m else 0
+    D, E = A.new_ones(B, m), A.new_ones(B, n)
+    for k in range(passes + 1):
+        ruiz = k < passes
+        A_hat = (D.unsqueeze(2) * A * E.unsqueeze(1)).abs()
+        P_hat = None if P is None else (E.unsqueeze(2) * P * E.unsqueeze(1)).abs()
+        if ruiz:
+            row = A_hat.amax(2) if n else A.new_zeros(B, m)
+            col = A_hat.amax(1) if m else A.new_zeros(B, n)
+            if P_hat is not None:
+                col = torch.maximum(col, P_hat.amax(1))
+        else:
+            row = A_hat.square().sum(2).sqrt()
+            col = A_hat.square().sum(1)
+            col = (col + P_hat.square().sum(1) if P_hat is not None else col).sqrt()
+        if m:
+            row = _per_cone(row, ids, count, "amax" if ruiz else "mean")
+        D = D / _limit(row).sqrt()
+        E = E / _limit(col).sqrt()
+    return D, E
+
+
+def _inf_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])
+
+
+class _Batch:
+    """Per-element data and iterates of the elements still running (B_active first)."""
+
+    def __init__(self, **tensors):
+        self.__dict__.update(tensors)
+
+    def select(self, keep: torch.Tensor) -> None:
+        for key, value in self.__dict__.items():
+            if isinstance(value, torch.Tensor):
+                self.__dict__[key] = value[keep]
+            elif value is not None:
+                raise TypeError(key)
+
+
+class TorchADMM:
+    """Mode "torch": batched SCS-style ADMM in PyTorch on the program's device and dtype."""
+
+    name = "torch"
+
+    def solve(
+        self, program: ConeProgram, settings: SolveSettings, warm_start: Solution | None = None
+    ) -> Solution:
+        st = program.structure
+        n, m, B = st.n, st.m, program.batch_size
+        dtype, device = program.b.dtype, program.b.device
+        if dtype == torch.float32:
+            floor = _FLOAT32_EPS_FLOOR
+            settings = replace(
+                settings,
+                eps_abs=max(settings.eps_abs, floor),
+                eps_rel=max(settings.eps_rel, floor),
+                eps_infeas=max(settings.eps_infeas, floor),
+            )
+        projector = ConeProjector(st.cones)
+        A, P = dense_data(program)
+        b, c = program.b, program.c
+        if settings.normalize:
+            D, E = equilibrate(A, P, st.cones.block_ids())
+        else:
+            D, E = A.new_ones(B, m), A.new_ones(B, n)
+        A_hat = D.unsqueeze(2) * A * E.unsqueeze(1)
+        P_hat = None if P is None else E.unsqueeze(2) * P * E.unsqueeze(1)
+        zero_rows = torch.zeros(m, dtype=torch.bool, device=device)
+        zero_rows[: st.cones.zero] = True
+        zero_weight = torch.where(zero_rows, 1e-3, 1.0).to(dtype)
+
+        s = _Batch(
+            index=torch.arange(B, device=device),
+            A=A,
+            P=P,
+            b=b,
+            c=c,
+            D=D,
+            E=E,
+            A_hat=A_hat,
+            P_hat=P_hat,
+            b_hat=D * b,
+            c_hat=E * c,
+            scale=torch.full((B, 1), settings.scale, dtype=dtype, device=device),
+            last_rescale=torch.zeros(B, dtype=torch.long, device=device),
+            log_factor=torch.zeros(B, dtype=dtype, device=device),
+            log_count=torch.zeros(B, dtype=dtype, device=device),
+        )
+        r_x = settings.rho_x
+        linsys = make_linsys(settings.linsys)
+
+        def r_y():
+            return zero_weight / s.scale  # (B, m): 1/(1000·scale) on zero rows, 1/scale else
+
+        def refactor():
+            linsys.factor(s.A_hat, s.P_hat, r_x, r_y())
+            g_x, g_y = linsys.solve(s.c_hat, s.b_hat)
+            s.g = torch.cat([g_x, g_y], 1)
+
+        s.g = None
+        refactor()
+        l = n + m + 1
+        v = program.b.new_zeros(B, l)
+        v[:, -1] = 1.0
+        if warm_start is not None:
+            ry = r_y()
+            x_hat = warm_start.x / E
+            y_hat = warm_start.y / D
+            s_hat = warm_start.s * D
+            v = torch.cat([x_hat, y_hat + s_hat / ry, torch.ones_like(b[:, :1])], 1)
+        s.v = v
+        s.u = torch.zeros_like(v)
+        s.u[:, -1] = 1.0
+
+        out_x = b.new_full((B, n), float("nan"))
+        out_y = b.new_full((B, m), float("nan"))
+        out_s = b.new_full((B, m), float("nan"))
+        status: list[Status | None] = [None] * B
+        iterations = torch.full((B,), settings.max_iters, dtype=torch.long)
+
+        sqrt_l = math.sqrt(l)
+        for it in range(settings.max_iters):
+            ry = r_y()
+            if it > 0:  # the embedding is homogeneous: keep the iterate's norm fixed
+                s.v = s.v * (sqrt_l / s.v.norm(dim=1, keepdim=True))
+            v = s.v
+            warm = s.u[:, :n] + s.u[:, -1:] * s.g[:, :n]
+            p_x, p_y = linsys.solve(r_x * v[:, :n], ry * v[:, n : n + m], warm)
+            p = torch.cat([p_x, p_y], 1)
+            if it == 0:
+                tau = torch.ones_like(v[:, -1:])
+            else:
+                tau = _root_plus(p, v, s.g, r_x, ry, n)
+            ut = torch.cat([p - tau * s.g, tau], 1)
+            z = 2 * ut - v
+            u_tau = torch.ones_like(tau) if it == 0 else z[:, -1:].clamp(min=0)
+            u = torch.cat([z[:, :n], projector.dual(z[:, n : n + m]), u_tau], 1)
+            R = torch.cat([torch.full_like(p_x, r_x), ry, torch.ones_like(tau)], 1)
+            rsk = R * (v + u - 2 * ut)
+            s.u = u
+
+            last = it == settings.max_iters - 1
+            if it == 0 or (it + 1) % _CHECK_EVERY == 0 or last:
+                res = _residuals(s, u, rsk, n, m)
+                done = _classify(res, settings)
+                if last:
+                    done = torch.where(done == 0, _unfinished(res), done)
+                finished = (done != 0).nonzero().flatten()
+                if finished.numel():
+                    _store(res, done, finished, s.index, out_x, out_y, out_s, status)
+                    iterations[s.index[finished].cpu()] = it + 1
+                    keep = (done == 0).nonzero().flatten()
+                    if keep.numel() == 0:
+                        break
+                    s.select(keep)
+                    linsys.select(keep)
+                    ut, u, rsk, ry = ut[keep], u[keep], rsk[keep], ry[keep]
+                    res = {k: val[keep] for k, val in res.items()}
+                if settings.verbose:
+                    print(
+                        f"[torch] iter {it + 1}: {len(s.index)} running, "
+                        f"max res_pri {res['res_pri'].max().item():.2e}, "
+                        f"max res_dual {res['res_dual'].max().item():.2e}"
+                    )
+                if settings.adaptive_scale:
+                    changed = _update_scale(s, res, it)
+                    if bool(changed.any()):
+                        refactor()
+                        R_new = torch.cat(
+                            [torch.full_like(s.v[:, :n], r_x), r_y(), torch.ones_like(s.v[:, :1])],
+                            1,
+                        )
+                        # keep rsk, u, ũ: v⁺ = R⁺⁻¹ rsk + 2ũ − u
+                        s.v = torch.where(changed.unsqueeze(1), rsk / R_new + 2 * ut - u, s.v)
+            s.v = s.v + settings.alpha * (u - ut)
+
+        return Solution(out_x, out_y, out_s, tuple(status), iterations)
+
+
+def _root_plus(p, v, g, r_x, r_y, n):
+    """τ̃ ≥ 0 solving the homogeneous embedding's scalar quadratic (R-weighted inner products)."""
+    R = torch.cat([torch.full_like(p[:, :n], r_x), r_y], 1)
+    mu, eta = v[:, :-1], v[:, -1:]
+
+    def dot(a, b_):
+        return (R * a * b_).sum(1, keepdim=True)
+
+    a = 1.0 + dot(g, g)
+    b = dot(mu, g) - 2 * dot(p, g) - eta
+    c = dot(p, p) - dot(p, mu)
+    return (-b + (b * b - 4 * a * c).clamp(min=0).sqrt()) / (2 * a)
+
+
+def _residuals(s: _Batch, u, rsk, n, m) -> dict[str, torch.Tensor]:
+    """Residuals in the original (unnormalized) data, SCS's definitions, infinity norms."""
+    tau = u[:, -1]
+    kappa = rsk[:, -1]
+    x = s.E * u[:, :n]  # x·τ
+    y = s.D * u[:, n : n + m]  # y·τ
+    sl = rsk[:, n : n + m] / s.D  # s·τ
+    ax = (s.A @ x.unsqueeze(-1)).squeeze(-1)
+    aty = (s.A.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1)
+    px = torch.zeros_like(x) if s.P is None else (s.P @ x.unsqueeze(-1)).squeeze(-1)
+    safe_tau = torch.where(tau > 0, tau, torch.ones_like(tau))
+    ctx = (s.c * x).sum(1)
+    bty = (s.b * y).sum(1)
+    xpx = (x * px).sum(1)
+    return {
+        "tau": tau,
+        "kappa": kappa,
+        "x": x,
+        "y": y,
+        "s": sl,
+        "res_pri": _inf_norm(ax + sl - s.b * tau[:, None]) / safe_tau,
+        "res_dual": _inf_norm(px + aty + s.c * tau[:, None]) / safe_tau,
+        "gap": (xpx / safe_tau + ctx + bty).abs() / safe_tau,
+        "scale_pri": torch.maximum(
+            torch.maximum(_inf_norm(s.b) * tau, _inf_norm(sl)), _inf_norm(ax)
+        )
+        / safe_tau,
+        "scale_dual": torch.maximum(
+            torch.maximum(_inf_norm(s.c) * tau, _inf_norm(px)), _inf_norm(aty)
+        )
+        / safe_tau,
+        "scale_gap": torch.maximum(torch.maximum((xpx / safe_tau).abs(), ctx.abs()), bty.abs())
+        / safe_tau,
+        "ctx": ctx,
+        "bty": bty,
+        "res_infeas": _inf_norm(aty) / torch.where(bty < 0, -bty, torch.full_like(bty, 1e-300)),
+        "res_unbdd": torch.maximum(_inf_norm(ax + sl), _inf_norm(px))
+        / torch.where(ctx < 0, -ctx, torch.full_like(ctx, 1e-300)),
+        # raw residual norms for the adaptive scale
+        "rel_pri": _inf_norm(ax + sl - s.b * tau[:, None])
+        / torch.maximum(torch.maximum(_inf_norm(ax), _inf_norm(sl)), _inf_norm(s.b) * tau).clamp(
+            min=1e-300
+        ),
+        "rel_dual": _inf_norm(px + aty + s.c * tau[:, None])
+        / torch.maximum(torch.maximum(_inf_norm(px), _inf_norm(aty)), _inf_norm(s.c) * tau).clamp(
+            min=1e-300
+        ),
+    }
+
+
+_SOLVED, _INFEASIBLE, _UNBOUNDED = 1, 2, 3
+_MAX_ITERS, _INFEASIBLE_INACC, _UNBOUNDED_INACC = 4, 5, 6
+_CODE_STATUS = {
+    _SOLVED: Status.SOLVED,
+    _INFEASIBLE: Status.INFEASIBLE,
+    _UNBOUNDED: Status.UNBOUNDED,
+    _MAX_ITERS: Status.MAX_ITERS,
+    _INFEASIBLE_INACC: Status.INFEASIBLE_INACCURATE,
+    _UNBOUNDED_INACC: Status.UNBOUNDED_INACCURATE,
+}
+
+
+def _classify(res, settings: SolveSettings) -> torch.Tensor:
+    """(B,) codes: 0 running, else the _SOLVED/_INFEASIBLE/_UNBOUNDED outcome."""
+    ea, er = settings.eps_abs, settings.eps_rel
+    solved = (
+        (res["tau"] > 0)
+        & (res["res_pri"] <= ea + er * res["scale_pri"])
+        & (res["res_dual"] <= ea + er * res["scale_dual"])
+        & (res["gap"] <= ea + er * res["scale_gap"])
+    )
+    infeasible = (res["bty"] < 0) & (res["res_infeas"] < settings.eps_infeas)
+    unbounded = (res["ctx"] < 0) & (res["res_unbdd"] < settings.eps_infeas)
+    code = torch.zeros_like(res["tau"], dtype=torch.long)
+    code = torch.where(infeasible, _INFEASIBLE, code)
+    code = torch.where(unbounded, _UNBOUNDED, code)
+    return torch.where(solved, _SOLVED, code)
+
+
+def _unfinished(res) -> torch.Tensor:
+    """Best guess at the iteration limit, as SCS: τ > κ → a solution, else a certificate."""
+    code = torch.where(res["bty"] < res["ctx"], _INFEASIBLE_INACC, _UNBOUNDED_INACC)
+    return torch.where(res["tau"] > res["kappa"], _MAX_ITERS, code)
+
+
+def _store(res, done, finished, index, out_x, out_y, out_s, status) -> None:
+    code = done[finished]
+    tau = res["tau"][finished, None]
+    x, y, sl = res["x"][finished], res["y"][finished], res["s"][finished]
+    solution_like = (code == _SOLVED) | (code == _MAX_ITERS)
+    infeas = (code == _INFEASIBLE) | (code == _INFEASIBLE_INACC)
+    unbdd = (code == _UNBOUNDED) | (code == _UNBOUNDED_INACC)
+    nan = torch.full_like(tau, float("nan"))
+    bty = -res["bty"][finished, None]
+    ctx = -res["ctx"][finished, None]
+    denom_x = torch.where(solution_like[:, None], tau, torch.where(unbdd[:, None], ctx, nan))
+    denom_y = torch.where(solution_like[:, None], tau, torch.where(infeas[:, None], bty, nan))
+    rows = index[finished]
+    out_x[rows] = x / denom_x
+    out_s[rows] = sl / denom_x
+    out_y[rows] = y / denom_y
+    for row, c in zip(rows.tolist(), code.tolist()):
+        status[row] = _CODE_STATUS[c]
+
+
+def _update_scale(s: _Batch, res, it: int) -> torch.Tensor:
+    """SCS 3.3's adaptive scale: geometric mean of the primal/dual residual ratio since the last
+    update; rescale an element when it leaves [1/√10, √10] after ≥ 100 iterations."""
+    ratio = torch.log(res["rel_pri"].clamp(min=1e-300)) - torch.log(
+        res["rel_dual"].clamp(min=1e-300)
+    )
+    s.log_factor = s.log_factor + ratio
+    s.log_count = s.log_count + 1
+    factor = torch.exp(s.log_factor / s.log_count)
+    new_scale = (s.scale.squeeze(1) * factor).clamp(_SCALE_MIN, _SCALE_MAX)
+    due = (it - s.last_rescale) >= _RESCALE_MIN_ITERS
+    changed = (
+        due & ((factor > _SQRT10) | (factor < 1 / _SQRT10)) & (new_scale != s.scale.squeeze(1))
+    )
+    s.scale = torch.where(changed.unsqueeze(1), new_scale.unsqueeze(1), s.scale)
+    s.last_rescale = torch.where(changed, torch.full_like(s.last_rescale, it), s.last_rescale)
+    s.log_factor = torch.where(changed, torch.zeros_like(s.log_factor), s.log_factor)
+    s.log_count = torch.where(changed, torch.zeros_like(s.log_count), s.log_count)
+    return changed

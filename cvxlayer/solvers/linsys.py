@@ -1,0 +1,161 @@
+"""Batched linear systems of the ADMM step: (R + M) z = w, M = [[P, Aᵀ], [−A, 0]].
+
+With R = diag(r_x I, diag(r_y)), eliminating z_y gives the SPD system
+
+    K z_x = w_x − Aᵀ R_y⁻¹ w_y,   K = r_x I + P + Aᵀ R_y⁻¹ A,      z_y = R_y⁻¹ (w_y + A z_x).
+
+Strategies (`LINSYS`), each with `factor` (once per solve, again when R changes), `solve`
+(every iteration; `warm` is a starting guess for z_x that only iterative methods use) and
+`select` (drop finished batch elements):
+  "cholesky"  batched Cholesky of K (n × n), two triangular solves per iteration;
+  "lu"        batched LU of the full (n + m) × (n + m) matrix R + M;
+  "cg"        batched conjugate gradients on K, matrix-free, warm-started from the last
+              solution, each element stopping on its own residual.
+Shapes: A (B, m, n), P (B, n, n) or None, r_x scalar, r_y (B, m), w_x (B, n), w_y (B, m).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _reduced_rhs(A, r_y, w_x, w_y):
+    return w_x - (A.transpose(1, 2) @ (w_y / r_y).unsqueeze(-1)).squeeze(-1)
+
+
+def _recover_y(A, r_y, w_y, z_x):
+    return (w_y + (A @ z_x.unsqueeze(-1)).squeeze(-1)) / r_y
+
+
+class _Data:
+    def factor(self, A, P, r_x, r_y) -> None:
+        self.A, self.P, self.r_x, self.r_y = A, P, r_x, r_y
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the batch elements in `keep` (indices)."""
+        self.A, self.r_y = self.A[keep], self.r_y[keep]
+        if self.P is not None:
+            self.P = self.P[keep]
+
+
+def _reduced_matrix(A, P, r_x, r_y) -> torch.Tensor:
+    K = A.transpose(1, 2) @ (A / r_y.unsqueeze(-1))
+    if P is not None:
+        K = K + P
+    return K + r_x * torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+
+
+class CholeskySystem(_Data):
+    """Direct: K = L Lᵀ once, then two batched triangular solves per iteration."""
+
+    name = "cholesky"
+
+    def factor(self, A, P, r_x, r_y) -> None:
+        super().factor(A, P, r_x, r_y)
+        self.L = torch.linalg.cholesky(_reduced_matrix(A, P, r_x, r_y))
+
+    def select(self, keep) -> None:
+        super().select(keep)
+        self.L = self.L[keep]
+
+    def solve(self, w_x, w_y, warm=None):
+        rhs = _reduced_rhs(self.A, self.r_y, w_x, w_y)
+        z_x = torch.cholesky_solve(rhs.unsqueeze(-1), self.L).squeeze(-1)
+        return z_x, _recover_y(self.A, self.r_y, w_y, z_x)
+
+
+class LUSystem(_Data):
+    """Direct: batched LU of the full quasi-definite matrix [[r_x I + P, Aᵀ], [−A, R_y]]."""
+
+    name = "lu"
+
+    def factor(self, A, P, r_x, r_y) -> None:
+        super().factor(A, P, r_x, r_y)
+        B, m, n = A.shape
+        eye = torch.eye(n, dtype=A.dtype, device=A.device)
+        top_left = r_x * eye + (P if P is not None else 0)
+        full = torch.cat(
+            [
+                torch.cat([top_left.expand(B, n, n), A.transpose(1, 2)], dim=2),
+                torch.cat([-A, torch.diag_embed(r_y)], dim=2),
+            ],
+            dim=1,
+        )
+        self.lu, self.pivots = torch.linalg.lu_factor(full)
+        self.n = n
+
+    def select(self, keep) -> None:
+        super().select(keep)
+        self.lu, self.pivots = self.lu[keep], self.pivots[keep]
+
+    def solve(self, w_x, w_y, warm=None):
+        z = torch.linalg.lu_solve(self.lu, self.pivots, torch.cat([w_x, w_y], 1).unsqueeze(-1))
+        z = z.squeeze(-1)
+        return z[:, : self.n], z[:, self.n :]
+
+
+class CGSystem(_Data):
+    """Indirect: batched conjugate gradients on K z_x = rhs, matrix-free, warm-started.
+
+    Args:
+        rel_tol: stop an element when ‖residual‖ ≤ rel_tol · ‖rhs‖.
+        max_iters: CG iteration cap per solve (default: 10 n + 10; ill-conditioned K needs more
+            than n steps in floating point).
+    """
+
+    name = "cg"
+
+    def __init__(self, rel_tol: float = 1e-10, max_iters: int | None = None) -> None:
+        self.rel_tol = rel_tol
+        self.max_iters = max_iters
+
+    def factor(self, A, P, r_x, r_y) -> None:
+        super().factor(A, P, r_x, r_y)
+        # Jacobi preconditioner: diag(K)
+        self.diag = r_x + (A * A / r_y.unsqueeze(-1)).sum(1)
+        if P is not None:
+            self.diag = self.diag + torch.diagonal(P, dim1=1, dim2=2)
+
+    def select(self, keep) -> None:
+        super().select(keep)
+        self.diag = self.diag[keep]
+
+    def _matvec(self, v):
+        Av = (self.A @ v.unsqueeze(-1)).squeeze(-1)
+        out = self.r_x * v + (self.A.transpose(1, 2) @ (Av / self.r_y).unsqueeze(-1)).squeeze(-1)
+        if self.P is not None:
+            out = out + (self.P @ v.unsqueeze(-1)).squeeze(-1)
+        return out
+
+    def solve(self, w_x, w_y, warm: torch.Tensor | None = None):
+        rhs = _reduced_rhs(self.A, self.r_y, w_x, w_y)
+        x = torch.zeros_like(rhs) if warm is None else warm
+        r = rhs - self._matvec(x)
+        z = r / self.diag
+        p = z
+        rz = (r * z).sum(1, keepdim=True)
+        tol = self.rel_tol * rhs.norm(dim=1, keepdim=True).clamp(min=1e-30)
+        for _ in range(self.max_iters or 10 * rhs.shape[1] + 10):
+            active = r.norm(dim=1, keepdim=True) > tol
+            if not bool(active.any()):
+                break
+            Kp = self._matvec(p)
+            pKp = (p * Kp).sum(1, keepdim=True)
+            step = torch.where(active, rz / pKp.clamp(min=1e-300), torch.zeros_like(rz))
+            x = x + step * p
+            r = r - step * Kp
+            z = r / self.diag
+            rz_new = (r * z).sum(1, keepdim=True)
+            p = z + (rz_new / rz.clamp(min=1e-300)) * p
+            rz = rz_new
+        return x, _recover_y(self.A, self.r_y, w_y, x)
+
+
+LINSYS = {cls.name: cls for cls in (CholeskySystem, LUSystem, CGSystem)}
+
+
+def make_linsys(name: str):
+    """A fresh linear-system strategy by name ("cholesky", "lu", "cg")."""
+    if name not in LINSYS:
+        raise ValueError(f"unknown linsys {name!r}; available: {sorted(LINSYS)}")
+    return LINSYS[name]()
