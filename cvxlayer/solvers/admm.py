@@ -183,8 +183,8 @@ class TorchADMM:
 
         s.g = None
         refactor()
-        l = n + m + 1
-        v = program.b.new_zeros(B, l)
+        size = n + m + 1
+        v = program.b.new_zeros(B, size)
         v[:, -1] = 1.0
         if warm_start is not None:
             ry = r_y()
@@ -202,19 +202,16 @@ class TorchADMM:
         status: list[Status | None] = [None] * B
         iterations = torch.full((B,), settings.max_iters, dtype=torch.long)
 
-        sqrt_l = math.sqrt(l)
+        sqrt_size = math.sqrt(size)
         for it in range(settings.max_iters):
             ry = r_y()
             if it > 0:  # the embedding is homogeneous: keep the iterate's norm fixed
-                s.v = s.v * (sqrt_l / s.v.norm(dim=1, keepdim=True))
+                s.v = s.v * (sqrt_size / s.v.norm(dim=1, keepdim=True))
             v = s.v
             warm = s.u[:, :n] + s.u[:, -1:] * s.g[:, :n]
             p_x, p_y = linsys.solve(r_x * v[:, :n], ry * v[:, n : n + m], warm)
             p = torch.cat([p_x, p_y], 1)
-            if it == 0:
-                tau = torch.ones_like(v[:, -1:])
-            else:
-                tau = _root_plus(p, v, s.g, r_x, ry, n)
+            tau = torch.ones_like(v[:, -1:]) if it == 0 else _root_plus(p, v, s.g, r_x, ry, n)
             ut = torch.cat([p - tau * s.g, tau], 1)
             z = 2 * ut - v
             u_tau = torch.ones_like(tau) if it == 0 else z[:, -1:].clamp(min=0)
