@@ -24,8 +24,17 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-bench: $(STAMP)
-	$(PY) bench/run.py
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# The bench environment: cvxlayer plus the real peers (never in .venv).
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[dev]" cvxpylayers==1.2.0 diffcp moreau moreau-cpu
+	$(BENCH_VENV)/bin/python -m pip install -q --no-deps qpth mpc
+	touch $@

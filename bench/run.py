@@ -1,0 +1,226 @@
+"""Benchmark cvxlayer against its peers on the tasks of design.md §3, in one process.
+
+    python bench/run.py [--tasks T1,T2,T5-soc,T5-exp,T5-psd] [--batch 128] [--repeats 3]
+
+For each task and system: median forward seconds (no grad), median forward+backward seconds
+(loss = ⟨w, x*⟩), the ratio of each peer's time to cvxlayer's "torch" mode, and the max
+deviation of each system's solution from cvxlayer's. Writes bench/results/results.md,
+results.json and results.png. Peers that are not installed are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tasks import TASKS, Task  # noqa: E402
+
+from cvxlayer import CvxpyLayer  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+EPS = 1e-6
+
+Runner = Callable[[list[torch.Tensor]], torch.Tensor]
+
+
+def cvxlayer_system(mode: str, **args) -> Callable[[Task], Runner]:
+    def build(task: Task) -> Runner:
+        layer = CvxpyLayer(task.problem, task.parameters, [task.variable], mode=mode)
+        return lambda vals: layer(*vals, solver_args={"eps": EPS, **args})[0]
+
+    return build
+
+
+def cvxpylayers_system(solver: str | None) -> Callable[[Task], Runner]:
+    def build(task: Task) -> Runner:
+        from cvxpylayers.torch import CvxpyLayer as PeerLayer
+
+        layer = PeerLayer(task.problem, task.parameters, [task.variable], solver=solver)
+        args = {"eps_abs": EPS, "eps_rel": EPS} if solver is None else {}
+        return lambda vals: layer(*vals, solver_args=args)[0]
+
+    return build
+
+
+def qpth_system(task: Task) -> Runner:
+    if task.qpth_args is None:
+        raise NotImplementedError("qpth applies to QPs only")
+    from qpth.qp import QPFunction, QPSolvers
+
+    def run(vals):
+        Q, p, G, h, A, b = task.qpth_args(vals)
+        fn = QPFunction(verbose=-1, eps=EPS, maxIter=50, solver=QPSolvers.PDIPM_BATCHED)
+        return fn(Q, p, G, h, A, b)
+
+    return run
+
+
+SYSTEMS: dict[str, Callable[[Task], Runner]] = {
+    "cvxlayer[torch]": cvxlayer_system("torch"),
+    "cvxlayer[scs]": cvxlayer_system("scs"),
+    "cvxpylayers": cvxpylayers_system(None),
+    "cvxpylayers[MOREAU]": cvxpylayers_system("MOREAU"),
+    "qpth": qpth_system,
+}
+
+
+def _time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(task: Task, runner: Runner, repeats: int) -> dict:
+    weights = torch.randn(
+        task.values[0].shape[0],
+        *task.variable.shape,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+    def forward():
+        with torch.no_grad():
+            return runner(task.values)
+
+    def forward_backward():
+        leaves = [v.clone().requires_grad_() for v in task.values]
+        (runner(leaves) * weights).sum().backward()
+
+    solution = forward()
+    return {
+        "forward": _time(forward, repeats),
+        "forward_backward": _time(forward_backward, repeats),
+        "solution": solution.detach().reshape(solution.shape[0], -1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="T1,T2,T5-soc,T5-exp,T5-psd")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+
+    rows, notes = [], []
+    for task_name in args.tasks.split(","):
+        task = TASKS[task_name](batch=args.batch)
+        print(f"== {task.name}: {task.description}", flush=True)
+        results = {}
+        for system in args.systems.split(","):
+            peer = system.split("[")[0]
+            if (
+                peer not in ("cvxlayer",)
+                and peer not in task.peers
+                and system != "cvxpylayers[MOREAU]"
+            ):
+                continue
+            try:
+                runner = SYSTEMS[system](task)
+                results[system] = measure(task, runner, args.repeats)
+            except Exception as err:  # a missing or failing peer is reported, not fatal
+                notes.append(f"{task.name} / {system}: skipped ({type(err).__name__}: {err})")
+                print(f"   {system}: skipped ({type(err).__name__}: {str(err)[:120]})")
+                continue
+            r = results[system]
+            print(
+                f"   {system:<22} fwd {r['forward']:8.3f}s  fwd+bwd {r['forward_backward']:8.3f}s",
+                flush=True,
+            )
+        base = results.get("cvxlayer[torch]")
+        for system, r in results.items():
+            dev = (
+                float("nan")
+                if base is None
+                else float((r["solution"] - base["solution"]).abs().max())
+            )
+            rows.append(
+                {
+                    "task": task.name,
+                    "description": task.description,
+                    "system": system,
+                    "forward_s": r["forward"],
+                    "forward_backward_s": r["forward_backward"],
+                    "forward_ratio": r["forward"] / base["forward"] if base else float("nan"),
+                    "forward_backward_ratio": r["forward_backward"] / base["forward_backward"]
+                    if base
+                    else float("nan"),
+                    "max_deviation": dev,
+                }
+            )
+    write(rows, notes, Path(args.out), args)
+
+
+def write(rows: list[dict], notes: list[str], out: Path, args) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=2))
+    lines = [
+        f"# Benchmarks (batch {args.batch}, float64, eps {EPS:g}, median of {args.repeats}, "
+        f"{torch.get_num_threads()} threads)",
+        "",
+        "Ratio = the system's time / cvxlayer[torch]'s time (> 1: cvxlayer is faster). "
+        "Deviation = max |x − x_cvxlayer[torch]|.",
+        "",
+        "| task | system | forward s | fwd+bwd s | fwd ratio | fwd+bwd ratio | deviation |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} ({r['description']}) | {r['system']} | {r['forward_s']:.3f} | "
+            f"{r['forward_backward_s']:.3f} | {r['forward_ratio']:.1f}× | "
+            f"{r['forward_backward_ratio']:.1f}× | {r['max_deviation']:.1e} |"
+        )
+    if notes:
+        lines += ["", "Skipped:"] + [f"- {n}" for n in notes]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(rows, out / "results.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    width = 0.8 / max(1, len(systems))
+    for ax, key, title in (
+        (axes[0], "forward_s", "forward"),
+        (axes[1], "forward_backward_s", "forward + backward"),
+    ):
+        for k, system in enumerate(systems):
+            xs, ys = [], []
+            for i, task in enumerate(tasks):
+                for r in rows:
+                    if r["task"] == task and r["system"] == system:
+                        xs.append(i + k * width)
+                        ys.append(r[key])
+            ax.bar(xs, ys, width, label=system)
+        ax.set_yscale("log")
+        ax.set_xticks([i + width * (len(systems) - 1) / 2 for i in range(len(tasks))], tasks)
+        ax.set_title(f"{title} (seconds, log scale)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Benchmark tasks of design.md §3, each a DPP cvxpy problem with batched parameter values.
+
+A task gives the cvxpy problem, its parameters and variable, a seeded batch of parameter
+values (float64 torch tensors, batch first), and, where the peer applies, the equivalent
+qpth call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cvxpy as cp
+import torch
+
+
+@dataclass
+class Task:
+    name: str
+    description: str
+    problem: cp.Problem
+    parameters: list[cp.Parameter]
+    variable: cp.Variable
+    values: list[torch.Tensor]
+    # qpth form (Q, p, G, h, A, b) built from `values`, or None when qpth does not apply
+    qpth_args: Callable[[list[torch.Tensor]], tuple] | None = None
+    peers: tuple[str, ...] = field(default=("cvxpylayers",))
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def dense_qp(batch: int = 128, n: int = 100, m: int = 100, seed: int = 0) -> Task:
+    """T1: min ½‖Lx‖² + pᵀx + ½ε‖x‖²  s.t. Gx ≤ h, all batched (h = G z₀ + s₀: feasible)."""
+    g = _gen(seed)
+    L = cp.Parameter((n, n))
+    p = cp.Parameter(n)
+    G = cp.Parameter((m, n))
+    h = cp.Parameter(m)
+    x = cp.Variable(n)
+    eps = 1e-3
+    problem = cp.Problem(
+        cp.Minimize(0.5 * cp.sum_squares(L @ x) + p @ x + 0.5 * eps * cp.sum_squares(x)),
+        [G @ x <= h],
+    )
+    Lv = torch.randn(batch, n, n, generator=g, dtype=torch.float64) / n**0.5
+    pv = torch.randn(batch, n, generator=g, dtype=torch.float64)
+    Gv = torch.randn(batch, m, n, generator=g, dtype=torch.float64)
+    z0 = torch.randn(batch, n, generator=g, dtype=torch.float64)
+    hv = (Gv @ z0.unsqueeze(-1)).squeeze(-1) + torch.rand(
+        batch, m, generator=g, dtype=torch.float64
+    )
+
+    def qpth_args(vals):
+        Lq, pq, Gq, hq = vals
+        Q = Lq.transpose(1, 2) @ Lq + eps * torch.eye(n, dtype=Lq.dtype)
+        empty = torch.empty(0, dtype=Lq.dtype)
+        return Q, pq, Gq, hq, empty, empty
+
+    return Task(
+        "T1",
+        f"dense QP n={n} m={m} B={batch}",
+        problem,
+        [L, p, G, h],
+        x,
+        [Lv, pv, Gv, hv],
+        qpth_args,
+        ("cvxpylayers", "qpth"),
+    )
+
+
+def box_qp(batch: int = 128, n: int = 100, seed: int = 1) -> Task:
+    """T2: min ½‖Lx‖² + pᵀx + ½ε‖x‖²  s.t. −1 ≤ x ≤ 1."""
+    g = _gen(seed)
+    L = cp.Parameter((n, n))
+    p = cp.Parameter(n)
+    x = cp.Variable(n)
+    eps = 1e-3
+    problem = cp.Problem(
+        cp.Minimize(0.5 * cp.sum_squares(L @ x) + p @ x + 0.5 * eps * cp.sum_squares(x)),
+        [x <= 1, x >= -1],
+    )
+    Lv = torch.randn(batch, n, n, generator=g, dtype=torch.float64) / n**0.5
+    pv = 3 * torch.randn(batch, n, generator=g, dtype=torch.float64)
+
+    def qpth_args(vals):
+        Lq, pq = vals
+        Q = Lq.transpose(1, 2) @ Lq + eps * torch.eye(n, dtype=Lq.dtype)
+        eye = torch.eye(n, dtype=Lq.dtype)
+        G = torch.cat([eye, -eye])
+        h = torch.ones(2 * n, dtype=Lq.dtype)
+        empty = torch.empty(0, dtype=Lq.dtype)
+        return Q, pq, G, h, empty, empty
+
+    return Task(
+        "T2",
+        f"box QP n={n} B={batch}",
+        problem,
+        [L, p],
+        x,
+        [Lv, pv],
+        qpth_args,
+        ("cvxpylayers", "qpth"),
+    )
+
+
+def ellipsoid_projection(batch: int = 128, n: int = 50, seed: int = 2) -> Task:
+    """T5-soc: min ½‖y − x‖²  s.t. ‖F y − g‖ ≤ 1 (second-order cones)."""
+    gen = _gen(seed)
+    x = cp.Parameter(n)
+    F = cp.Parameter((n, n))
+    g = cp.Parameter(n)
+    y = cp.Variable(n)
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(y - x)), [cp.norm(F @ y - g) <= 1])
+    Fv = (
+        torch.eye(n, dtype=torch.float64)
+        + 0.3 * torch.randn(batch, n, n, generator=gen, dtype=torch.float64) / n**0.5
+    )
+    gv = 0.1 * torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    xv = 2 * torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    return Task(
+        "T5-soc", f"ellipsoid projection n={n} B={batch}", problem, [x, F, g], y, [xv, Fv, gv]
+    )
+
+
+def softmax(batch: int = 128, d: int = 50, seed: int = 3) -> Task:
+    """T5-exp: softmax as argmin −xᵀy − H(y) s.t. 1ᵀy = 1 (exponential cones)."""
+    gen = _gen(seed)
+    x = cp.Parameter(d)
+    y = cp.Variable(d)
+    problem = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1])
+    xv = torch.randn(batch, d, generator=gen, dtype=torch.float64)
+    return Task("T5-exp", f"softmax d={d} B={batch}", problem, [x], y, [xv])
+
+
+def nearest_psd(batch: int = 128, k: int = 10, seed: int = 4) -> Task:
+    """T5-psd: min ‖X − C‖_F²  s.t. X ⪰ 0, tr X ≤ 1 (a PSD cone of side k)."""
+    gen = _gen(seed)
+    C = cp.Parameter((k, k), symmetric=True)
+    X = cp.Variable((k, k), symmetric=True)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(X - C)), [X >> 0, cp.trace(X) <= 1])
+    M = torch.randn(batch, k, k, generator=gen, dtype=torch.float64)
+    return Task(
+        "T5-psd", f"nearest PSD k={k} B={batch}", problem, [C], X, [(M + M.transpose(1, 2)) / 2]
+    )
+
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "T1": dense_qp,
+    "T2": box_qp,
+    "T5-soc": ellipsoid_projection,
+    "T5-exp": softmax,
+    "T5-psd": nearest_psd,
+}
