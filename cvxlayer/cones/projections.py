@@ -226,6 +226,118 @@ def proj_exp_dual(v: torch.Tensor) -> torch.Tensor:
     return -proj_exp_primal_polar(-v)[1]
 
 
+# ---------------------------------------------------------------- derivatives
+# Each takes blocks z (..., size) and returns the Jacobians (..., size, size) of the
+# projection at z (a generalized Jacobian where the projection is not differentiable).
+def _eye_like(z: torch.Tensor) -> torch.Tensor:
+    size = z.shape[-1]
+    return torch.eye(size, dtype=z.dtype, device=z.device).expand(*z.shape, size)
+
+
+def d_identity(z: torch.Tensor) -> torch.Tensor:
+    return _eye_like(z).clone()
+
+
+def d_zero(z: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(*z.shape, z.shape[-1], dtype=z.dtype, device=z.device)
+
+
+def d_nonneg(z: torch.Tensor) -> torch.Tensor:
+    return torch.diag_embed((z > 0).to(z.dtype))
+
+
+def d_soc(z: torch.Tensor) -> torch.Tensor:
+    """DΠ_SOC: I inside, 0 in the polar, else ½[[1, x̄ᵀ], [x̄, (1 + t/‖x‖) I − (t/‖x‖) x̄x̄ᵀ]]."""
+    t, x = z[..., :1], z[..., 1:]
+    nx = x.norm(dim=-1, keepdim=True)
+    safe = torch.where(nx > 0, nx, torch.ones_like(nx))
+    xb = x / safe
+    ratio = (t / safe).unsqueeze(-1)
+    q = z.shape[-1]
+    eye = torch.eye(q - 1, dtype=z.dtype, device=z.device)
+    lower = (1 + ratio) * eye - ratio * xb.unsqueeze(-1) * xb.unsqueeze(-2)
+    top = torch.cat([torch.ones_like(t), xb], -1).unsqueeze(-2)
+    bottom = torch.cat([xb.unsqueeze(-1), lower], -1)
+    boundary = 0.5 * torch.cat([top, bottom], -2)
+    inside = (nx <= t).unsqueeze(-1)
+    polar = (nx <= -t).unsqueeze(-1)
+    return torch.where(
+        inside, _eye_like(z), torch.where(polar, torch.zeros_like(boundary), boundary)
+    )
+
+
+def d_psd(v: torch.Tensor) -> torch.Tensor:
+    """DΠ_PSD in svec coordinates: H ↦ Q (Γ ∘ (Qᵀ H Q)) Qᵀ with
+    Γ_ij = (λᵢ₊ − λⱼ₊)/(λᵢ − λⱼ) (1[λᵢ > 0] when λᵢ = λⱼ), applied to each basis vector."""
+    lam, Q = torch.linalg.eigh(svec_to_mat(v))
+    lp = lam.clamp(min=0)
+    diff = lam.unsqueeze(-1) - lam.unsqueeze(-2)
+    same = diff.abs() <= 1e-12 * (1 + lam.abs().amax(-1, keepdim=True).unsqueeze(-1))
+    pos = (lam > 0).to(v.dtype)
+    gamma = torch.where(
+        same,
+        (pos.unsqueeze(-1) + pos.unsqueeze(-2)) / 2,
+        (lp.unsqueeze(-1) - lp.unsqueeze(-2)) / torch.where(same, torch.ones_like(diff), diff),
+    )
+    size = v.shape[-1]
+    basis = svec_to_mat(torch.eye(size, dtype=v.dtype, device=v.device))  # (size, k, k)
+    Qe = Q.unsqueeze(-3)  # (..., 1, k, k)
+    inner = Qe.transpose(-1, -2) @ basis @ Qe
+    images = Qe @ (gamma.unsqueeze(-3) * inner) @ Qe.transpose(-1, -2)  # (..., size, k, k)
+    return mat_to_svec(images).transpose(-1, -2)  # column j = D e_j
+
+
+def _exp_boundary_point(v: torch.Tensor, rho0: torch.Tensor) -> torch.Tensor:
+    """Π_K(v) on the curved boundary as a function of v, through one Newton step on h at the
+    root ρ₀ (exact value, and the implicit-function derivative dρ/dv = −∂h/∂v / h′)."""
+    r, s, t = v[..., 0], v[..., 1], v[..., 2]
+    f, df = _exp_h(r, s, t, rho0)
+    rho = rho0 - f / df
+    lin = ((rho - 1) * r + s) / (rho * (rho - 1) + 1)
+    return torch.stack([rho * lin, lin, torch.exp(rho) * lin], -1)
+
+
+def d_exp(v: torch.Tensor) -> torch.Tensor:
+    """DΠ_{K_exp}(v): I inside K, 0 in the polar, diag(r<0, 0, t>0) on the flat face
+    {(r, 0, t): r ≤ 0 ≤ t}, the Jacobian of (r, s) ↦ (r, s, s·exp(r/s)) where the projection
+    only lifted t, and the derivative of the curved-boundary point elsewhere."""
+    flat = v.reshape(-1, 3)
+    p, d = proj_exp_primal_polar(flat)
+    scale = 1 + flat.norm(dim=-1)
+    tol = 1e-9 * scale
+    inside = (p - flat).norm(dim=-1) <= tol
+    polar = p.norm(dim=-1) <= tol
+    face = ~inside & ~polar & (p[:, 1] <= tol)
+    rho0 = p[:, 0] / torch.where(p[:, 1] > 0, p[:, 1], torch.ones_like(p[:, 1]))
+    # The projection returned the candidate (r, s, s·exp(r/s)) (same r, s): differentiate that
+    # map. Also far out (ρ ≪ 0), where the boundary is that graph and e^{−ρ} in h overflows.
+    same_rs = (p[:, :2] == flat[:, :2]).all(-1)
+    steep = ~inside & ~polar & ~face & (same_rs | (rho0 < -30))
+    curved = ~inside & ~polar & ~face & ~steep
+    jac = torch.zeros(flat.shape[0], 3, 3, dtype=v.dtype, device=v.device)
+    jac[inside] = torch.eye(3, dtype=v.dtype, device=v.device)
+    face_diag = torch.stack(
+        [(flat[:, 0] < 0).to(v.dtype), torch.zeros_like(flat[:, 0]), (flat[:, 2] > 0).to(v.dtype)],
+        -1,
+    )
+    jac[face] = torch.diag_embed(face_diag[face])
+    e_rho = torch.exp(rho0[steep])
+    graph = torch.zeros(int(steep.sum()), 3, 3, dtype=v.dtype, device=v.device)
+    graph[:, 0, 0] = graph[:, 1, 1] = 1
+    graph[:, 2, 0], graph[:, 2, 1] = e_rho, (1 - rho0[steep]) * e_rho
+    jac[steep] = graph
+    if bool(curved.any()):
+        jac[curved] = torch.func.vmap(torch.func.jacrev(_exp_boundary_point))(
+            flat[curved], rho0[curved]
+        )
+    return jac.reshape(*v.shape, 3)
+
+
+def d_exp_dual(v: torch.Tensor) -> torch.Tensor:
+    """DΠ_{K*}(v) = I − DΠ_K(−v), from Π_{K*}(v) = v + Π_K(−v)."""
+    return _eye_like(v) - d_exp(-v)
+
+
 # ---------------------------------------------------------------- the table
 def _identity(z: torch.Tensor) -> torch.Tensor:
     return z
@@ -241,19 +353,22 @@ def _nonneg(z: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Family:
-    """Projections of one cone family onto K and K*, on (B, count, size) blocks."""
+    """Projections of one cone family onto K and K*, and their Jacobians, on
+    (B, count, size) blocks."""
 
     primal: Callable[[torch.Tensor], torch.Tensor]
     dual: Callable[[torch.Tensor], torch.Tensor]
+    d_primal: Callable[[torch.Tensor], torch.Tensor]
+    d_dual: Callable[[torch.Tensor], torch.Tensor]
 
 
 _FAMILIES: dict[str, _Family] = {
-    "zero": _Family(_zero, _identity),
-    "nonneg": _Family(_nonneg, _nonneg),
-    "soc": _Family(proj_soc, proj_soc),
-    "psd": _Family(proj_psd, proj_psd),
-    "exp": _Family(proj_exp, proj_exp_dual),
-    "exp_dual": _Family(proj_exp_dual, proj_exp),
+    "zero": _Family(_zero, _identity, d_zero, d_identity),
+    "nonneg": _Family(_nonneg, _nonneg, d_nonneg, d_nonneg),
+    "soc": _Family(proj_soc, proj_soc, d_soc, d_soc),
+    "psd": _Family(proj_psd, proj_psd, d_psd, d_psd),
+    "exp": _Family(proj_exp, proj_exp_dual, d_exp, d_exp_dual),
+    "exp_dual": _Family(proj_exp_dual, proj_exp, d_exp_dual, d_exp),
 }
 
 
@@ -267,6 +382,10 @@ class _Group:
     def project(self, block: torch.Tensor, dual: bool) -> torch.Tensor:
         fam = _FAMILIES[self.family]
         return (fam.dual if dual else fam.primal)(block)
+
+    def jacobian(self, block: torch.Tensor, dual: bool) -> torch.Tensor:
+        fam = _FAMILIES[self.family]
+        return (fam.d_dual if dual else fam.d_primal)(block)
 
 
 class ConeProjector:
@@ -320,6 +439,15 @@ class ConeProjector:
     def primal(self, z: torch.Tensor) -> torch.Tensor:
         """Π_K(z), z: (B, m)."""
         return self._apply(z, dual=False)
+
+    def jacobian(self, z: torch.Tensor, dual: bool) -> torch.Tensor:
+        """(B, m, m) block-diagonal Jacobian of Π_K (or Π_{K*} if `dual`) at z (B, m)."""
+        jac = z.new_zeros(z.shape[0], z.shape[1], z.shape[1])
+        for group in self.groups:
+            rows = self._rows(group, z.device)  # (count, size)
+            blocks = group.jacobian(z[:, rows], dual)  # (B, count, size, size)
+            jac[:, rows.unsqueeze(-1), rows.unsqueeze(-2)] = blocks
+        return jac
 
     def dual(self, z: torch.Tensor) -> torch.Tensor:
         """Π_{K*}(z), z: (B, m)."""
