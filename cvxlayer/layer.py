@@ -94,15 +94,20 @@ class CvxpyLayer(torch.nn.Module):
                 f"solver={solver!r} is not available; cvxlayer picks its solver with "
                 f"mode= (one of 'torch', 'scs', 'scs-block')"
             )
-        self.compiled: CompiledProblem = compile_problem(
-            problem, parameters, variables, canon_backend=canon_backend
-        )
         self.mode = mode
         self.solver = get_solver(mode)
         self.defaults: CallOptions = parse_solver_args(
             solver_args, CallOptions(SolveSettings(verbose=verbose), "auto")
         )
-        get_adjoint(self.defaults.backward).check(self.compiled.structure)
+        adjoint = get_adjoint(self.defaults.backward)
+        self.compiled: CompiledProblem = compile_problem(
+            problem,
+            parameters,
+            variables,
+            canon_backend=canon_backend,
+            quad_obj=adjoint.supports_quadratic,
+        )
+        adjoint.check(self.compiled.structure)
 
     def extra_repr(self) -> str:
         st = self.compiled.structure

@@ -55,6 +55,11 @@ class ConeStructure:
         cols = np.repeat(np.arange(self.n), np.diff(self.a_indptr))
         return self.a_indices, cols
 
+    def p_coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols), rows ≤ cols, of the nnz_P upper-triangle pattern, in CSC order."""
+        cols = np.repeat(np.arange(self.n), np.diff(self.p_indptr))
+        return self.p_indices, cols
+
 
 @dataclass(frozen=True, eq=False)
 class ConeProgram:
@@ -86,6 +91,21 @@ class ConeProgram:
             self.c.detach(),
             None if self.P is None else self.P.detach(),
         )
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A (B, m, n) and the full symmetric P (B, n, n) (or None) as dense tensors."""
+        st, B = self.structure, self.batch_size
+        device = self.b.device
+        rows, cols = (torch.as_tensor(a, device=device) for a in st.a_coords())
+        A = self.A.new_zeros(B, st.m, st.n)
+        A[:, rows, cols] = self.A
+        if self.P is None:
+            return A, None
+        p_rows, p_cols = (torch.as_tensor(a, device=device) for a in st.p_coords())
+        P = self.P.new_zeros(B, st.n, st.n)
+        P[:, p_rows, p_cols] = self.P
+        P = P + P.transpose(1, 2) - torch.diag_embed(torch.diagonal(P, dim1=1, dim2=2))
+        return A, P
 
     def to_scipy(self) -> list[tuple[sp.csc_matrix, np.ndarray, np.ndarray, sp.csc_matrix | None]]:
         """Each element as SciPy/NumPy float64 data (A, b, c, P) for a native solver."""

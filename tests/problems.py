@@ -69,7 +69,7 @@ def exp_cone(n: int = 4) -> Case:
     prob = cp.Problem(cp.Minimize(-theta @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1, y <= u])
 
     def draw(rng):
-        return [rng.standard_normal(n), rng.uniform(0.5, 1.0, n)]
+        return [rng.standard_normal(n), rng.uniform(0.26, 0.45, n)]  # caps bind, sum > 1
 
     return Case("exp", prob, [theta, u], [y], draw)
 
@@ -83,7 +83,7 @@ def psd(k: int = 3) -> Case:
 
     def draw(rng):
         M = rng.standard_normal((k, k))
-        return [(M + M.T) / 2, np.array(rng.uniform(1.0, 2.0))]
+        return [(M + M.T) / 2, np.array(rng.uniform(0.3, 0.6))]  # the trace bound binds
 
     return Case("psd", prob, [C, t], [X], draw)
 

@@ -10,19 +10,23 @@ from cvxlayer.compile import compile_problem
 
 
 def test_parametric_map_reproduces_cvxpy_data():
-    """A, b, c from our torch map equal cvxpy's get_problem_data at the same values."""
+    """P, A, b, c from our torch map equal cvxpy's get_problem_data at the same values."""
     for case in CASES.values():
         values = case.draw(np.random.default_rng(7))
         for param, value in zip(case.parameters, values):
             param.value = value
-        data, _, _ = case.problem.get_problem_data(cp.SCS, solver_opts={"use_quad_obj": False})
+        data, _, _ = case.problem.get_problem_data(cp.SCS, solver_opts={"use_quad_obj": True})
         compiled = compile_problem(case.problem, case.parameters, case.variables)
         program = compiled.cone_program([torch.as_tensor(v)[None] for v in values])
         ((A, b, c, P),) = program.to_scipy()
-        assert P is None
         np.testing.assert_allclose(A.toarray(), data["A"].toarray(), atol=1e-12, err_msg=case.name)
         np.testing.assert_allclose(b, data["b"], atol=1e-12, err_msg=case.name)
         np.testing.assert_allclose(c, data["c"], atol=1e-12, err_msg=case.name)
+        P_ref = np.triu(data["P"].toarray()) if data.get("P") is not None else None
+        if P is None:
+            assert P_ref is None or not P_ref.any(), case.name
+        else:
+            np.testing.assert_allclose(P.toarray(), P_ref, atol=1e-12, err_msg=case.name)
 
 
 def test_map_is_differentiable_to_parameters():

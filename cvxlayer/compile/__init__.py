@@ -121,8 +121,13 @@ def compile_problem(
     parameters: Sequence[cp.Parameter],
     variables: Sequence[cp.Variable],
     canon_backend: str | None = None,
+    quad_obj: bool = True,
 ) -> CompiledProblem:
     """Check and canonicalize `problem` into a `CompiledProblem`.
+
+    Args:
+        quad_obj: keep a quadratic objective as ½xᵀPx (else cvxpy turns it into second-order
+            cones, for backward methods that need a linear objective).
 
     Raises:
         ValueError: the problem is not DCP/DPP; the parameter list misses or repeats a
@@ -131,9 +136,11 @@ def compile_problem(
     check_problem(problem)
     check_parameters(problem, parameters)
     check_variables(problem, variables)
-    # A purely conic program (no quadratic P): the diffcp backward needs it that way.
     data, chain, inverse_data = problem.get_problem_data(
-        cp.SCS, solver_opts={"use_quad_obj": False}, enforce_dpp=True, canon_backend=canon_backend
+        cp.SCS,
+        solver_opts={"use_quad_obj": quad_obj},
+        enforce_dpp=True,
+        canon_backend=canon_backend,
     )
     param_prob = data[cp.settings.PARAM_PROB]
     slots, columns = _parameter_columns(parameters, param_prob, chain)

@@ -1,10 +1,11 @@
 """Backward stage: implicit differentiation of the cone program, with pluggable adjoints."""
 
+from cvxlayer.diff.dense import DenseAdjoint
 from cvxlayer.diff.diffcp_backend import DiffcpAdjoint
 from cvxlayer.diff.implicit import Adjoint, solve_and_differentiate
 
-ADJOINTS: dict[str, type] = {DiffcpAdjoint.name: DiffcpAdjoint}
-DEFAULT_ADJOINT = DiffcpAdjoint.name
+ADJOINTS: dict[str, type] = {DenseAdjoint.name: DenseAdjoint, DiffcpAdjoint.name: DiffcpAdjoint}
+DEFAULT_ADJOINT = DenseAdjoint.name
 
 
 def get_adjoint(name: str) -> Adjoint:

@@ -38,6 +38,7 @@ class DiffcpAdjoint:
     """
 
     name = "diffcp"
+    supports_quadratic = False
 
     def __init__(self, method: str = "auto") -> None:
         if method not in ("auto", "dense", "lsqr"):
@@ -52,7 +53,11 @@ class DiffcpAdjoint:
                 "with non-integer p); the layer cannot differentiate this problem yet"
             )
         if structure.p_indices is not None:
-            raise NotImplementedError("the diffcp backward needs a linear objective (P = 0)")
+            raise NotImplementedError(
+                "the diffcp backward needs a linear objective (P = 0), but this layer was "
+                "compiled with a quadratic one; construct it with "
+                "solver_args={'backward': 'diffcp'} to compile without"
+            )
 
     def vjp(
         self,

@@ -23,6 +23,7 @@ class Adjoint(Protocol):
     """A backward method: the adjoint of the cone program's solution map at a solution."""
 
     name: str
+    supports_quadratic: bool  # can differentiate programs with a quadratic objective P
 
     def check(self, structure: ConeStructure) -> None:
         """Raise `NotImplementedError` if programs of this structure are not supported."""

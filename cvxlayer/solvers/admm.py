@@ -40,24 +40,6 @@ _SQRT10 = math.sqrt(10.0)
 _FLOAT32_EPS_FLOOR = 1e-4
 
 
-def dense_data(program: ConeProgram) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A (B, m, n) and the symmetric P (B, n, n) (or None) from the pattern values."""
-    st, B = program.structure, program.batch_size
-    rows, cols = (torch.as_tensor(a, device=program.b.device) for a in st.a_coords())
-    A = program.A.new_zeros(B, st.m, st.n)
-    A[:, rows, cols] = program.A
-    P = None
-    if program.P is not None:
-        p_cols = torch.repeat_interleave(
-            torch.arange(st.n), torch.as_tensor(st.p_indptr).diff()
-        ).to(program.b.device)
-        p_rows = torch.as_tensor(st.p_indices, device=program.b.device)
-        P = program.P.new_zeros(B, st.n, st.n)
-        P[:, p_rows, p_cols] = program.P
-        P = P + P.transpose(1, 2) - torch.diag_embed(torch.diagonal(P, dim1=1, dim2=2))
-    return A, P
-
-
 def _per_cone(values: torch.Tensor, ids: torch.Tensor, count: int, reduce: str) -> torch.Tensor:
     """Replace each row's value by its cone's max or mean (ids: (m,) cone of each row)."""
     index = ids.expand(values.shape[0], -1)
@@ -141,7 +123,7 @@ class TorchADMM:
                 eps_infeas=max(settings.eps_infeas, floor),
             )
         projector = ConeProjector(st.cones)
-        A, P = dense_data(program)
+        A, P = program.dense()
         b, c = program.b, program.c
         if settings.normalize:
             D, E = equilibrate(A, P, st.cones.block_ids())
