@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from cvxlayer.cones.projections import ConeProjector
+from cvxlayer.linalg import lu_factor
 from cvxlayer.program import ConeProgram, ConeStructure
 from cvxlayer.solvers.base import Solution
 
@@ -40,12 +41,11 @@ def residual_jacobian(A, P, D) -> torch.Tensor:
 
 def solve_transposed(J: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """r with Jᵀ r = rhs per element; least squares (minimum norm) where J is singular."""
-    JT = J.transpose(1, 2)
-    r, info = torch.linalg.solve_ex(JT, rhs.unsqueeze(-1))
-    r = r.squeeze(-1)
+    lu, pivots, info = lu_factor(J)
+    r = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1), adjoint=True).squeeze(-1)
     bad = (info != 0) | ~torch.isfinite(r).all(1)
     if bool(bad.any()):
-        fallback = torch.linalg.pinv(JT[bad]) @ rhs[bad].unsqueeze(-1)
+        fallback = torch.linalg.pinv(J[bad].transpose(1, 2)) @ rhs[bad].unsqueeze(-1)
         r[bad] = fallback.squeeze(-1)
     return r
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from cvxlayer.linalg import lu_factor
+
 
 def _reduced_rhs(A, r_y, w_x, w_y):
     return w_x - (A.transpose(1, 2) @ (w_y / r_y).unsqueeze(-1)).squeeze(-1)
@@ -81,7 +83,7 @@ class LUSystem(_Data):
             ],
             dim=1,
         )
-        self.lu, self.pivots = torch.linalg.lu_factor(full)
+        self.lu, self.pivots, _ = lu_factor(full)
         self.n = n
 
     def select(self, keep) -> None:
