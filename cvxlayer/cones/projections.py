@@ -151,16 +151,29 @@ def _exp_bracket(r, s, t, pdist, ddist):
     return low2, upr2
 
 
-def _exp_root(r, s, t, low, upr, iters: int = 40):
-    """Safeguarded Newton on h over [low, upr], all elements at once (no early exit)."""
+def _exp_root(r, s, t, low, upr, iters: int = 30, check_every: int = 3):
+    """Safeguarded Newton on h over [low, upr] for all elements at once (Friberg's rule: a
+    step leaving the bracket is replaced by 0.05·x + 0.95·(the bracket end it crossed)).
+    Stops when no element moved by more than 1e-12 relative in the last step (checked every
+    `check_every` steps)."""
     x = (low + upr) / 2
-    for _ in range(iters):
+    for k in range(iters):
         f, df = _exp_h(r, s, t, x)
         low = torch.where(f < 0, x, low)
         upr = torch.where(f < 0, upr, x)
-        step = x - f / torch.where(df > 1e-13, df, torch.ones_like(df))
-        newton_ok = (df > 1e-13) & (step > low) & (step < upr) & torch.isfinite(step)
-        x = torch.where(newton_ok, step, (low + upr) / 2)
+        newton = x - f / torch.where(df > 1e-13, df, torch.ones_like(df))
+        newton = torch.where(torch.isfinite(newton) & (df > 1e-13), newton, (low + upr) / 2)
+        x_new = torch.where(
+            newton >= upr,
+            torch.minimum(0.05 * x + 0.95 * upr, upr),
+            torch.where(newton <= low, torch.maximum(0.05 * x + 0.95 * low, low), newton),
+        )
+        x_new = torch.where(f == 0, x, x_new)
+        if (k + 1) % check_every == 0:
+            moved = (x_new - x).abs() > 1e-12 * x.abs().clamp(min=1)
+            if not bool(moved.any()):
+                return x_new
+        x = x_new
     return x
 
 
@@ -206,14 +219,21 @@ def proj_exp_primal_polar(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if bool(done.all()):
         return vp, vd
 
+    # root search only where the cheap candidates do not settle the projection
+    shape = r.shape
+    todo = (~done).reshape(-1).nonzero().squeeze(1)
+    r, s, t = (a.reshape(-1)[todo] for a in (r, s, t))
+    pdist, ddist = pdist.reshape(-1)[todo], ddist.reshape(-1)[todo]
     low, upr = _exp_bracket(r, s, t, pdist, ddist)
     rho = _exp_root(r, s, t, low, upr)
     cand_p, ok_p, cand_d, ok_d = _exp_from_rho(r, s, t, rho)
-    better_p = ~done & ok_p & ((cand_p - v).norm(dim=-1) <= pdist)
-    better_d = ~done & ok_d & ((cand_d - v).norm(dim=-1) <= ddist)
-    vp = torch.where(better_p[..., None], cand_p, vp)
-    vd = torch.where(better_d[..., None], cand_d, vd)
-    return vp, vd
+    v_todo = v.reshape(-1, 3)[todo]
+    better_p = ok_p & ((cand_p - v_todo).norm(dim=-1) <= pdist)
+    better_d = ok_d & ((cand_d - v_todo).norm(dim=-1) <= ddist)
+    vp, vd = vp.reshape(-1, 3).clone(), vd.reshape(-1, 3).clone()
+    vp[todo] = torch.where(better_p[:, None], cand_p, vp[todo])
+    vd[todo] = torch.where(better_d[:, None], cand_d, vd[todo])
+    return vp.reshape(*shape, 3), vd.reshape(*shape, 3)
 
 
 def proj_exp(v: torch.Tensor) -> torch.Tensor:
