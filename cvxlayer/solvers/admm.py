@@ -195,6 +195,12 @@ class TorchADMM:
         s.u = torch.zeros_like(v)
         s.u[:, -1] = 1.0
 
+        anderson = (
+            _Anderson(s, settings.acceleration_lookback, size)
+            if settings.acceleration_lookback > 0
+            else None
+        )
+
         out_x = b.new_full((B, n), float("nan"))
         out_y = b.new_full((B, m), float("nan"))
         out_s = b.new_full((B, m), float("nan"))
@@ -252,9 +258,79 @@ class TorchADMM:
                         )
                         # keep rsk, u, ũ: v⁺ = R⁺⁻¹ rsk + 2ũ − u
                         s.v = torch.where(changed.unsqueeze(1), rsk / R_new + 2 * ut - u, s.v)
-            s.v = s.v + settings.alpha * (u - ut)
+                        if anderson is not None:
+                            anderson.reset(s, changed)
+            v_next = s.v + settings.alpha * (u - ut)
+            if anderson is not None:
+                apply = (it + 1) % settings.acceleration_interval == 0
+                v_next = anderson.step(s, s.v, v_next, apply)
+            s.v = v_next
 
         return Solution(out_x, out_y, out_s, tuple(status), iterations)
+
+
+class _Anderson:
+    """Type-II Anderson acceleration of the fixed-point map v ↦ T(v), per batch element.
+
+    Keeps the last `memory` differences of residuals f = T(v) − v and of images g = T(v);
+    the accelerated point is g − ΔG γ with γ = argmin ‖f − ΔF γ‖² + λ‖γ‖². A step is
+    rejected (plain iterate restored, memory cleared) when the next residual is larger than
+    the one it was taken from. State lives on the `_Batch`, so finished elements drop out.
+    """
+
+    def __init__(self, s: _Batch, memory: int, size: int) -> None:
+        B = s.v.shape[0]
+        self.memory = memory
+        s.aa_dF = s.v.new_zeros(B, size, memory)
+        s.aa_dG = s.v.new_zeros(B, size, memory)
+        s.aa_f = s.v.new_zeros(B, size)
+        s.aa_g = s.v.new_zeros(B, size)
+        s.aa_count = torch.zeros(B, dtype=torch.long, device=s.v.device)
+        s.aa_pending = torch.zeros(B, dtype=torch.bool, device=s.v.device)
+        s.aa_norm = s.v.new_zeros(B)
+        s.aa_plain = torch.zeros_like(s.v)
+
+    def reset(self, s: _Batch, which: torch.Tensor) -> None:
+        s.aa_count = torch.where(which, torch.zeros_like(s.aa_count), s.aa_count)
+        s.aa_pending = s.aa_pending & ~which
+
+    def step(self, s: _Batch, v_in: torch.Tensor, v_out: torch.Tensor, apply: bool):
+        """Record (v_in, T(v_in) = v_out); return the next iterate."""
+        f = v_out - v_in
+        f_norm = f.norm(dim=1)
+        # safeguard: the previous accelerated step must not have increased the residual
+        rejected = s.aa_pending & (f_norm > s.aa_norm)
+        if bool(rejected.any()):
+            self.reset(s, rejected)
+            v_out = torch.where(rejected.unsqueeze(1), s.aa_plain, v_out)
+            f = torch.where(rejected.unsqueeze(1), torch.zeros_like(f), f)
+        s.aa_pending = torch.zeros_like(s.aa_pending)
+        has_prev = s.aa_count > 0
+        slot = (s.aa_count - 1) % self.memory
+        new_dF = torch.where(has_prev.unsqueeze(1), f - s.aa_f, torch.zeros_like(f))
+        new_dG = torch.where(has_prev.unsqueeze(1), v_out - s.aa_g, torch.zeros_like(f))
+        rows = torch.arange(f.shape[0], device=f.device)
+        s.aa_dF[rows, :, slot] = torch.where(has_prev.unsqueeze(1), new_dF, s.aa_dF[rows, :, slot])
+        s.aa_dG[rows, :, slot] = torch.where(has_prev.unsqueeze(1), new_dG, s.aa_dG[rows, :, slot])
+        s.aa_f, s.aa_g = f, v_out
+        s.aa_count = torch.where(rejected, s.aa_count, s.aa_count + 1)
+        if not apply:
+            return v_out
+        used = (s.aa_count - 1).clamp(max=self.memory).unsqueeze(1)
+        filled = torch.arange(self.memory, device=f.device) < used
+        mask = filled.to(f.dtype).unsqueeze(1)  # (B, 1, memory)
+        dF, dG = s.aa_dF * mask, s.aa_dG * mask
+        gram = dF.transpose(1, 2) @ dF
+        reg = 1e-10 * gram.diagonal(dim1=1, dim2=2).sum(1).clamp(min=1e-30)
+        eye = torch.eye(self.memory, dtype=f.dtype, device=f.device)
+        gram = gram + reg[:, None, None] * eye + (1 - mask.squeeze(1)).unsqueeze(-1) * eye
+        gamma = torch.linalg.solve(gram, (dF.transpose(1, 2) @ f.unsqueeze(-1))).squeeze(-1)
+        accelerated = v_out - (dG @ gamma.unsqueeze(-1)).squeeze(-1)
+        use = (s.aa_count > 1) & torch.isfinite(accelerated).all(1)
+        s.aa_pending = use
+        s.aa_norm = f.norm(dim=1)
+        s.aa_plain = v_out
+        return torch.where(use.unsqueeze(1), accelerated, v_out)
 
 
 def _root_plus(p, v, g, r_x, r_y, n):
