@@ -19,6 +19,9 @@ from cvxlayer.options import CallOptions, parse_solver_args
 from cvxlayer.solvers import SolveSettings, Status, get_solver
 
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
+# mode="auto": the batched torch solver on CUDA; native SCS on the CPU, where it is faster
+# for the small and medium problems layers usually hold (bench/results/results.md)
+AUTO_CPU, AUTO_CUDA = "scs", "torch"
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,11 @@ class CvxpyLayer(torch.nn.Module):
         verbose: print solver progress.
         canon_backend: cvxpy canonicalization backend (e.g. "SCIPY"); None lets cvxpy choose.
         solver_args: default solver settings for every call (see `forward`).
-        mode: forward solver: "torch" (default: batched SCS-style ADMM in PyTorch on the
-            parameters' device and dtype), "scs" (native SCS, one element at a time) or
-            "scs-block" (native SCS on one block-diagonal problem for the whole batch).
+        mode: forward solver: "torch" (batched SCS-style ADMM in PyTorch on the parameters'
+            device and dtype), "scs" (native SCS, one element at a time), "scs-block" (native
+            SCS on one block-diagonal problem for the whole batch), or "auto" (default:
+            "torch" for CUDA tensors, "scs" for CPU tensors, where native SCS is faster on
+            small problems; see docs/benchmarks.md).
 
     Raises:
         ValueError: the problem is not DCP/DPP, the parameter list misses, repeats or adds a
@@ -84,7 +89,7 @@ class CvxpyLayer(torch.nn.Module):
         canon_backend: str | None = None,
         solver_args: Mapping | None = None,
         *,
-        mode: str = "torch",
+        mode: str = "auto",
     ) -> None:
         super().__init__()
         if gp:
@@ -92,10 +97,12 @@ class CvxpyLayer(torch.nn.Module):
         if solver not in _CVXPYLAYERS_SOLVERS:
             raise ValueError(
                 f"solver={solver!r} is not available; cvxlayer picks its solver with "
-                f"mode= (one of 'torch', 'scs', 'scs-block')"
+                f"mode= (one of 'auto', 'torch', 'scs', 'scs-block')"
             )
         self.mode = mode
-        self.solver = get_solver(mode)
+        self.solvers = {
+            m: get_solver(m) for m in ((AUTO_CPU, AUTO_CUDA) if mode == "auto" else (mode,))
+        }
         self.defaults: CallOptions = parse_solver_args(
             solver_args, CallOptions(SolveSettings(verbose=verbose), "auto")
         )
@@ -149,8 +156,11 @@ class CvxpyLayer(torch.nn.Module):
         adjoint = get_adjoint(options.backward)
         adjoint.check(self.compiled.structure)
         program = self.compiled.cone_program(values)
-        solution = solve_and_differentiate(program, self.solver, options.settings, adjoint)
-        info = SolveInfo(solution.status, solution.iterations, self.mode)
+        mode = self.mode
+        if mode == "auto":
+            mode = AUTO_CUDA if values[0].is_cuda else AUTO_CPU
+        solution = solve_and_differentiate(program, self.solvers[mode], options.settings, adjoint)
+        info = SolveInfo(solution.status, solution.iterations, mode)
         if not return_status:
             _raise_on_failure(info)
         outputs = self.compiled.recover(solution.x)

@@ -102,3 +102,25 @@ def test_max_iters_is_honoured():
     _, info = layer(*values, solver_args={"max_iters": 3, "eps": 1e-12}, return_status=True)
     assert info.iterations.tolist() == [3]
     assert info.status[0].value in ("max_iters", "solved_inaccurate")
+
+
+def test_auto_mode_uses_native_scs_on_cpu():
+    case = CASES["socp"]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    assert layer.mode == "auto"
+    values = _tensors(case.draw(np.random.default_rng(8)))
+    (y,), info = layer(*values, solver_args=TIGHT, return_status=True)
+    assert info.mode == "scs"
+    (ref,) = solve_reference(case, [v.numpy() for v in values])
+    np.testing.assert_allclose(y.numpy(), ref, atol=1e-5)
+
+
+@pytest.mark.requires_cuda
+def test_auto_mode_uses_torch_solver_on_cuda():
+    case = CASES["socp"]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    values = [v.cuda() for v in _tensors(case.draw(np.random.default_rng(8)))]
+    (y,), info = layer(*values, solver_args=TIGHT, return_status=True)
+    assert info.mode == "torch" and y.is_cuda
+    (ref,) = solve_reference(case, [v.cpu().numpy() for v in values])
+    np.testing.assert_allclose(y.cpu().numpy(), ref, atol=1e-5)

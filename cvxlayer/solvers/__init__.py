@@ -16,9 +16,9 @@ SOLVERS: dict[str, type] = {
 
 
 def get_solver(mode: str) -> Solver:
-    """The solver of a mode name (e.g. "scs", "scs-block")."""
+    """The solver of a mode name (e.g. "torch", "scs", "scs-block")."""
     if mode not in SOLVERS:
-        raise ValueError(f"unknown mode {mode!r}; available modes: {sorted(SOLVERS)}")
+        raise ValueError(f"unknown mode {mode!r}; available modes: {sorted(SOLVERS) + ['auto']}")
     return SOLVERS[mode]()
 
 
