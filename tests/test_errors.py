@@ -151,3 +151,26 @@ def test_gp_not_supported_yet(relu):
     prob, x, y = relu
     with pytest.raises(NotImplementedError, match="gp=True"):
         CvxpyLayer(prob, [x], [y], gp=True)
+
+
+@pytest.mark.parametrize("linsys", ["cholesky", "lu", "cg"])
+def test_torch_mode_certificates_inside_a_batch(linsys):
+    """One infeasible and one unbounded element among solved ones: each gets its status and
+    the solved elements their exact answers."""
+    lo = cp.Parameter(name="lo")
+    w = cp.Parameter(name="w")
+    y = cp.Variable()
+    z = cp.Variable()
+    # min y + w z  s.t. lo ≤ y ≤ 1, z ≥ 0: infeasible if lo > 1, unbounded if w < 0
+    prob = cp.Problem(cp.Minimize(y + w * z), [y >= lo, y <= 1, z >= 0])
+    layer = CvxpyLayer(prob, [lo, w], [y, z], mode="torch")
+    lo_t = torch.tensor([0.0, 2.0, 0.5, 0.25], dtype=torch.float64)
+    w_t = torch.tensor([1.0, 1.0, -1.0, 2.0], dtype=torch.float64)
+    (y_out, z_out), info = layer(
+        lo_t, w_t, solver_args={"eps": 1e-9, "linsys": linsys}, return_status=True
+    )
+    assert info.status == (Status.SOLVED, Status.INFEASIBLE, Status.UNBOUNDED, Status.SOLVED)
+    torch.testing.assert_close(y_out[[0, 3]], lo_t[[0, 3]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        z_out[[0, 3]], torch.zeros(2, dtype=torch.float64), atol=1e-6, rtol=0
+    )
