@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                     if base
                     else float("nan"),
                     "max_deviation": dev,
+                    "runs": r["runs"],
                 }
             )
     write(rows, notes, Path(args.out), args)

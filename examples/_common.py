@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 FIGURES = Path(__file__).parent / "figures"
@@ -46,3 +48,45 @@ def value_and_derivative(layer, x: torch.Tensor, component: int = 0, **call):
     (y,) = layer(x, **call)
     (grad,) = torch.autograd.grad(y[:, component].sum(), x)
     return y.detach(), grad[:, component]
+
+
+def fit(loss_fn, optimizer, snapshot, iterations: int, on_step=None):
+    """Optimizer loop; records `snapshot()` at steps 0, ¼, ½ and the end.
+
+    Returns:
+        (snapshots {step: value}, losses per step, seconds).
+    """
+    marks = {0, iterations // 4, iterations // 2, iterations}
+    snapshots, losses = {}, []
+    start = time.perf_counter()
+    for it in range(iterations + 1):
+        if it in marks:
+            snapshots[it] = snapshot()
+        if it == iterations:
+            break
+        if on_step is not None:
+            on_step(it)
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return snapshots, losses, time.perf_counter() - start
+
+
+def plot_learned_sets(name, title, targets, snapshots, losses, draw, truth, lim, cmap):
+    """Left: the true set (`truth(ax)`), the targets, and the learned set at each snapshot
+    (`draw(ax, snapshot, color)`); right: the training loss."""
+    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 4.3))
+    truth(ax)
+    ax.plot(targets[:, 0], targets[:, 1], "x", color="tab:blue", ms=4)
+    colors = cmap(np.linspace(0.35, 1, len(snapshots)))
+    for color, (it, snap) in zip(colors, snapshots.items()):
+        draw(ax, snap, color)
+        ax.plot([], [], color=color, lw=2, label=f"learned, step {it}")
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax_loss.semilogy(losses)
+    ax_loss.set(title="MSE of projections", xlabel="Adam step")
+    ax_loss.grid(alpha=0.3)
+    return save(fig, name)

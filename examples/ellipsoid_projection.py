@@ -7,13 +7,11 @@ its parameters and torch computes g from the learned center z; gradients reach F
 Targets are projections onto a true ellipsoid (computed with the same layer, no grad).
 """
 
-import time
-
 import cvxpy as cp
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from _common import save
+from _common import fit, plot_learned_sets
 
 from cvxlayer import CvxpyLayer
 
@@ -43,44 +41,34 @@ def main(iterations: int = 60, points: int = 64):
 
     F = torch.nn.Parameter(torch.eye(2, dtype=torch.float64))
     z = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    opt = torch.optim.Adam([F, z], lr=0.05)
-    snapshots, losses = {}, []
-    start = time.perf_counter()
-    for it in range(iterations + 1):
-        if it in (0, iterations // 4, iterations // 2, iterations):
-            snapshots[it] = (F.detach().numpy().copy(), z.detach().numpy().copy())
-        if it == iterations:
-            break
-        opt.zero_grad()
+
+    def loss():
         (pred,) = layer(X, F, F @ z, solver_args={"eps": 1e-6})
-        loss = torch.nn.functional.mse_loss(pred, Y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        return torch.nn.functional.mse_loss(pred, Y)
+
+    snapshots, losses, seconds = fit(
+        loss,
+        torch.optim.Adam([F, z], lr=0.05),
+        lambda: (F.detach().numpy().copy(), z.detach().numpy().copy()),
+        iterations,
+    )
     print(
         f"ellipsoid: loss {losses[0]:.4f} -> {losses[-1]:.2e} in {iterations} Adam steps "
-        f"({time.perf_counter() - start:.1f} s, batch {points})"
+        f"({seconds:.1f} s, batch {points})"
     )
-
-    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 4.3))
-    ax.fill(
-        *boundary(F_true.numpy(), z_true.numpy()),
-        color="tab:blue",
-        alpha=0.2,
-        label="true ellipsoid",
+    return plot_learned_sets(
+        "ellipsoid_projection",
+        "learned ellipsoid over training",
+        Y,
+        snapshots,
+        losses,
+        draw=lambda ax, Fz, color: ax.plot(*boundary(*Fz), color=color, lw=2),
+        truth=lambda ax: ax.fill(
+            *boundary(F_true.numpy(), z_true.numpy()), color="tab:blue", alpha=0.2, label="true"
+        ),
+        lim=2.2,
+        cmap=plt.cm.Reds,
     )
-    ax.plot(Y[:, 0], Y[:, 1], "x", color="tab:blue", ms=4)
-    colors = plt.cm.Reds(np.linspace(0.35, 1, len(snapshots)))
-    for color, (it, (Fv, zv)) in zip(colors, snapshots.items()):
-        ax.plot(*boundary(Fv, zv), color=color, lw=2, label=f"learned, step {it}")
-    ax.set(
-        xlim=(-2.2, 2.2), ylim=(-2.2, 2.2), aspect="equal", title="learned ellipsoid over training"
-    )
-    ax.legend(loc="upper left", fontsize=8)
-    ax_loss.semilogy(losses)
-    ax_loss.set(title="MSE of projections", xlabel="Adam step")
-    ax_loss.grid(alpha=0.3)
-    return save(fig, "ellipsoid_projection")
 
 
 if __name__ == "__main__":

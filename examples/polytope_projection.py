@@ -6,13 +6,11 @@ Targets are the projections of the same points onto the unit disc, which no poly
 represents exactly; Adam fits G, h so that the projections match as well as they can.
 """
 
-import time
-
 import cvxpy as cp
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from _common import save
+from _common import fit, plot_learned_sets
 
 from cvxlayer import CvxpyLayer
 
@@ -48,38 +46,35 @@ def main(iterations: int = 60, points: int = 64):
     Y = X / X.norm(dim=1).clamp(min=1)[:, None]  # projections onto the unit disc
     model = PolytopeProjection()
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
-    snapshots, losses = {}, []
-    start = time.perf_counter()
-    for it in range(iterations + 1):
-        if it in (0, iterations // 4, iterations // 2, iterations):
-            snapshots[it] = (model.G.detach().numpy().copy(), model.h.detach().numpy().copy())
-        if it == iterations:
-            break
+
+    def slow_down(it):
         if it == iterations // 2:
             opt.param_groups[0]["lr"] = 0.02
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(X), Y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+
+    snapshots, losses, seconds = fit(
+        lambda: torch.nn.functional.mse_loss(model(X), Y),
+        opt,
+        lambda: (model.G.detach().numpy().copy(), model.h.detach().numpy().copy()),
+        iterations,
+        on_step=slow_down,
+    )
     print(
         f"polytope: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {iterations} Adam steps "
-        f"({time.perf_counter() - start:.1f} s, batch {points})"
+        f"({seconds:.1f} s, batch {points})"
     )
-
-    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 4.3))
-    ax.add_patch(plt.Circle((0, 0), 1, color="tab:blue", alpha=0.15, label="unit disc"))
-    ax.plot(Y[:, 0], Y[:, 1], "x", color="tab:blue", ms=4)
-    colors = plt.cm.Oranges(np.linspace(0.35, 1, len(snapshots)))
-    for color, (it, (G, h)) in zip(colors, snapshots.items()):
-        draw_polytope(ax, G, h, colors=[color], linewidths=2)
-        ax.plot([], [], color=color, lw=2, label=f"polytope, step {it}")
-    ax.set(xlim=(-2, 2), ylim=(-2, 2), aspect="equal", title="learned polytope over training")
-    ax.legend(loc="upper left", fontsize=8)
-    ax_loss.semilogy(losses)
-    ax_loss.set(title="MSE of projections", xlabel="Adam step")
-    ax_loss.grid(alpha=0.3)
-    return save(fig, "polytope_projection")
+    return plot_learned_sets(
+        "polytope_projection",
+        "learned polytope over training",
+        Y,
+        snapshots,
+        losses,
+        draw=lambda ax, Gh, color: draw_polytope(ax, *Gh, colors=[color], linewidths=2),
+        truth=lambda ax: ax.add_patch(
+            plt.Circle((0, 0), 1, color="tab:blue", alpha=0.15, label="unit disc")
+        ),
+        lim=2.0,
+        cmap=plt.cm.Oranges,
+    )
 
 
 if __name__ == "__main__":
