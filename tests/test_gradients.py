@@ -106,13 +106,13 @@ def test_gradient_matches_finite_differences(name, mode):
     assert all(leaf.grad.abs().sum() > 0 for leaf in leaves)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_gradcheck_small_socp(mode):
+@pytest.mark.parametrize("mode, backward", [(m, "dense") for m in MODES] + [("torch", "lsqr")])
+def test_gradcheck_small_socp(mode, backward):
     case = CASES["socp"]
     layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode)
     values = [v[0].clone().requires_grad_() for v in _batch(case, seed=3, size=1)]
     assert torch.autograd.gradcheck(
-        lambda *vals: layer(*vals, solver_args=TIGHT)[0],
+        lambda *vals: layer(*vals, solver_args={**TIGHT, "backward": backward})[0],
         values,
         eps=1e-6,
         atol=1e-5,
@@ -176,11 +176,11 @@ def test_diffcp_adjoint_matches_diffcp_public_api():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_dense_backward_matches_diffcp(name):
-    """Our batched dense adjoint (with P) against diffcp's (conic form) on every cone type."""
+def test_own_backwards_match_diffcp(name):
+    """Our batched dense and LSQR adjoints (with P) against diffcp's (conic form), every cone."""
     case = CASES[name]
     grads = {}
-    for backward in ("dense", "diffcp"):
+    for backward in ("dense", "lsqr", "diffcp"):
         layer = CvxpyLayer(
             case.problem, case.parameters, case.variables, solver_args={"backward": backward}
         )
@@ -189,8 +189,9 @@ def test_dense_backward_matches_diffcp(name):
         w = torch.arange(x[0].numel(), dtype=torch.float64).reshape(x[0].shape)
         (x * w).sum().backward()
         grads[backward] = [leaf.grad for leaf in leaves]
-    for ours, ref in zip(grads["dense"], grads["diffcp"]):
-        torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    for ours in ("dense", "lsqr"):
+        for got, ref in zip(grads[ours], grads["diffcp"]):
+            torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
 
 
 def test_diffcp_backward_on_quadratic_compile_is_a_clear_error():
@@ -212,3 +213,28 @@ def test_backward_survives_set_num_threads():
     rhs = torch.randn(4, 400, generator=gen, dtype=torch.float64)
     r = solve_transposed(J, rhs)
     torch.testing.assert_close((J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1), rhs)
+
+
+def test_auto_backward_switches_to_lsqr_above_the_dense_limit(monkeypatch):
+    import cvxlayer.diff.dense as dense
+
+    case = CASES["socp"]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+
+    def gradients():
+        leaves = [v.clone().requires_grad_() for v in _batch(case, seed=9, size=2)]
+        layer(*leaves, solver_args=TIGHT)[0].sum().backward()
+        return [leaf.grad for leaf in leaves]
+
+    expected = gradients()  # small problem: dense
+    original, calls = dense.lsqr, []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dense, "lsqr", spy)
+    monkeypatch.setattr(dense, "DENSE_LIMIT", 3)  # now every problem counts as large
+    for got, ref in zip(gradients(), expected):
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+    assert calls

@@ -460,14 +460,28 @@ class ConeProjector:
         """Π_K(z), z: (B, m)."""
         return self._apply(z, dual=False)
 
+    def jacobian_blocks(self, z: torch.Tensor, dual: bool) -> list:
+        """[(rows (count, size), blocks (B, count, size, size))] of DΠ_K (DΠ_{K*} if `dual`)."""
+        out = []
+        for group in self.groups:
+            rows = self._rows(group, z.device)
+            out.append((rows, group.jacobian(z[:, rows], dual)))
+        return out
+
     def jacobian(self, z: torch.Tensor, dual: bool) -> torch.Tensor:
         """(B, m, m) block-diagonal Jacobian of Π_K (or Π_{K*} if `dual`) at z (B, m)."""
         jac = z.new_zeros(z.shape[0], z.shape[1], z.shape[1])
-        for group in self.groups:
-            rows = self._rows(group, z.device)  # (count, size)
-            blocks = group.jacobian(z[:, rows], dual)  # (B, count, size, size)
+        for rows, blocks in self.jacobian_blocks(z, dual):
             jac[:, rows.unsqueeze(-1), rows.unsqueeze(-2)] = blocks
         return jac
+
+    @staticmethod
+    def apply_blocks(blocks: list, w: torch.Tensor) -> torch.Tensor:
+        """DΠ w for w (B, m), with `blocks` from `jacobian_blocks` (never forms the m × m)."""
+        out = torch.zeros_like(w)
+        for rows, jac in blocks:
+            out[:, rows] = (jac @ w[:, rows].unsqueeze(-1)).squeeze(-1)
+        return out
 
     def dual(self, z: torch.Tensor) -> torch.Tensor:
         """Π_{K*}(z), z: (B, m)."""

@@ -1,19 +1,20 @@
 """Backward stage: implicit differentiation of the cone program, with pluggable adjoints."""
 
-from cvxlayer.diff.dense import DenseAdjoint
+from functools import partial
+
+from cvxlayer.diff.dense import ResidualMapAdjoint
 from cvxlayer.diff.diffcp_backend import DiffcpAdjoint
 from cvxlayer.diff.implicit import Adjoint, solve_and_differentiate
 
-ADJOINTS: dict[str, type] = {DenseAdjoint.name: DenseAdjoint, DiffcpAdjoint.name: DiffcpAdjoint}
-DEFAULT_ADJOINT = DenseAdjoint.name
+ADJOINTS = {method: partial(ResidualMapAdjoint, method) for method in ("auto", "dense", "lsqr")}
+ADJOINTS[DiffcpAdjoint.name] = DiffcpAdjoint
 
 
 def get_adjoint(name: str) -> Adjoint:
-    """The backward method of a name ("diffcp"; "auto" picks the default)."""
-    if name == "auto":
-        name = DEFAULT_ADJOINT
+    """The backward method of a name: "auto" (dense up to n + m = 1000 unknowns, LSQR
+    above), "dense", "lsqr" or "diffcp"."""
     if name not in ADJOINTS:
-        raise ValueError(f"unknown backward {name!r}; available: {sorted(ADJOINTS) + ['auto']}")
+        raise ValueError(f"unknown backward {name!r}; available: {sorted(ADJOINTS)}")
     return ADJOINTS[name]()
 
 

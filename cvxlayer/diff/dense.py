@@ -1,4 +1,4 @@
-"""Batched dense adjoint of the cone program's solution map, with a quadratic objective.
+"""Batched adjoint of the cone program's solution map, with a quadratic objective.
 
 At a solution (x, y, s) let u = x, v = y − s, so that y = Π(v), s = Π(v) − v with
 Π = Π_{K*} (Minty's parameterization). The solution satisfies the residual map
@@ -6,17 +6,20 @@ At a solution (x, y, s) let u = x, v = y − s, so that y = Π(v), s = Π(v) −
     R(u, v) = ( P u + Aᵀ Π(v) + c ,  −A u + b − (Π(v) − v) ) = 0,
 
 n + m equations in n + m unknowns (the homogeneous variable fixed at τ = 1). Its Jacobian
-is J = [[P, Aᵀ D], [−A, I − D]], D = DΠ(v). For a loss with gradients (dx, dy, ds), solve
+is J = [[P, Aᵀ D], [−A, I − D]], D = DΠ(v) (symmetric). For a loss with gradients
+(dx, dy, ds), solve
 
-    Jᵀ r = ( dx ,  Dᵀ(dy + ds) − ds )
+    Jᵀ r = ( dx ,  D(dy + ds) − ds )
 
 and, since ∂L/∂θ = −rᵀ ∂R/∂θ,
 
     dA = r_v xᵀ − y r_uᵀ,   db = −r_v,   dc = −r_u,   dP = −½ (r_u xᵀ + x r_uᵀ).
 
 With P = 0 this is the adjoint of Agrawal et al. (2019) with the homogeneous row dropped.
-Everything is batched in torch on the data's device: one (n + m) × (n + m) LU per element,
-with a least-squares fallback where J is singular.
+Two ways to solve Jᵀ r = rhs for the whole batch, on the data's device:
+  "dense": form J, one batched LU (least squares where J is singular);
+  "lsqr":  batched LSQR on the operator r ↦ Jᵀ r, applying A, P and the cone Jacobians
+           block by block, with a per-element stopping rule.
 """
 
 from __future__ import annotations
@@ -50,11 +53,63 @@ def solve_transposed(J: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return r
 
 
-class DenseAdjoint:
-    """Backward "dense": batched LU of the residual map's Jacobian, quadratic objectives too."""
+def lsqr(op, op_t, rhs: torch.Tensor, tol: float = 1e-10, max_iters: int | None = None):
+    """Batched LSQR (Paige & Saunders 1982): min ‖op(r) − rhs‖ for each row of rhs (B, N).
 
-    name = "dense"
+    Each element stops when its residual estimate falls below tol · ‖rhs‖ or its normal
+    residual ‖op_t(op(r) − rhs)‖ below tol · ‖op‖‖op(r) − rhs‖ (estimated).
+
+    Returns:
+        (r (B, N), iterations (B,)).
+    """
+
+    def normalize(t):
+        norm = t.norm(dim=1, keepdim=True)
+        return t / torch.where(norm > 0, norm, torch.ones_like(norm)), norm
+
+    u, beta = normalize(rhs)
+    v, alpha = normalize(op_t(u))
+    w, x = v.clone(), torch.zeros_like(v)
+    phibar, rhobar = beta.clone(), alpha.clone()
+    anorm = alpha.clone()
+    b_norm = beta.clamp(min=1e-300)
+    active = (beta > 0) & (alpha > 0)
+    iters = torch.zeros(rhs.shape[0], dtype=torch.long, device=rhs.device)
+    for _ in range(max_iters or 4 * rhs.shape[1]):
+        if not bool(active.any()):
+            break
+        u, beta = normalize(op(v) - alpha * u)
+        v, alpha = normalize(op_t(u) - beta * v)
+        anorm = torch.sqrt(anorm**2 + alpha**2 + beta**2)
+        rho = torch.sqrt(rhobar**2 + beta**2).clamp(min=1e-300)
+        c, s = rhobar / rho, beta / rho
+        theta = s * alpha
+        phi = c * phibar
+        x = torch.where(active, x + (phi / rho) * w, x)
+        w = torch.where(active, v - (theta / rho) * w, w)
+        rhobar = -c * alpha
+        phibar = s * phibar
+        iters += active.squeeze(1).long()
+        normal = (phibar * alpha * c).abs()
+        done = (phibar <= tol * b_norm) | (normal <= tol * anorm * phibar.clamp(min=1e-300))
+        active = active & ~done
+    return x, iters
+
+
+# backward="auto": the dense solve up to this many unknowns n + m, LSQR above (the dense
+# Jacobian takes (n + m)² numbers per batch element)
+DENSE_LIMIT = 1000
+
+
+class ResidualMapAdjoint:
+    """The residual-map adjoint above; `method` ("dense", "lsqr" or "auto") picks the solve
+    of Jᵀ r = rhs."""
+
     supports_quadratic = True
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.name = method
 
     def check(self, structure: ConeStructure) -> None:
         ConeProjector(structure.cones)  # raises for cones without a torch derivative
@@ -79,9 +134,21 @@ class DenseAdjoint:
         A, P = program.dense()
         A, P = A[idx], None if P is None else P[idx]
         x, y, s = solution.x[idx], solution.y[idx], solution.s[idx]
-        D = ConeProjector(st.cones).jacobian(y - s, dual=True)
-        rhs_v = (D.transpose(1, 2) @ (dy[idx] + ds[idx]).unsqueeze(-1)).squeeze(-1) - ds[idx]
-        r = solve_transposed(residual_jacobian(A, P, D), torch.cat([dx[idx], rhs_v], 1))
+        projector = ConeProjector(st.cones)
+        blocks = projector.jacobian_blocks(y - s, dual=True)
+
+        def D(w):
+            return projector.apply_blocks(blocks, w)
+
+        rhs = torch.cat([dx[idx], D(dy[idx] + ds[idx]) - ds[idx]], 1)
+        method = self.method
+        if method == "auto":
+            method = "dense" if st.n + st.m <= DENSE_LIMIT else "lsqr"
+        if method == "dense":
+            J = residual_jacobian(A, P, projector.jacobian(y - s, dual=True))
+            r = solve_transposed(J, rhs)
+        else:
+            r, _ = lsqr(*_transposed_operator(A, P, D, st.n), rhs)
         r_u, r_v = r[:, : st.n], r[:, st.n :]
 
         rows, cols = (torch.as_tensor(a, device=program.b.device) for a in st.a_coords())
@@ -94,3 +161,22 @@ class DenseAdjoint:
             full = -(r_u[:, p_rows] * x[:, p_cols] + x[:, p_rows] * r_u[:, p_cols]) / 2
             dP[idx] = torch.where(p_rows == p_cols, full, 2 * full)
         return dA, db, dc, dP
+
+
+def _transposed_operator(A, P, D, n):
+    """(r ↦ Jᵀ r, w ↦ J w) without forming J (D symmetric, P symmetric)."""
+
+    def mv(M, t):
+        return (M @ t.unsqueeze(-1)).squeeze(-1)
+
+    def jt(r):
+        r_u, r_v = r[:, :n], r[:, n:]
+        top = -mv(A.transpose(1, 2), r_v) + (mv(P, r_u) if P is not None else 0)
+        return torch.cat([top, D(mv(A, r_u)) + r_v - D(r_v)], 1)
+
+    def j(w):
+        w_u, w_v = w[:, :n], w[:, n:]
+        top = mv(A.transpose(1, 2), D(w_v)) + (mv(P, w_u) if P is not None else 0)
+        return torch.cat([top, -mv(A, w_u) + w_v - D(w_v)], 1)
+
+    return jt, j
