@@ -66,6 +66,7 @@ def qpth_system(task: Task) -> Runner:
 SYSTEMS: dict[str, Callable[[Task], Runner]] = {
     "cvxlayer[torch]": cvxlayer_system("torch"),
     "cvxlayer[scs]": cvxlayer_system("scs"),
+    "cvxlayer[scs+lsqr]": cvxlayer_system("scs", backward="lsqr"),
     "cvxpylayers": cvxpylayers_system(None),
     "cvxpylayers[MOREAU]": cvxpylayers_system("MOREAU"),
     "qpth": qpth_system,
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--base", default="cvxlayer[scs]", help="system the ratios refer to (mode auto on CPU)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
 
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"   {system:<22} fwd {r['forward']:8.3f}s  fwd+bwd {r['forward_backward']:8.3f}s",
                 flush=True,
             )
-        base = results.get("cvxlayer[torch]")
+        base = results.get(args.base)
         for system, r in results.items():
             dev = (
                 float("nan")
@@ -170,6 +174,11 @@ def main(argv: list[str] | None = None) -> None:
                     "forward_backward_ratio": r["forward_backward"] / base["forward_backward"]
                     if base
                     else float("nan"),
+                    "backward_s": r["forward_backward"] - r["forward"],
+                    "backward_ratio": (r["forward_backward"] - r["forward"])
+                    / max(base["forward_backward"] - base["forward"], 1e-9)
+                    if base
+                    else float("nan"),
                     "max_deviation": dev,
                     "runs": r["runs"],
                 }
@@ -185,17 +194,20 @@ def write(rows: list[dict], notes: list[str], out: Path, args) -> None:
         f"{args.repeats} runs, a run over {SLOW_SECONDS:g} s not repeated; "
         f"{torch.get_num_threads()} threads)",
         "",
-        "Ratio = the system's time / cvxlayer[torch]'s time (> 1: cvxlayer is faster). "
-        "Deviation = max |x − x_cvxlayer[torch]|.",
+        f"Ratio = the system's time / {args.base}'s time (> 1: {args.base} is faster); "
+        "backward = fwd+bwd − fwd. "
+        f"Deviation = max |x − x_{args.base}|.",
         "",
-        "| task | system | forward s | fwd+bwd s | fwd ratio | fwd+bwd ratio | deviation | runs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| task | system | forward s | fwd+bwd s | backward s | fwd ratio | fwd+bwd ratio "
+        "| backward ratio | deviation | runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['task']} ({r['description']}) | {r['system']} | {r['forward_s']:.3f} | "
-            f"{r['forward_backward_s']:.3f} | {r['forward_ratio']:.1f}× | "
-            f"{r['forward_backward_ratio']:.1f}× | {r['max_deviation']:.1e} | {r['runs']} |"
+            f"{r['forward_backward_s']:.3f} | {r['backward_s']:.3f} | {r['forward_ratio']:.1f}× | "
+            f"{r['forward_backward_ratio']:.1f}× | {r['backward_ratio']:.1f}× | "
+            f"{r['max_deviation']:.1e} | {r['runs']} |"
         )
     if notes:
         lines += ["", "Skipped:"] + [f"- {n}" for n in notes]

@@ -114,7 +114,6 @@ class CvxpyLayer(torch.nn.Module):
             canon_backend=canon_backend,
             quad_obj=adjoint.supports_quadratic,
         )
-        adjoint.check(self.compiled.structure)
 
     def extra_repr(self) -> str:
         st = self.compiled.structure
@@ -154,7 +153,8 @@ class CvxpyLayer(torch.nn.Module):
         values, batched = _prepare_parameters(self.compiled, params)
         options = parse_solver_args(solver_args, self.defaults)
         adjoint = get_adjoint(options.backward)
-        adjoint.check(self.compiled.structure)
+        if torch.is_grad_enabled() and any(v.requires_grad for v in values):
+            adjoint.check(self.compiled.structure)  # fail before solving, not in backward
         program = self.compiled.cone_program(values)
         mode = self.mode
         if mode == "auto":

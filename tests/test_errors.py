@@ -174,3 +174,20 @@ def test_torch_mode_certificates_inside_a_batch(linsys):
     torch.testing.assert_close(
         z_out[[0, 3]], torch.zeros(2, dtype=torch.float64), atol=1e-6, rtol=0
     )
+
+
+def test_power_cone_problem_solves_forward_and_names_the_missing_backward():
+    """No backward supports power cones yet: forward-only use works, asking for a gradient
+    is a clear error before any solve."""
+    a = cp.Parameter(pos=True, name="a")
+    v = cp.Variable(3, name="v")
+    # max z s.t. x^0.3 y^0.7 >= |z|, x <= a, y <= 1  =>  z* = a^0.3
+    prob = cp.Problem(
+        cp.Maximize(v[2]), [cp.PowCone3D(v[0], v[1], v[2], 0.3), v[0] <= a, v[1] <= 1]
+    )
+    layer = CvxpyLayer(prob, [a], [v], mode="scs")
+    a_t = torch.tensor(0.7, dtype=torch.float64)
+    (v_out,) = layer(a_t, solver_args={"eps": 1e-9})
+    torch.testing.assert_close(v_out[2], a_t**0.3, atol=1e-5, rtol=0)
+    with pytest.raises(NotImplementedError, match="power cones"):
+        layer(a_t.clone().requires_grad_())

@@ -197,7 +197,7 @@ def test_own_backwards_match_diffcp(name):
 def test_diffcp_backward_on_quadratic_compile_is_a_clear_error():
     case = CASES["qp"]
     layer = CvxpyLayer(case.problem, case.parameters, case.variables)  # P kept
-    values = _batch(case, seed=7, size=1)
+    values = [v.requires_grad_() for v in _batch(case, seed=7, size=1)]
     with pytest.raises(NotImplementedError, match="backward': 'diffcp'"):
         layer(*values, solver_args={"backward": "diffcp"})
 
