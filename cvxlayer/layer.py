@@ -139,7 +139,8 @@ class CvxpyLayer(torch.nn.Module):
                 `linsys`, `scale`, `alpha`, `normalize`, …) and `backward` ("diffcp").
                 Unknown keys raise `ValueError`.
             return_status: if True, return `(solutions, SolveInfo)` and do not raise for
-                elements that were not solved; their gradients are zero.
+                elements that were not solved; their gradients are zero (or NaN with
+                `solver_args={"failed_gradient": "nan"}`).
 
         Returns:
             A tuple with one tensor per requested variable, (B, *shape) if any parameter was
@@ -159,7 +160,13 @@ class CvxpyLayer(torch.nn.Module):
         mode = self.mode
         if mode == "auto":
             mode = AUTO_CUDA if values[0].is_cuda else AUTO_CPU
-        solution = solve_and_differentiate(program, self.solvers[mode], options.settings, adjoint)
+        solution = solve_and_differentiate(
+            program,
+            self.solvers[mode],
+            options.settings,
+            adjoint,
+            failed_gradient=options.failed_gradient,
+        )
         info = SolveInfo(solution.status, solution.iterations, mode)
         if not return_status:
             _raise_on_failure(info)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from cvxlayer.solvers.base import SolveSettings
 
 _SETTINGS = frozenset(f.name for f in fields(SolveSettings))
-ACCEPTED = frozenset({"eps", "backward"}) | _SETTINGS
+ACCEPTED = frozenset({"eps", "backward", "failed_gradient"}) | _SETTINGS
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,12 @@ class CallOptions:
     Attributes:
         settings: forward solver settings.
         backward: name of the backward (adjoint) method.
+        failed_gradient: "zero" or "nan": the gradient of elements that were not solved.
     """
 
     settings: SolveSettings
     backward: str
+    failed_gradient: str = "zero"
 
 
 def parse_solver_args(
@@ -41,6 +43,11 @@ def parse_solver_args(
     if unknown:
         raise ValueError(f"unknown solver_args key(s) {unknown}; accepted keys: {sorted(ACCEPTED)}")
     backward = args.pop("backward", base.backward)
+    failed_gradient = args.pop("failed_gradient", base.failed_gradient)
+    if failed_gradient not in ("zero", "nan"):
+        raise ValueError(
+            f"solver_args['failed_gradient'] must be 'zero' or 'nan', got {failed_gradient!r}"
+        )
     if "eps" in args:
         eps = args.pop("eps")
         args.setdefault("eps_abs", eps)
@@ -53,4 +60,4 @@ def parse_solver_args(
             raise ValueError(f"solver_args['max_iters'] must be >= 1, got {args['max_iters']!r}")
         args["max_iters"] = int(args["max_iters"])
     settings = replace(base.settings, **args)
-    return CallOptions(settings, backward)
+    return CallOptions(settings, backward, failed_gradient)

@@ -191,3 +191,12 @@ def test_power_cone_problem_solves_forward_and_names_the_missing_backward():
     torch.testing.assert_close(v_out[2], a_t**0.3, atol=1e-5, rtol=0)
     with pytest.raises(NotImplementedError, match="power cones"):
         layer(a_t.clone().requires_grad_())
+
+
+def test_failed_elements_get_nan_gradient_on_request():
+    layer, lo = _infeasible_in_second_element("scs")
+    (y,), info = layer(lo, return_status=True, solver_args={"failed_gradient": "nan"})
+    y[[0, 2]].sum().backward()
+    assert torch.isnan(lo.grad[1]) and torch.isfinite(lo.grad[[0, 2]]).all()
+    with pytest.raises(ValueError, match="failed_gradient"):
+        layer(lo, solver_args={"failed_gradient": "ignore"})

@@ -124,3 +124,20 @@ def test_auto_mode_uses_torch_solver_on_cuda():
     assert info.mode == "torch" and y.is_cuda
     (ref,) = solve_reference(case, [v.cpu().numpy() for v in values])
     np.testing.assert_allclose(y.cpu().numpy(), ref, atol=1e-5)
+
+
+def test_torch_mode_warm_start_from_the_solution_converges_at_once():
+    """Warm-started at its own solution, the batched ADMM stops at the first check."""
+    from cvxlayer.solvers import SolveSettings, get_solver
+
+    case = CASES["socp"]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    draws = [case.draw(np.random.default_rng(30 + i)) for i in range(3)]
+    batched = [torch.stack(t) for t in zip(*[_tensors(d) for d in draws])]
+    program = layer.compiled.cone_program(batched)
+    solver, settings = get_solver("torch"), SolveSettings(eps_abs=1e-8, eps_rel=1e-8)
+    cold = solver.solve(program, settings)
+    warm = solver.solve(program, settings, warm_start=cold)
+    assert all(s.ok for s in warm.status)
+    assert (warm.iterations <= 10).all() and (cold.iterations > 10).all()
+    torch.testing.assert_close(warm.x, cold.x, atol=1e-6, rtol=0)

@@ -5,8 +5,9 @@ product of the solution map (A, b, c, P) ↦ (x, y, s) at the solution. The solv
 it is differentiated, and the adjoint never knows which solver ran (cf. jaxopt's
 `custom_root`): a new solver mode or a new backward method plugs in without touching this.
 
-Elements whose status is not "solved" get a zero gradient (they are only ever returned when
-the caller asked for per-element status; otherwise the layer raises before any backward).
+Elements whose status is not "solved" get a zero gradient, or NaN with
+`failed_gradient="nan"` (they are only ever returned when the caller asked for per-element
+status; otherwise the layer raises before any backward).
 """
 
 from __future__ import annotations
@@ -43,21 +44,25 @@ class Adjoint(Protocol):
 
 class _ConeSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, A, b, c, P, structure, solver, settings, adjoint, warm_start, box):
-        program = ConeProgram(
-            structure, A.detach(), b.detach(), c.detach(), None if P is None else P.detach()
-        )
+    def forward(ctx, A, b, c, P, structure, solver, settings, adjoint, warm_start, options):
+        program = ConeProgram(structure, A, b, c, P).detach()
         solution = solver.solve(program, settings, warm_start)
-        box.append(solution)
+        options["solution"] = solution
         ctx.program, ctx.solution, ctx.adjoint = program, solution, adjoint
+        ctx.failed_gradient = options["failed_gradient"]
         return solution.x, solution.y, solution.s
 
     @staticmethod
     def backward(ctx, dx, dy, ds):
         solution = ctx.solution
         active = [i for i, st in enumerate(solution.status) if st.ok]
-        dA, db, dc, dP = ctx.adjoint.vjp(ctx.program, solution, dx, dy, ds, active)
-        return dA, db, dc, dP, None, None, None, None, None, None
+        grads = ctx.adjoint.vjp(ctx.program, solution, dx, dy, ds, active)
+        failed = [i for i, st in enumerate(solution.status) if not st.ok]
+        if failed and ctx.failed_gradient == "nan":
+            for g in grads:
+                if g is not None:
+                    g[failed] = float("nan")
+        return (*grads, None, None, None, None, None, None)
 
 
 def solve_and_differentiate(
@@ -66,6 +71,7 @@ def solve_and_differentiate(
     settings: SolveSettings,
     adjoint: Adjoint,
     warm_start: Solution | None = None,
+    failed_gradient: str = "zero",
 ) -> Solution:
     """Solve a batch with `solver`; its x, y, s are differentiable w.r.t. the program's data.
 
@@ -75,11 +81,14 @@ def solve_and_differentiate(
         settings: forward settings.
         adjoint: the backward method (used only if a gradient is requested).
         warm_start: optional starting point for the solver.
+        failed_gradient: "zero" or "nan": the gradient given to elements not solved.
 
     Returns:
         The `Solution`, with x (B, n), y (B, m), s (B, m) attached to the autograd graph.
     """
-    box: list[Solution] = []
+    if failed_gradient not in ("zero", "nan"):
+        raise ValueError(f"failed_gradient must be 'zero' or 'nan', got {failed_gradient!r}")
+    options = {"failed_gradient": failed_gradient}
     x, y, s = _ConeSolve.apply(
         program.A,
         program.b,
@@ -90,7 +99,7 @@ def solve_and_differentiate(
         settings,
         adjoint,
         warm_start,
-        box,
+        options,
     )
-    solved = box[0]
+    solved = options["solution"]
     return Solution(x, y, s, solved.status, solved.iterations)
