@@ -31,6 +31,11 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _qpth_q(L: torch.Tensor, eps: float) -> torch.Tensor:
+    """Q = LᵀL + εI, the objective ½‖Lx‖² + ½ε‖x‖² in qpth's form."""
+    return L.transpose(1, 2) @ L + eps * torch.eye(L.shape[-1], dtype=L.dtype)
+
+
 def dense_qp(batch: int = 128, n: int = 100, m: int = 100, seed: int = 0) -> Task:
     """T1: min ½‖Lx‖² + pᵀx + ½ε‖x‖²  s.t. Gx ≤ h, all batched (h = G z₀ + s₀: feasible)."""
     g = _gen(seed)
@@ -54,9 +59,8 @@ def dense_qp(batch: int = 128, n: int = 100, m: int = 100, seed: int = 0) -> Tas
 
     def qpth_args(vals):
         Lq, pq, Gq, hq = vals
-        Q = Lq.transpose(1, 2) @ Lq + eps * torch.eye(n, dtype=Lq.dtype)
         empty = torch.empty(0, dtype=Lq.dtype)
-        return Q, pq, Gq, hq, empty, empty
+        return _qpth_q(Lq, eps), pq, Gq, hq, empty, empty
 
     return Task(
         "T1",
@@ -86,12 +90,16 @@ def box_qp(batch: int = 128, n: int = 100, seed: int = 1) -> Task:
 
     def qpth_args(vals):
         Lq, pq = vals
-        Q = Lq.transpose(1, 2) @ Lq + eps * torch.eye(n, dtype=Lq.dtype)
         eye = torch.eye(n, dtype=Lq.dtype)
-        G = torch.cat([eye, -eye])
-        h = torch.ones(2 * n, dtype=Lq.dtype)
         empty = torch.empty(0, dtype=Lq.dtype)
-        return Q, pq, G, h, empty, empty
+        return (
+            _qpth_q(Lq, eps),
+            pq,
+            torch.cat([eye, -eye]),
+            torch.ones(2 * n, dtype=Lq.dtype),
+            empty,
+            empty,
+        )
 
     return Task(
         "T2",

@@ -175,12 +175,17 @@ class TorchADMM:
         def r_y():
             return zero_weight / s.scale  # (B, m): 1/(1000·scale) on zero rows, 1/scale else
 
+        def r_full(ry):
+            """diag(R) = (r_x, …, R_y, 1): (B, n + m + 1)."""
+            return torch.cat(
+                [ry.new_full((ry.shape[0], n), r_x), ry, ry.new_ones(ry.shape[0], 1)], 1
+            )
+
         def refactor():
             linsys.factor(s.A_hat, s.P_hat, r_x, r_y())
             g_x, g_y = linsys.solve(s.c_hat, s.b_hat)
             s.g = torch.cat([g_x, g_y], 1)
 
-        s.g = None
         refactor()
         size = n + m + 1
         v = program.b.new_zeros(B, size)
@@ -213,16 +218,15 @@ class TorchADMM:
             if it > 0:  # the embedding is homogeneous: keep the iterate's norm fixed
                 s.v = s.v * (sqrt_size / s.v.norm(dim=1, keepdim=True))
             v = s.v
-            warm = s.u[:, :n] + s.u[:, -1:] * s.g[:, :n]
-            p_x, p_y = linsys.solve(r_x * v[:, :n], ry * v[:, n : n + m], warm)
+            guess = s.u[:, :n] + s.u[:, -1:] * s.g[:, :n]  # ≈ p_x near convergence (for CG)
+            p_x, p_y = linsys.solve(r_x * v[:, :n], ry * v[:, n : n + m], guess)
             p = torch.cat([p_x, p_y], 1)
             tau = torch.ones_like(v[:, -1:]) if it == 0 else _root_plus(p, v, s.g, r_x, ry, n)
             ut = torch.cat([p - tau * s.g, tau], 1)
             z = 2 * ut - v
             u_tau = torch.ones_like(tau) if it == 0 else z[:, -1:].clamp(min=0)
             u = torch.cat([z[:, :n], projector.dual(z[:, n : n + m]), u_tau], 1)
-            R = torch.cat([torch.full_like(p_x, r_x), ry, torch.ones_like(tau)], 1)
-            rsk = R * (v + u - 2 * ut)
+            rsk = r_full(ry) * (v + u - 2 * ut)
             s.u = u
 
             last = it == settings.max_iters - 1
@@ -252,12 +256,9 @@ class TorchADMM:
                     changed = _update_scale(s, res, it)
                     if bool(changed.any()):
                         refactor()
-                        R_new = torch.cat(
-                            [torch.full_like(s.v[:, :n], r_x), r_y(), torch.ones_like(s.v[:, :1])],
-                            1,
-                        )
                         # keep rsk, u, ũ: v⁺ = R⁺⁻¹ rsk + 2ũ − u
-                        s.v = torch.where(changed.unsqueeze(1), rsk / R_new + 2 * ut - u, s.v)
+                        v_rescaled = rsk / r_full(r_y()) + 2 * ut - u
+                        s.v = torch.where(changed.unsqueeze(1), v_rescaled, s.v)
                         if anderson is not None:
                             anderson.reset(s, changed)
             v_next = s.v + settings.alpha * (u - ut)
