@@ -62,8 +62,9 @@ class CvxpyLayer(torch.nn.Module):
         canon_backend: cvxpy canonicalization backend (e.g. "SCIPY"); None lets cvxpy choose.
         solver_args: default solver settings for every call (see `forward`).
         mode: forward solver: "torch" (batched SCS-style ADMM in PyTorch on the parameters'
-            device and dtype), "scs" (native SCS on each element, in parallel threads), "scs-block" (native
-            SCS on one block-diagonal problem for the whole batch), or "auto" (default:
+            device and dtype), "scs" (native SCS on each element, in parallel threads),
+            "scs-block" (native SCS on one block-diagonal problem for the whole batch), or
+            "auto" (default:
             "torch" for CUDA tensors, "scs" for CPU tensors, where native SCS is faster on
             small problems; see docs/benchmarks.md).
 
