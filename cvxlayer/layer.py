@@ -20,7 +20,7 @@ from cvxlayer.solvers import SolveSettings, Status, get_solver
 
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
 # mode="auto": the batched torch solver on CUDA; native SCS on the CPU, where it is faster
-# for the small and medium problems layers usually hold (bench/results/results.md)
+# for the small and medium problems layers usually hold (docs/benchmarks.md)
 AUTO_CPU, AUTO_CUDA = "scs", "torch"
 
 
@@ -64,9 +64,8 @@ class CvxpyLayer(torch.nn.Module):
         mode: forward solver: "torch" (batched SCS-style ADMM in PyTorch on the parameters'
             device and dtype), "scs" (native SCS on each element, in parallel threads),
             "scs-block" (native SCS on one block-diagonal problem for the whole batch), or
-            "auto" (default:
-            "torch" for CUDA tensors, "scs" for CPU tensors, where native SCS is faster on
-            small problems; see docs/benchmarks.md).
+            "auto" (default: "torch" for CUDA tensors, "scs" for CPU tensors, where native
+            SCS is faster on small problems; see docs/benchmarks.md).
 
     Raises:
         ValueError: the problem is not DCP/DPP, the parameter list misses, repeats or adds a
@@ -137,7 +136,8 @@ class CvxpyLayer(torch.nn.Module):
                 parameter's shape (shared by the batch) or (B, *shape) (batched).
             solver_args: settings for this call: `eps` (sets `eps_abs` and `eps_rel`), every
                 field of `SolveSettings` (`eps_abs`, `eps_rel`, `eps_infeas`, `max_iters`,
-                `linsys`, `scale`, `alpha`, `normalize`, …) and `backward` ("diffcp").
+                `linsys`, `scale`, `alpha`, `normalize`, …), `backward` ("auto", "dense",
+                "lsqr", "diffcp") and `failed_gradient` ("zero", "nan").
                 Unknown keys raise `ValueError`.
             return_status: if True, return `(solutions, SolveInfo)` and do not raise for
                 elements that were not solved; their gradients are zero (or NaN with
