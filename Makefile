@@ -3,6 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cvxlayer-installed
+# the bench environment: cvxlayer plus the real peers (never in .venv)
+BENCH_VENV := .venv-bench
 
 .PHONY: demo test test-slow lint bench clean
 
@@ -30,8 +32,6 @@ bench: $(BENCH_VENV)/.installed
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
-# The bench environment: cvxlayer plus the real peers (never in .venv).
-BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q torch==2.13.0

@@ -15,8 +15,9 @@ import torch
 from cvxlayer.compile import CompiledProblem, compile_problem
 from cvxlayer.diff import get_adjoint, solve_and_differentiate
 from cvxlayer.errors import SolverError
+from cvxlayer.fastpaths import match_fast_path
 from cvxlayer.options import CallOptions, parse_solver_args
-from cvxlayer.solvers import SolveSettings, Status, get_solver
+from cvxlayer.solvers import Solution, SolveSettings, Status, get_solver
 
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
 # mode="auto": the batched torch solver on CUDA; native SCS on the CPU, where it is faster
@@ -31,7 +32,8 @@ class SolveInfo:
     Attributes:
         status: one `Status` per batch element ("solved", "infeasible", …).
         iterations: (B,) solver iterations per element.
-        mode: the forward mode that ran.
+        mode: the forward mode that ran: a fast path's name ("qp"), a generic mode, or
+            "qp+scs" when the fast path left elements to the generic mode.
     """
 
     status: tuple[Status, ...]
@@ -66,6 +68,12 @@ class CvxpyLayer(torch.nn.Module):
             "scs-block" (native SCS on one block-diagonal problem for the whole batch), or
             "auto" (default: "torch" for CUDA tensors, "scs" for CPU tensors, where native
             SCS is faster on small problems; see docs/benchmarks.md).
+        fast_path: True (default): solve with a structure-specific method when the compiled
+            problem has that structure (QPs: only equality and inequality constraints with
+            a linear or convex quadratic objective, by a batched interior-point method);
+            elements it does not solve are re-solved with `mode`. False: always `mode`.
+            A name ("qp"): that fast path, or `ValueError` if the problem does not fit it.
+            The chosen path is `layer.fast_path` (None for none) and shows in `repr`.
 
     Raises:
         ValueError: the problem is not DCP/DPP, the parameter list misses, repeats or adds a
@@ -90,6 +98,7 @@ class CvxpyLayer(torch.nn.Module):
         solver_args: Mapping | None = None,
         *,
         mode: str = "auto",
+        fast_path: bool | str = True,
     ) -> None:
         super().__init__()
         if gp:
@@ -114,11 +123,14 @@ class CvxpyLayer(torch.nn.Module):
             canon_backend=canon_backend,
             quad_obj=adjoint.supports_quadratic,
         )
+        self.fast_path = match_fast_path(self.compiled.param_map, fast_path)
 
     def extra_repr(self) -> str:
         st = self.compiled.structure
+        path = "none" if self.fast_path is None else self.fast_path.describe()
         return (
-            f"mode={self.mode!r}, parameters={[s.name for s in self.compiled.parameters]}, "
+            f"mode={self.mode!r}, fast_path: {path}, "
+            f"parameters={[s.name for s in self.compiled.parameters]}, "
             f"variables={[r.name for r in self.compiled.recoveries]}, "
             f"cone program: n={st.n}, m={st.m}, nnz(A)={st.a_nnz}, cones: {st.cones.describe()}"
         )
@@ -161,13 +173,16 @@ class CvxpyLayer(torch.nn.Module):
         mode = self.mode
         if mode == "auto":
             mode = AUTO_CUDA if values[0].is_cuda else AUTO_CPU
-        solution = solve_and_differentiate(
-            program,
-            self.solvers[mode],
-            options.settings,
-            adjoint,
-            failed_gradient=options.failed_gradient,
-        )
+        if self.fast_path is None:
+            solution = solve_and_differentiate(
+                program,
+                self.solvers[mode],
+                options.settings,
+                adjoint,
+                failed_gradient=options.failed_gradient,
+            )
+        else:
+            solution, mode = self._solve_fast(program, options, adjoint, mode)
         info = SolveInfo(solution.status, solution.iterations, mode)
         if not return_status:
             _raise_on_failure(info)
@@ -175,6 +190,35 @@ class CvxpyLayer(torch.nn.Module):
         if not batched:
             outputs = tuple(o.squeeze(0) for o in outputs)
         return (outputs, info) if return_status else outputs
+
+    def _solve_fast(self, program, options: CallOptions, adjoint, mode: str):
+        """The fast path, then the generic `mode` for the elements it did not solve."""
+        solution = self.fast_path.solve(program, options.settings, options.failed_gradient)
+        failed = [i for i, st in enumerate(solution.status) if not st.ok]
+        if not failed:
+            return solution, self.fast_path.name
+        index = torch.tensor(failed, device=program.b.device)
+        rest = solve_and_differentiate(
+            program.select(index),
+            self.solvers[mode],
+            options.settings,
+            adjoint,
+            failed_gradient=options.failed_gradient,
+        )
+        status = list(solution.status)
+        iterations = solution.iterations.clone()
+        for k, i in enumerate(failed):
+            status[i] = rest.status[k]
+            iterations[i] += rest.iterations[k]
+        merged = Solution(
+            *(
+                full.index_put((index,), part)
+                for full, part in ((solution.x, rest.x), (solution.y, rest.y), (solution.s, rest.s))
+            ),
+            tuple(status),
+            iterations,
+        )
+        return merged, f"{self.fast_path.name}+{mode}"
 
 
 def _raise_on_failure(info: SolveInfo) -> None:

@@ -119,7 +119,7 @@ def _infeasible_in_second_element(mode):
     lo = cp.Parameter(name="lo")
     y = cp.Variable()
     prob = cp.Problem(cp.Minimize(y), [y >= lo, y <= 1])
-    layer = CvxpyLayer(prob, [lo], [y], mode=mode)
+    layer = CvxpyLayer(prob, [lo], [y], mode=mode, fast_path=False)
     return layer, torch.tensor([0.0, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
 
 
@@ -163,7 +163,7 @@ def test_torch_mode_certificates_inside_a_batch(linsys):
     z = cp.Variable()
     # min y + w z  s.t. lo ≤ y ≤ 1, z ≥ 0: infeasible if lo > 1, unbounded if w < 0
     prob = cp.Problem(cp.Minimize(y + w * z), [y >= lo, y <= 1, z >= 0])
-    layer = CvxpyLayer(prob, [lo, w], [y, z], mode="torch")
+    layer = CvxpyLayer(prob, [lo, w], [y, z], mode="torch", fast_path=False)
     lo_t = torch.tensor([0.0, 2.0, 0.5, 0.25], dtype=torch.float64)
     w_t = torch.tensor([1.0, 1.0, -1.0, 2.0], dtype=torch.float64)
     (y_out, z_out), info = layer(
@@ -185,7 +185,7 @@ def test_power_cone_problem_solves_forward_and_names_the_missing_backward():
     prob = cp.Problem(
         cp.Maximize(v[2]), [cp.PowCone3D(v[0], v[1], v[2], 0.3), v[0] <= a, v[1] <= 1]
     )
-    layer = CvxpyLayer(prob, [a], [v], mode="scs")
+    layer = CvxpyLayer(prob, [a], [v], mode="scs", fast_path=False)
     a_t = torch.tensor(0.7, dtype=torch.float64)
     (v_out,) = layer(a_t, solver_args={"eps": 1e-9})
     torch.testing.assert_close(v_out[2], a_t**0.3, atol=1e-5, rtol=0)

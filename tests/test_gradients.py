@@ -23,21 +23,21 @@ def _relu_layer(n, mode):
     x = cp.Parameter(n)
     y = cp.Variable(n)
     prob = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [y >= 0])
-    return CvxpyLayer(prob, [x], [y], mode=mode)
+    return CvxpyLayer(prob, [x], [y], mode=mode, fast_path=False)
 
 
 def _sigmoid_layer(n, mode):
     x = cp.Parameter(n)
     y = cp.Variable(n)
     prob = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y) + cp.entr(1.0 - y))))
-    return CvxpyLayer(prob, [x], [y], mode=mode)
+    return CvxpyLayer(prob, [x], [y], mode=mode, fast_path=False)
 
 
 def _softmax_layer(n, mode):
     x = cp.Parameter(n)
     y = cp.Variable(n)
     prob = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1])
-    return CvxpyLayer(prob, [x], [y], mode=mode)
+    return CvxpyLayer(prob, [x], [y], mode=mode, fast_path=False)
 
 
 def _jacobian(layer, x):
@@ -79,7 +79,7 @@ def test_softmax_output_and_jacobian(mode):
 def test_gradient_matches_finite_differences(name, mode):
     """Directional derivative of L = Σ w ⊙ x*(θ) along a random direction, all parameters."""
     case = CASES[name]
-    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode)
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode, fast_path=False)
     values = _batch(case, seed=10, size=2)
     gen = torch.Generator().manual_seed(0)
     directions = [torch.randn(v.shape, generator=gen, dtype=torch.float64) for v in values]
@@ -109,7 +109,7 @@ def test_gradient_matches_finite_differences(name, mode):
 @pytest.mark.parametrize("mode, backward", [(m, "dense") for m in MODES] + [("torch", "lsqr")])
 def test_gradcheck_small_socp(mode, backward):
     case = CASES["socp"]
-    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode)
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode, fast_path=False)
     values = [v[0].clone().requires_grad_() for v in _batch(case, seed=3, size=1)]
     assert torch.autograd.gradcheck(
         lambda *vals: layer(*vals, solver_args={**TIGHT, "backward": backward})[0],
@@ -182,7 +182,11 @@ def test_own_backwards_match_diffcp(name):
     grads = {}
     for backward in ("dense", "lsqr", "diffcp"):
         layer = CvxpyLayer(
-            case.problem, case.parameters, case.variables, solver_args={"backward": backward}
+            case.problem,
+            case.parameters,
+            case.variables,
+            solver_args={"backward": backward},
+            fast_path=False,
         )
         leaves = [v.clone().requires_grad_() for v in _batch(case, seed=6, size=3)]
         (x,) = layer(*leaves, solver_args=TIGHT)

@@ -21,7 +21,7 @@ def test_batch_matches_clarabel(name, mode):
     case = CASES[name]
     rng = np.random.default_rng(0)
     draws = [case.draw(rng) for _ in range(3)]
-    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode)
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode, fast_path=False)
     batched = [torch.stack(t) for t in zip(*[_tensors(d) for d in draws])]
     outputs = layer(*batched, solver_args=TIGHT)
     for i, values in enumerate(draws):
@@ -35,7 +35,7 @@ def test_torch_mode_linear_systems_match_clarabel(name, linsys):
     case = CASES[name]
     rng = np.random.default_rng(20)
     draws = [case.draw(rng) for _ in range(3)]
-    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode="torch")
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode="torch", fast_path=False)
     batched = [torch.stack(t) for t in zip(*[_tensors(d) for d in draws])]
     outputs, info = layer(*batched, solver_args={**TIGHT, "linsys": linsys}, return_status=True)
     assert all(s.ok for s in info.status), info.status
@@ -49,7 +49,7 @@ def test_unbatched_call_matches_batched_row(mode):
     case = CASES["socp"]
     rng = np.random.default_rng(1)
     draws = [case.draw(rng) for _ in range(2)]
-    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode)
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode, fast_path=False)
     batched = [torch.stack(t) for t in zip(*[_tensors(d) for d in draws])]
     (y_batch,) = layer(*batched, solver_args=TIGHT)
     (y_single,) = layer(*_tensors(draws[1]), solver_args=TIGHT)
@@ -78,7 +78,7 @@ def test_float32_converges_to_its_own_tolerance(name, mode):
     """float32 in, float32 out; the torch mode runs in float32 (tolerances floored at 1e-4)."""
     case = CASES[name]
     values = case.draw(np.random.default_rng(3))
-    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode)
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode, fast_path=False)
     (x,), info = layer(*_tensors(values, torch.float32), solver_args=TIGHT, return_status=True)
     assert info.status[0].ok and x.dtype == torch.float32
     (ref,) = solve_reference(case, values)

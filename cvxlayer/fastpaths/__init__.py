@@ -1,2 +1,44 @@
-"""Fast paths (QP interior point, LQR Riccati, LML, closed forms): each a `match()` on the
-compiled structure plus its own solve and adjoint. None is registered yet."""
+"""Fast paths: structure-specific solvers with their own backward, chosen at compile time.
+
+Each fast path has a `match(structure, matrix, num_params)` that returns a solver object for
+the compiled problem (or None), and that object's `solve(program, settings,
+failed_gradient)` returns a `Solution` whose x, y, s are differentiable w.r.t. the cone data.
+Elements it does not solve are re-solved by the layer's generic mode.
+"""
+
+from __future__ import annotations
+
+from cvxlayer.fastpaths.qp import solve_qp
+from cvxlayer.fastpaths.qp_form import QPForm
+
+FAST_PATHS = {"qp": QPForm.match}
+
+
+def match_fast_path(param_map, request: bool | str = True):
+    """The fast path for a compiled problem's parametric map, or None.
+
+    Args:
+        param_map: the compiled `ParametricMap`.
+        request: True (the first that matches), False (none), or a fast path's name (that
+            one; `ValueError` if the problem does not have its structure).
+    """
+    if request is False:
+        return None
+    if request is not True and request not in FAST_PATHS:
+        raise ValueError(
+            f"unknown fast_path {request!r}; choose True, False or one of {sorted(FAST_PATHS)}"
+        )
+    names = FAST_PATHS if request is True else (request,)
+    for name in names:
+        found = FAST_PATHS[name](param_map.structure, param_map.matrix, param_map.num_params)
+        if found is not None:
+            return found
+    if request is not True:
+        raise ValueError(
+            f"fast_path={request!r}: the problem does not have that structure (its cone "
+            f"program has cones {param_map.structure.cones.describe()})"
+        )
+    return None
+
+
+__all__ = ["FAST_PATHS", "QPForm", "match_fast_path", "solve_qp"]

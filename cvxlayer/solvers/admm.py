@@ -25,7 +25,7 @@ import torch
 
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.program import ConeProgram
-from cvxlayer.solvers.base import Solution, SolveSettings, Status
+from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
 from cvxlayer.solvers.linsys import make_linsys
 
 _CHECK_EVERY = 10
@@ -34,10 +34,6 @@ _NORM_MIN, _NORM_MAX = 1e-4, 1e4
 _SCALE_MIN, _SCALE_MAX = 1e-6, 1e6
 _RESCALE_MIN_ITERS = 100
 _SQRT10 = math.sqrt(10.0)
-# Tolerances below this are raised to it for float32 data: its rounding error is ~1e-7
-# relative, and residuals of a first-order method on ill-conditioned data stall orders
-# of magnitude above it.
-_FLOAT32_EPS_FLOOR = 1e-4
 
 
 def _reduce(values, index, size, reduce):
@@ -131,14 +127,12 @@ class TorchADMM:
         st = program.structure
         n, m, B = st.n, st.m, program.batch_size
         dtype, device = program.b.dtype, program.b.device
-        if dtype == torch.float32:
-            floor = _FLOAT32_EPS_FLOOR
-            settings = replace(
-                settings,
-                eps_abs=max(settings.eps_abs, floor),
-                eps_rel=max(settings.eps_rel, floor),
-                eps_infeas=max(settings.eps_infeas, floor),
-            )
+        settings = replace(
+            settings,
+            eps_abs=floor_tolerance(settings.eps_abs, dtype),
+            eps_rel=floor_tolerance(settings.eps_rel, dtype),
+            eps_infeas=floor_tolerance(settings.eps_infeas, dtype),
+        )
         projector = ConeProjector(st.cones)
         A, P = program.dense()
         b, c = program.b, program.c

@@ -1,0 +1,414 @@
+"""QP fast path (thesis ch. 3, OptNet): a batched primal-dual interior-point method whose
+KKT factorization also serves the backward pass.
+
+For each batch element
+
+    minimize  ½ zᵀQz + qᵀz   subject to  Az = b,  Gz + s = h,  s ≥ 0,
+
+with Q ⪰ 0 (B, n, n), G (B, m, n), A (B, p, n). Forward: Mehrotra's predictor-corrector
+(Mattingley & Boyd 2012, as in qpth). Each iteration factors the reduced KKT matrix once,
+
+    K(d) = [H  Aᵀ; A  −δI],   H = Q + Gᵀ diag(d) G + δI,   d = λ / s,
+
+(Cholesky of H, then of the Schur complement A H⁻¹ Aᵀ + δI) and uses the factor for both
+the affine and the centering-corrector directions. δ is a tiny static regularization; the
+residuals are always measured on the unregularized problem, so it never changes the answer.
+
+Backward (OptNet's differentials, thesis eq. 3.6-3.8): with the KKT residual F(z, λ, ν; θ)
+= (Qz + q + Gᵀλ + Aᵀν, diag(λ)(Gz − h), Az − b) = 0, the vector-Jacobian product of the
+solution is −dᵀ ∂F/∂θ where Jᵀd = (g_z, g_λ, g_ν). After scaling d_λ by λ the system is
+K(λ/s) itself at the solution, so the backward is two triangular solves per factor with
+the factorization made at the final iterate:
+
+    [H Aᵀ; A −δI] [d_z; d_ν] = [g_z + Gᵀ diag(λ/s) g_λ; g_ν],   d̃_λ = (λ/s)(G d_z − g_λ),
+    ∇Q = −½(d_z zᵀ + z d_zᵀ),  ∇q = −d_z,  ∇G = −(λ d_zᵀ + d̃_λ zᵀ),  ∇h = d̃_λ,
+    ∇A = −(ν d_zᵀ + d_ν zᵀ),   ∇b = d_ν.
+
+An interior-point method does not certify infeasibility: an element that does not converge
+within the iteration limit is reported as `Status.MAX_ITERS` (or `FAILURE` on a numerical
+breakdown); the layer then re-solves it with the generic cone solver, which classifies it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from cvxlayer.errors import SolverError
+from cvxlayer.solvers.base import Status, floor_tolerance
+
+# IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
+MAX_ITERS = 50
+_STEP_FRACTION = 0.99
+_REG = {torch.float64: 1e-10, torch.float32: 1e-6}
+# λ/s grows like 1/μ on active constraints; the backward's factorization clips it here, a
+# relative perturbation of the derivative far below the solution's accuracy.
+_D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
+
+
+@dataclass(frozen=True, eq=False)
+class QPData:
+    """Dense batched QP data (see the module docstring); m or p may be 0."""
+
+    Q: torch.Tensor  # (B, n, n) symmetric PSD
+    q: torch.Tensor  # (B, n)
+    G: torch.Tensor  # (B, m, n)
+    h: torch.Tensor  # (B, m)
+    A: torch.Tensor  # (B, p, n)
+    b: torch.Tensor  # (B, p)
+
+
+def _select(obj, keep: torch.Tensor):
+    """A shallow copy of `obj` with every tensor attribute indexed by `keep` (batch rows)."""
+    new = copy.copy(obj)
+    for key, value in vars(obj).items():
+        if isinstance(value, torch.Tensor):
+            object.__setattr__(new, key, value[keep])
+    return new
+
+
+def mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Batched matrix-vector product (B, r, c) @ (B, c) → (B, r)."""
+    return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Batched Mᵀv: (B, r, c), (B, r) → (B, c)."""
+    return (v.unsqueeze(-2) @ M).squeeze(-2)
+
+
+class KKTFactor:
+    """Factorization of K(d) = [H Aᵀ; A −δI], H = Q + Gᵀdiag(d)G + δI, for a batch.
+
+    `ok` (B,) is False where a Cholesky factorization broke down (the element's numbers are
+    then meaningless and it must be reported as failed).
+    """
+
+    def __init__(self, qp: QPData, d: torch.Tensor) -> None:
+        """d: (B, m) positive weights (λ/s)."""
+        reg = _REG[qp.Q.dtype]
+        n, p = qp.Q.shape[-1], qp.A.shape[1]
+        eye = torch.eye(n, dtype=qp.Q.dtype, device=qp.Q.device)
+        H = qp.Q + qp.G.transpose(1, 2) @ (d.unsqueeze(-1) * qp.G) + reg * eye
+        self.L, info = torch.linalg.cholesky_ex(H)
+        self.ok = info == 0
+        self.A = qp.A
+        if p:
+            self.HinvAt = torch.cholesky_solve(qp.A.transpose(1, 2), self.L)  # (B, n, p)
+            S = qp.A @ self.HinvAt
+            S = S + reg * torch.eye(p, dtype=S.dtype, device=S.device)
+            self.LS, info_s = torch.linalg.cholesky_ex(S)
+            self.ok = self.ok & (info_s == 0)
+
+    def solve(self, rx: torch.Tensor, rp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (B, n), y (B, p)) with H x + Aᵀ y = rx,  A x − δ y = rp."""
+        x = torch.cholesky_solve(rx.unsqueeze(-1), self.L).squeeze(-1)
+        if rp.shape[1] == 0:
+            return x, rp
+        y = torch.cholesky_solve((mv(self.A, x) - rp).unsqueeze(-1), self.LS).squeeze(-1)
+        return x - mv(self.HinvAt, y), y
+
+
+def _max_step(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+    """(B,) the largest α ≤ 1 with v + α dv ≥ 0 (v > 0)."""
+    ratio = torch.where(dv < 0, -v / dv, torch.ones_like(v))
+    return ratio.amin(1).clamp(max=1.0) if v.shape[1] else v.new_ones(v.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class PDIPMResult:
+    """Primal-dual solution of a batch, with the KKT factorization at it for the backward."""
+
+    z: torch.Tensor  # (B, n)
+    s: torch.Tensor  # (B, m)
+    lam: torch.Tensor  # (B, m)
+    nu: torch.Tensor  # (B, p)
+    status: tuple[Status, ...]
+    iterations: torch.Tensor  # (B,)
+    kkt: KKTFactor
+
+
+def _inf_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])
+
+
+class _Iterate:
+    """z, s, λ, ν of the running elements and their KKT residuals."""
+
+    def __init__(self, qp: QPData, z, s, lam, nu) -> None:
+        self.z, self.s, self.lam, self.nu = z, s, lam, nu
+        self.Qz = mv(qp.Q, z)
+        self.Gz = mv(qp.G, z)
+        self.Az = mv(qp.A, z)
+        self.Gt_lam = mtv(qp.G, lam)
+        self.At_nu = mtv(qp.A, nu)
+        self.r_dual = self.Qz + qp.q + self.Gt_lam + self.At_nu
+        self.r_ineq = self.Gz + s - qp.h
+        self.r_eq = self.Az - qp.b
+        m = s.shape[1]
+        self.gap = (s * lam).sum(1)
+        self.mu = self.gap / m if m else torch.zeros_like(self.gap)
+
+    def converged(self, qp: QPData, eps_abs: float, eps_rel: float) -> torch.Tensor:
+        """(B,) SCS's stopping rule on the primal and dual residuals and the gap sᵀλ."""
+        n = _inf_norm
+        res_pri = torch.maximum(n(self.r_ineq), n(self.r_eq))
+        scale_pri = torch.stack([n(self.Gz), n(self.s), n(qp.h), n(self.Az), n(qp.b)]).amax(0)
+        scale_dual = torch.stack([n(self.Qz), n(self.Gt_lam), n(self.At_nu), n(qp.q)]).amax(0)
+        zQz = (self.z * self.Qz).sum(1)
+        qz = (qp.q * self.z).sum(1)
+        dual_obj = (qp.h * self.lam).sum(1) + (qp.b * self.nu).sum(1)
+        scale_gap = torch.stack([zQz.abs(), qz.abs(), dual_obj.abs()]).amax(0)
+        return (
+            (res_pri <= eps_abs + eps_rel * scale_pri)
+            & (n(self.r_dual) <= eps_abs + eps_rel * scale_dual)
+            & (self.gap <= eps_abs + eps_rel * scale_gap)
+        )
+
+
+def _direction(qp, it: _Iterate, kkt: KKTFactor, r_comp: torch.Tensor):
+    """Newton direction for the KKT residuals with complementarity right-hand side r_comp:
+    Q dz + Gᵀdλ + Aᵀdν = −r_dual, G dz + ds = −r_ineq, A dz = −r_eq, λ∘ds + s∘dλ = r_comp."""
+    w = (r_comp + it.lam * it.r_ineq) / it.s
+    dz, dnu = kkt.solve(-it.r_dual - mtv(qp.G, w), -it.r_eq)
+    G_dz = mv(qp.G, dz)
+    dlam = w + (it.lam / it.s) * G_dz
+    ds = -it.r_ineq - G_dz
+    return dz, ds, dlam, dnu
+
+
+def _initial_point(qp: QPData):
+    """CVXOPT's start: the KKT solution with d = 1, then s and λ shifted to be ≥ 1."""
+    B, m = qp.h.shape
+    kkt = KKTFactor(qp, qp.h.new_ones(B, m))
+    z, nu = kkt.solve(-qp.q + mtv(qp.G, qp.h), qp.b)
+    s = qp.h - mv(qp.G, z)
+    lam = -s
+    if m:
+        s = s + (1 - s.amin(1, keepdim=True)).clamp(min=0)
+        lam = lam + (1 - lam.amin(1, keepdim=True)).clamp(min=0)
+    return z, s, lam, nu
+
+
+def pdipm(
+    qp: QPData,
+    eps_abs: float = 1e-8,
+    eps_rel: float = 1e-8,
+    max_iters: int = MAX_ITERS,
+    verbose: bool = False,
+) -> PDIPMResult:
+    """Solve a batch of QPs by Mehrotra's predictor-corrector method (no autograd).
+
+    Each element stops on its own residuals; finished elements leave the batch.
+
+    Returns:
+        The solution, per-element status and iterations, and the KKT factorization at the
+        solution (for `qp_vjp`).
+    """
+    eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
+    B, m = qp.h.shape
+    device = qp.Q.device
+    z, s, lam, nu = _initial_point(qp)
+    out = [t.clone() for t in (z, s, lam, nu)]
+    codes = torch.full((B,), -1, dtype=torch.long)  # -1 running, else index into _CODES
+    iterations = torch.full((B,), max_iters, dtype=torch.long)
+    index = torch.arange(B, device=device)
+    data = qp
+    for k in range(max_iters + 1):
+        it = _Iterate(data, z, s, lam, nu)
+        done = it.converged(data, eps_abs, eps_rel)
+        failed = ~torch.isfinite(torch.cat([z, s, lam, nu], 1)).all(1)
+        kkt = None
+        if k < max_iters:
+            kkt = KKTFactor(data, lam / s if m else lam)
+            failed = failed | ~kkt.ok
+        stop = done | failed | (k == max_iters)
+        if bool(stop.any()):
+            rows = index[stop]
+            for t_out, t in zip(out, (z, s, lam, nu)):
+                t_out[rows] = t[stop]
+            rows = rows.cpu()
+            codes[rows] = torch.where(done, 0, torch.where(failed, 2, 1))[stop].cpu()
+            iterations[rows] = k
+            keep = ~stop
+            if not bool(keep.any()):
+                break
+            index, z, s, lam, nu = (t[keep] for t in (index, z, s, lam, nu))
+            data, it, kkt = (_select(obj, keep) for obj in (data, it, kkt))
+        if verbose:
+            print(
+                f"[qp] iter {k}: {len(index)} running, max res_dual "
+                f"{_inf_norm(it.r_dual).max().item():.2e}, max mu {it.mu.max().item():.2e}"
+            )
+        # predictor (affine scaling), then centering + corrector with the same factor
+        dz, ds, dlam, dnu = _direction(data, it, kkt, -s * lam)
+        if m:
+            alpha = torch.minimum(_max_step(s, ds), _max_step(lam, dlam)).unsqueeze(1)
+            gap_aff = ((s + alpha * ds) * (lam + alpha * dlam)).sum(1)
+            sigma = (gap_aff / it.gap).clamp(0, 1) ** 3
+            r_comp = -s * lam - ds * dlam + (sigma * it.mu).unsqueeze(1)
+            dz, ds, dlam, dnu = _direction(data, it, kkt, r_comp)
+            alpha = torch.minimum(_max_step(s, ds), _max_step(lam, dlam))
+            alpha = torch.clamp(_STEP_FRACTION * alpha, max=1.0).unsqueeze(1)
+        else:
+            alpha = z.new_ones(z.shape[0], 1)
+        z, s, lam, nu = z + alpha * dz, s + alpha * ds, lam + alpha * dlam, nu + alpha * dnu
+    z, s, lam, nu = out
+    kkt = KKTFactor(qp, (lam / s).clamp(max=_D_MAX[qp.Q.dtype]) if m else lam)
+    codes[(codes == 0) & ~kkt.ok.cpu()] = 2  # solved, but no factorization for the backward
+    status = tuple(_CODES[c] for c in codes.tolist())
+    return PDIPMResult(z, s, lam, nu, status, iterations, kkt)
+
+
+_CODES = (Status.SOLVED, Status.MAX_ITERS, Status.FAILURE)
+
+
+def qp_vjp(qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu) -> tuple[torch.Tensor, ...]:
+    """Gradients (∇Q, ∇q, ∇G, ∇h, ∇A, ∇b) of ⟨g, (z, λ, ν)⟩ by OptNet's differentials, from
+    the factorization at the solution (module docstring)."""
+    z, lam, nu = sol.z, sol.lam, sol.nu
+    d = lam / sol.s
+    d_z, d_nu = sol.kkt.solve(g_z + mtv(qp.G, d * g_lam), g_nu)
+    d_lam = d * (mv(qp.G, d_z) - g_lam)
+    outer = torch.einsum
+    grad_Q = -0.5 * (outer("bi,bj->bij", d_z, z) + outer("bi,bj->bij", z, d_z))
+    grad_G = -(outer("bi,bj->bij", lam, d_z) + outer("bi,bj->bij", d_lam, z))
+    grad_A = -(outer("bi,bj->bij", nu, d_z) + outer("bi,bj->bij", d_nu, z))
+    return grad_Q, -d_z, grad_G, d_lam, grad_A, d_nu
+
+
+class _QPSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, Q, q, G, h, A, b, settings, out):
+        qp = QPData(Q.detach(), q.detach(), G.detach(), h.detach(), A.detach(), b.detach())
+        sol = pdipm(qp, *settings)
+        out["result"] = sol
+        ctx.qp, ctx.sol, ctx.failed_nan = qp, sol, out["failed_gradient"] == "nan"
+        return sol.z, sol.lam, sol.nu
+
+    @staticmethod
+    def backward(ctx, g_z, g_lam, g_nu):
+        sol = ctx.sol
+        grads = qp_vjp(ctx.qp, sol, g_z, g_lam, g_nu)
+        failed = torch.tensor([not st.ok for st in sol.status], device=g_z.device)
+        fill = float("nan") if ctx.failed_nan else 0.0
+        grads = tuple(torch.where(failed.view(-1, *([1] * (g.dim() - 1))), fill, g) for g in grads)
+        return (*grads, None, None)
+
+
+def qp_solve_differentiable(
+    qp: QPData,
+    eps_abs: float = 1e-8,
+    eps_rel: float = 1e-8,
+    max_iters: int = MAX_ITERS,
+    verbose: bool = False,
+    failed_gradient: str = "zero",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PDIPMResult]:
+    """`pdipm` with autograd: (z, λ, ν) are differentiable w.r.t. every field of `qp`.
+
+    Elements not solved get a zero (or NaN: `failed_gradient="nan"`) gradient.
+
+    Returns:
+        z (B, n), λ (B, m), ν (B, p), and the detached `PDIPMResult` (status, iterations).
+    """
+    out = {"failed_gradient": failed_gradient}
+    z, lam, nu = _QPSolve.apply(
+        qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b, (eps_abs, eps_rel, max_iters, verbose), out
+    )
+    return z, lam, nu, out["result"]
+
+
+def _batch_of(name: str, t: torch.Tensor | None, ndim: int) -> int | None:
+    if t is None or t.dim() == ndim:
+        return None
+    if t.dim() == ndim + 1:
+        return t.shape[0]
+    raise ValueError(f"{name} must have {ndim} (shared) or {ndim + 1} (batched) dimensions")
+
+
+def solve_qp(
+    Q: torch.Tensor,
+    q: torch.Tensor,
+    G: torch.Tensor | None = None,
+    h: torch.Tensor | None = None,
+    A: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-8,
+    max_iters: int = MAX_ITERS,
+    verbose: bool = False,
+    return_status: bool = False,
+    failed_gradient: str = "zero",
+):
+    """Differentiable batched QP: z* = argmin ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b (cf. qpth's
+    `QPFunction`).
+
+    Each argument is either shared, e.g. Q (n, n), or batched, Q (B, n, n); shared ones are
+    broadcast. Q is symmetrized as ½(Q + Qᵀ) and must be PSD. Gradients flow to every
+    tensor argument.
+
+    Args:
+        Q, q: objective, (B, n, n) and (B, n).
+        G, h: inequalities Gz ≤ h, (B, m, n) and (B, m); omit both for none.
+        A, b: equalities Az = b, (B, p, n) and (B, p); omit both for none.
+        eps: tolerance on the residuals and the gap (absolute and relative).
+        max_iters: interior-point iteration limit.
+        return_status: also return per-element `Status` and iteration counts instead of
+            raising for unsolved elements.
+        failed_gradient: "zero" or "nan": the gradient of elements that were not solved.
+
+    Returns:
+        z (B, n) (or (n,) if every argument was shared); with `return_status`, the tuple
+        (z, status, iterations).
+
+    Raises:
+        ValueError: inconsistent shapes, NaN/inf in the data.
+        SolverError: an element was not solved (infeasible, unbounded or numerically
+            difficult problems end at the iteration limit), unless `return_status`.
+    """
+    if (G is None) != (h is None) or (A is None) != (b is None):
+        raise ValueError("pass G with h and A with b (or neither of a pair)")
+    n = q.shape[-1]
+    ref = q
+    G = G if G is not None else ref.new_zeros(0, n)
+    h = h if h is not None else ref.new_zeros(0)
+    A = A if A is not None else ref.new_zeros(0, n)
+    b = b if b is not None else ref.new_zeros(0)
+    named = {"Q": (Q, 2), "q": (q, 1), "G": (G, 2), "h": (h, 1), "A": (A, 2), "b": (b, 1)}
+    sizes = {k: _batch_of(k, t, nd) for k, (t, nd) in named.items()}
+    batches = {v for v in sizes.values() if v is not None}
+    if len(batches) > 1:
+        raise ValueError(f"inconsistent batch sizes: { {k: v for k, v in sizes.items() if v} }")
+    batched = bool(batches)
+    B = batches.pop() if batched else 1
+    tensors = {}
+    for k, (t, _) in named.items():
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{k} contains NaN or inf")
+        tensors[k] = t.unsqueeze(0).expand(B, *t.shape) if sizes[k] is None else t
+    Q, q, G, h, A, b = tensors.values()
+    m, p = G.shape[1], A.shape[1]
+    expected = {"Q": (n, n), "G": (m, n), "h": (m,), "A": (p, n), "b": (p,)}
+    for k, shape in expected.items():
+        if tuple(tensors[k].shape[1:]) != shape:
+            raise ValueError(f"{k} has shape {tuple(tensors[k].shape[1:])}, expected {shape}")
+    Q = 0.5 * (Q + Q.transpose(1, 2))
+    z, _, _, result = qp_solve_differentiable(
+        QPData(Q, q, G, h, A, b), eps, eps, max_iters, verbose, failed_gradient
+    )
+    if not batched:
+        z = z.squeeze(0)
+    if return_status:
+        return z, result.status, result.iterations
+    failed = [i for i, st in enumerate(result.status) if not st.ok]
+    if failed:
+        raise SolverError(
+            f"{len(failed)} of {B} QP(s) not solved (elements {failed[:10]}: "
+            f"{[result.status[i].value for i in failed[:10]]}); the problem may be infeasible "
+            "or unbounded. Pass return_status=True to get per-element status instead.",
+            tuple(s.value for s in result.status),
+            failed,
+        )
+    return z
