@@ -169,20 +169,20 @@ class CvxpyLayer(torch.nn.Module):
         adjoint = get_adjoint(options.backward)
         if torch.is_grad_enabled() and any(v.requires_grad for v in values):
             adjoint.check(self.compiled.structure)  # fail before solving, not in backward
-        program = self.compiled.cone_program(values)
+        theta = self.compiled.theta(values)
         mode = self.mode
         if mode == "auto":
             mode = AUTO_CUDA if values[0].is_cuda else AUTO_CPU
         if self.fast_path is None:
             solution = solve_and_differentiate(
-                program,
+                self.compiled.param_map.apply(theta),
                 self.solvers[mode],
                 options.settings,
                 adjoint,
                 failed_gradient=options.failed_gradient,
             )
         else:
-            solution, mode = self._solve_fast(program, options, adjoint, mode)
+            solution, mode = self._solve_fast(theta, options, adjoint, mode)
         info = SolveInfo(solution.status, solution.iterations, mode)
         if not return_status:
             _raise_on_failure(info)
@@ -191,15 +191,15 @@ class CvxpyLayer(torch.nn.Module):
             outputs = tuple(o.squeeze(0) for o in outputs)
         return (outputs, info) if return_status else outputs
 
-    def _solve_fast(self, program, options: CallOptions, adjoint, mode: str):
+    def _solve_fast(self, theta: torch.Tensor, options: CallOptions, adjoint, mode: str):
         """The fast path, then the generic `mode` for the elements it did not solve."""
-        solution = self.fast_path.solve(program, options.settings, options.failed_gradient)
+        solution = self.fast_path.solve(theta, options.settings, options.failed_gradient)
         failed = [i for i, st in enumerate(solution.status) if not st.ok]
         if not failed:
             return solution, self.fast_path.name
-        index = torch.tensor(failed, device=program.b.device)
+        index = torch.tensor(failed, device=theta.device)
         rest = solve_and_differentiate(
-            program.select(index),
+            self.compiled.param_map.apply(theta[index]),
             self.solvers[mode],
             options.settings,
             adjoint,

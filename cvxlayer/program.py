@@ -92,16 +92,6 @@ class ConeProgram:
             None if self.P is None else self.P.detach(),
         )
 
-    def select(self, index: torch.Tensor) -> ConeProgram:
-        """The sub-batch of the elements in `index` (differentiable)."""
-        return ConeProgram(
-            self.structure,
-            self.A[index],
-            self.b[index],
-            self.c[index],
-            None if self.P is None else self.P[index],
-        )
-
     def dense(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A (B, m, n) and the full symmetric P (B, n, n) (or None) as dense tensors."""
         st, B = self.structure, self.batch_size

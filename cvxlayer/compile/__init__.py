@@ -56,15 +56,18 @@ class CompiledProblem:
     def structure(self) -> ConeStructure:
         return self.param_map.structure
 
-    def cone_program(self, values: Sequence[torch.Tensor]) -> ConeProgram:
-        """Cone data of a batch.
+    def theta(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
+        """θ̃ (B, p + 1) of a batch.
 
         Args:
             values: one (B, *shape) tensor per parameter slot, same dtype and device.
         """
         ones = values[0].new_ones(values[0].shape[0], 1)
-        theta = torch.cat([_vec_f(v) for v in values] + [ones], dim=1)
-        return self.param_map.apply(theta)
+        return torch.cat([_vec_f(v) for v in values] + [ones], dim=1)
+
+    def cone_program(self, values: Sequence[torch.Tensor]) -> ConeProgram:
+        """Cone data of a batch (`values` as in `theta`)."""
+        return self.param_map.apply(self.theta(values))
 
     def recover(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, n) primal solutions ↦ the requested variables, each (B, *shape)."""

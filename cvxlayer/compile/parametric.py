@@ -5,8 +5,8 @@ cvxpy's `ParamConeProg` holds sparse tensors that map the stacked parameter vect
 θ̃ = [vec_F(θ₁); …; vec_F(θ_k); 1] linearly to the entries of its cone data (cvxpy form
 `A_cvx x + b ∈ K`, SCS form `A = −A_cvx`). We keep only the rows that can be nonzero,
 stack them into one sparse matrix M (rows: c, A pattern, b, P pattern) and compute the
-data of a whole batch as  vals = θ̃ Mᵀ, one sparse-dense product that autograd
-differentiates: ∂vals/∂θ̃ = M.
+data of a whole batch as  vals = θ̃ Mᵀ  (a `SparseLinear` map: gather, scale, scatter-add;
+its backward is the same with rows and columns swapped).
 """
 
 from __future__ import annotations
@@ -26,20 +26,66 @@ def _nonzero_rows(tensor: sp.spmatrix) -> np.ndarray:
     return np.unique(sp.coo_matrix(tensor).row)
 
 
+class _SparseLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, theta, rows, cols, vals, size):
+        ctx.save_for_backward(rows, cols, vals)
+        ctx.num_in = theta.shape[1]
+        out = theta.new_zeros(theta.shape[0], size)
+        return out.index_add_(1, rows, theta[:, cols] * vals)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, cols, vals = ctx.saved_tensors
+        out = grad.new_zeros(grad.shape[0], ctx.num_in)
+        return out.index_add_(1, cols, grad[:, rows] * vals), None, None, None, None
+
+
+@dataclass(frozen=True, eq=False)
+class SparseLinear:
+    """θ̃ (B, p + 1) ↦ θ̃ Mᵀ (B, rows) for a fixed sparse M, differentiable in θ̃.
+
+    On the CPU a gather-scale-scatter over M's nonzeros is several times faster than torch's
+    sparse-dense product in both directions, and allocates only the output.
+    """
+
+    matrix: sp.csr_matrix
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def restrict(self, rows: np.ndarray) -> SparseLinear:
+        """The map onto the rows `rows` of the output; a row index −1 gives zeros."""
+        padded = sp.vstack([self.matrix, sp.csr_matrix((1, self.matrix.shape[1]))]).tocsr()
+        return SparseLinear(padded[np.where(rows < 0, self.matrix.shape[0], rows)].tocsr())
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        key = (theta.dtype, theta.device)
+        if key not in self._cache:
+            coo = self.matrix.tocoo()
+            self._cache[key] = tuple(
+                torch.as_tensor(a, device=theta.device)
+                for a in (coo.row.astype(np.int64), coo.col.astype(np.int64))
+            ) + (torch.as_tensor(coo.data, dtype=theta.dtype, device=theta.device),)
+        rows, cols, vals = self._cache[key]
+        return _SparseLinearFn.apply(theta, rows, cols, vals, self.matrix.shape[0])
+
+
 @dataclass(frozen=True, eq=False)
 class ParametricMap:
     """vals(θ̃) = M θ̃ with M of shape (n + nnz_A + m + nnz_P, p + 1).
 
     Attributes:
         structure: cones and sparsity patterns of the programs this map produces.
-        matrix: M as a SciPy CSR matrix (float64).
+        linear: θ̃ ↦ vals, with M as a SciPy CSR matrix (float64) in `linear.matrix`.
         num_params: p, the length of θ̃ without its trailing 1.
     """
 
     structure: ConeStructure
-    matrix: sp.csr_matrix
+    linear: SparseLinear
     num_params: int
-    _torch_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        return self.linear.matrix
 
     @classmethod
     def from_cvxpy(cls, param_prob, columns: sp.spmatrix) -> ParametricMap:
@@ -85,19 +131,7 @@ class ParametricMap:
             p_indptr=p_indptr,
         )
         matrix = (sp.vstack(blocks, format="csr") @ columns).tocsr().astype(np.float64)
-        return cls(structure, matrix, columns.shape[1] - 1)
-
-    def _torch_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        key = (dtype, device)
-        if key not in self._torch_cache:
-            coo = self.matrix.tocoo()
-            indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-            values = torch.from_numpy(coo.data)
-            mat = torch.sparse_coo_tensor(
-                indices, values, coo.shape, check_invariants=True
-            ).coalesce()
-            self._torch_cache[key] = mat.to(dtype=dtype, device=device)
-        return self._torch_cache[key]
+        return cls(structure, SparseLinear(matrix), columns.shape[1] - 1)
 
     def apply(self, theta: torch.Tensor) -> ConeProgram:
         """Cone data of a batch.
@@ -109,7 +143,6 @@ class ParametricMap:
             A `ConeProgram` whose tensors are differentiable functions of `theta`.
         """
         st = self.structure
-        M = self._torch_matrix(theta.dtype, theta.device)
-        vals = torch.sparse.mm(M, theta.T).T  # (B, rows of M)
+        vals = self.linear(theta)  # (B, rows of M)
         c, A, b, P = torch.split(vals, [st.n, st.a_nnz, st.m, st.p_nnz], dim=1)
         return ConeProgram(st, A=A, b=b, c=c, P=P if st.p_indices is not None else None)

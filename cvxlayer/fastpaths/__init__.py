@@ -1,9 +1,9 @@
 """Fast paths: structure-specific solvers with their own backward, chosen at compile time.
 
-Each fast path has a `match(structure, matrix, num_params)` that returns a solver object for
-the compiled problem (or None), and that object's `solve(program, settings,
-failed_gradient)` returns a `Solution` whose x, y, s are differentiable w.r.t. the cone data.
-Elements it does not solve are re-solved by the layer's generic mode.
+Each fast path has a `match(param_map)` that returns a solver object for the compiled
+problem (or None), and that object's `solve(theta, settings, failed_gradient)` returns the
+cone program's `Solution` for the stacked parameters θ̃, with x, y, s differentiable w.r.t.
+θ̃. Elements it does not solve are re-solved by the layer's generic mode.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def match_fast_path(param_map, request: bool | str = True):
         )
     names = FAST_PATHS if request is True else (request,)
     for name in names:
-        found = FAST_PATHS[name](param_map.structure, param_map.matrix, param_map.num_params)
+        found = FAST_PATHS[name](param_map)
         if found is not None:
             return found
     if request is not True:

@@ -46,6 +46,7 @@ _REG = {torch.float64: 1e-10, torch.float32: 1e-6}
 # λ/s grows like 1/μ on active constraints; the backward's factorization clips it here, a
 # relative perturbation of the derivative far below the solution's accuracy.
 _D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
+_REFINE_STEPS = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,8 +71,11 @@ def _select(obj, keep: torch.Tensor):
 
 
 def mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Batched matrix-vector product (B, r, c) @ (B, c) → (B, r)."""
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+    """Batched matrix-vector product (B, r, c) @ (B, c) → (B, r).
+
+    Written as a row vector times Mᵀ: on the CPU, torch's batched GEMV is several times
+    faster in this orientation."""
+    return (v.unsqueeze(-2) @ M.transpose(-1, -2)).squeeze(-2)
 
 
 def mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -92,6 +96,7 @@ class KKTFactor:
         n, p = qp.Q.shape[-1], qp.A.shape[1]
         eye = torch.eye(n, dtype=qp.Q.dtype, device=qp.Q.device)
         H = qp.Q + qp.G.transpose(1, 2) @ (d.unsqueeze(-1) * qp.G) + reg * eye
+        self.d = d
         self.L, info = torch.linalg.cholesky_ex(H)
         self.ok = info == 0
         self.A = qp.A
@@ -265,13 +270,30 @@ def pdipm(
 _CODES = (Status.SOLVED, Status.MAX_ITERS, Status.FAILURE)
 
 
+def _adjoint_solve(qp: QPData, kkt: KKTFactor, r_z, r_lam, r_nu):
+    """(d_z, d̃_λ, d_ν) with [Q Gᵀ Aᵀ; G −diag(1/d) 0; A 0 0] (d_z, d̃_λ, d_ν) = r, through
+    the reduced factorization: d̃_λ = d (G d_z − r_λ)."""
+    d = kkt.d
+    d_z, d_nu = kkt.solve(r_z + mtv(qp.G, d * r_lam), r_nu)
+    return d_z, d * (mv(qp.G, d_z) - r_lam), d_nu
+
+
 def qp_vjp(qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu) -> tuple[torch.Tensor, ...]:
     """Gradients (∇Q, ∇q, ∇G, ∇h, ∇A, ∇b) of ⟨g, (z, λ, ν)⟩ by OptNet's differentials, from
-    the factorization at the solution (module docstring)."""
-    z, lam, nu = sol.z, sol.lam, sol.nu
-    d = lam / sol.s
-    d_z, d_nu = sol.kkt.solve(g_z + mtv(qp.G, d * g_lam), g_nu)
-    d_lam = d * (mv(qp.G, d_z) - g_lam)
+    the factorization at the solution (module docstring).
+
+    Near the solution d = λ/s spans ~1/μ to ~μ, and the reduced matrix H = Q + GᵀdG loses
+    digits to rounding; a few steps of iterative refinement on the unreduced system (whose
+    residual is computed accurately) recover them at the cost of triangular solves only.
+    """
+    z, lam, nu, kkt = sol.z, sol.lam, sol.nu, sol.kkt
+    d_z, d_lam, d_nu = _adjoint_solve(qp, kkt, g_z, g_lam, g_nu)
+    for _ in range(_REFINE_STEPS):
+        r_z = g_z - (mv(qp.Q, d_z) + mtv(qp.G, d_lam) + mtv(qp.A, d_nu))
+        r_lam = g_lam - (mv(qp.G, d_z) - d_lam / kkt.d)
+        r_nu = g_nu - mv(qp.A, d_z)
+        e_z, e_lam, e_nu = _adjoint_solve(qp, kkt, r_z, r_lam, r_nu)
+        d_z, d_lam, d_nu = d_z + e_z, d_lam + e_lam, d_nu + e_nu
     outer = torch.einsum
     grad_Q = -0.5 * (outer("bi,bj->bij", d_z, z) + outer("bi,bj->bij", z, d_z))
     grad_G = -(outer("bi,bj->bij", lam, d_z) + outer("bi,bj->bij", d_lam, z))

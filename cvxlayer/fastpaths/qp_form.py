@@ -16,8 +16,9 @@ so x_E = T x_K + u with T = −A_RK / a_E and u = b_R / a_E, and with K the kept
     Q = P_KK + P_KE T + Tᵀ P_EK + Tᵀ P_EE T,    q = c_K + Tᵀ c_E + (P_KE + Tᵀ P_EE) u.
 
 The duals of the eliminated rows follow from stationarity in x_E:
-y_R = −((P x)_E + c_E) / a_E. Every step is a torch operation, so autograd carries the
-QP's gradients back to the cone data and on to the parameters.
+y_R = −((P x)_E + c_E) / a_E. The dense blocks of the QP are read straight from θ̃ by
+one sparse linear map (the parametric map's rows for those entries); every step is a torch
+operation, so autograd carries the QP's gradients back to the parameters.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cvxlayer.compile.parametric import ParametricMap, SparseLinear
 from cvxlayer.fastpaths.qp import MAX_ITERS, QPData, mtv, mv, qp_solve_differentiable
-from cvxlayer.program import ConeProgram, ConeStructure
+from cvxlayer.program import ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings
 
 
@@ -42,34 +44,22 @@ def _constant_entries(matrix, rows: np.ndarray, num_params: int) -> np.ndarray:
     return ~depends
 
 
-def _positions(pattern, shape, r, c, symmetric: bool = False) -> np.ndarray:
-    """Positions in a CSC value vector of the entries (r, c); len(pattern rows) (a zero slot
-    appended to the values) where the pattern has no entry. With `symmetric`, the pattern
-    holds the upper triangle of a symmetric matrix."""
+def _positions(pattern, shape, row_sel, col_sel, symmetric: bool = False) -> np.ndarray:
+    """Positions in a CSC value vector of the dense block M[row_sel][:, col_sel], as a
+    (len(row_sel), len(col_sel)) array; −1 where the pattern has no entry. With `symmetric`,
+    the pattern holds the upper triangle of a symmetric matrix."""
     rows, cols = pattern
-    r, c = np.asarray(r, dtype=np.int64), np.asarray(c, dtype=np.int64)
+    r, c = np.meshgrid(np.asarray(row_sel), np.asarray(col_sel), indexing="ij")
+    r, c = r.ravel().astype(np.int64), c.ravel().astype(np.int64)
     if symmetric:
         r, c = np.minimum(r, c), np.maximum(r, c)
     keys = cols.astype(np.int64) * shape[0] + rows  # ascending: CSC order
     query = c * shape[0] + r
-    if len(keys) == 0:
-        return np.zeros(len(query), dtype=np.int64)
-    pos = np.searchsorted(keys, query).clip(max=len(keys) - 1)
-    return np.where(keys[pos] == query, pos, len(keys)).astype(np.int64)
-
-
-def _grid(pattern, shape, row_sel, col_sel, symmetric: bool = False) -> np.ndarray:
-    """`_positions` of the dense block M[row_sel][:, col_sel], as a (len(row_sel),
-    len(col_sel)) array."""
-    r, c = np.meshgrid(row_sel, col_sel, indexing="ij")
-    return _positions(pattern, shape, r.ravel(), c.ravel(), symmetric).reshape(r.shape)
-
-
-def _gather(values: torch.Tensor, index: np.ndarray) -> torch.Tensor:
-    """(B, *index.shape) entries of a pattern's values (B, nnz) at `_positions` `index`."""
-    padded = torch.cat([values, values.new_zeros(values.shape[0], 1)], 1)
-    flat = padded[:, torch.as_tensor(index.ravel(), device=values.device)]
-    return flat.view(values.shape[0], *index.shape)
+    found = np.full(len(query), -1, dtype=np.int64)
+    if len(keys):
+        pos = np.searchsorted(keys, query).clip(max=len(keys) - 1)
+        found = np.where(keys[pos] == query, pos, -1)
+    return found.reshape(len(row_sel), len(col_sel))
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,11 +67,13 @@ class QPForm:
     """The reduction of one compiled problem, found once at compile time.
 
     Attributes:
+        structure: the compiled cone structure.
         keep: kept columns K (the QP's variables z).
         elim: eliminated columns E; elim_rows: their zero rows R (same order).
         eq_rows: the other zero rows (the QP's Az = b); ineq_rows: nonneg rows (Gz ≤ h).
-        blocks: `_positions` of the dense blocks (a_E, A_RK, G, A_eq in A's values; P_KK,
-            P_KE, P_EE in P's values, P_EE only its diagonal when that is all it has).
+        shapes: the pieces θ̃ is mapped to, in order: c, b, a_E, A_RK, G, A_eq, and for a
+            quadratic objective P_KK, P_KE (if nonzero), P_EE (or P_EE_diag if diagonal).
+        linear: θ̃ ↦ those pieces, flattened and concatenated.
     """
 
     name = "qp"
@@ -91,17 +83,13 @@ class QPForm:
     elim_rows: np.ndarray
     eq_rows: np.ndarray
     ineq_rows: np.ndarray
-    blocks: dict
+    shapes: dict
+    linear: SparseLinear
 
     @classmethod
-    def match(cls, structure: ConeStructure, matrix, num_params: int) -> QPForm | None:
-        """The reduction for a QP-structured program, or None if the cone has other rows.
-
-        Args:
-            structure: the compiled cone structure.
-            matrix: the parametric map's matrix (rows c, A pattern, b, P pattern).
-            num_params: its number of parameter columns (the last column is the constant).
-        """
+    def match(cls, param_map: ParametricMap) -> QPForm | None:
+        """The reduction for a QP-structured program, or None if the cone has other rows."""
+        structure, matrix = param_map.structure, param_map.matrix
         cones = structure.cones
         if cones.zero + cones.nonneg != structure.m:
             return None
@@ -109,7 +97,7 @@ class QPForm:
         rows, cols = structure.a_coords()
         counts = np.bincount(cols, minlength=n)
         entry = np.flatnonzero((counts[cols] == 1) & (rows < zero))  # candidates' entries
-        entry = entry[_constant_entries(matrix, n + entry, num_params)]
+        entry = entry[_constant_entries(matrix, n + entry, param_map.num_params)]
         _, first = np.unique(rows[entry], return_index=True)  # one column per row
         entry = entry[first]
         elim, elim_rows = cols[entry].astype(np.int64), rows[entry].astype(np.int64)
@@ -118,26 +106,36 @@ class QPForm:
             return None
         eq_rows = np.setdiff1d(np.arange(zero), elim_rows)
         ineq_rows = np.arange(zero, m)
+
+        # rows of the parametric map M: c, A's pattern, b, P's pattern
+        a_off, b_off, p_off = n, n + structure.a_nnz, n + structure.a_nnz + m
         a = ((rows, cols), (m, n))
-        blocks = {
-            "a_E": entry.astype(np.int64),
-            "A_RK": _grid(*a, elim_rows, keep),
-            "G": _grid(*a, ineq_rows, keep),
-            "A_eq": _grid(*a, eq_rows, keep),
+        pieces = {
+            "c": np.arange(n),
+            "b": b_off + np.arange(m),
+            "a_E": a_off + entry,
+            "A_RK": _positions(*a, elim_rows, keep),
+            "G": _positions(*a, ineq_rows, keep),
+            "A_eq": _positions(*a, eq_rows, keep),
         }
+        for key in ("A_RK", "G", "A_eq"):
+            pieces[key] = np.where(pieces[key] < 0, -1, a_off + pieces[key])
         if structure.p_indices is not None:
             p = (structure.p_coords(), (n, n))
-            nnz_p = structure.p_nnz
-            blocks["P_KK"] = _grid(*p, keep, keep, symmetric=True)
-            ke = _grid(*p, keep, elim, symmetric=True)
-            if (ke < nnz_p).any():
+            blocks = {"P_KK": _positions(*p, keep, keep, symmetric=True)}
+            ke = _positions(*p, keep, elim, symmetric=True)
+            if (ke >= 0).any():
                 blocks["P_KE"] = ke
-            ee = _grid(*p, elim, elim, symmetric=True)
-            if (ee[~np.eye(elim.size, dtype=bool)] < nnz_p).any():
+            ee = _positions(*p, elim, elim, symmetric=True)
+            if (ee[~np.eye(elim.size, dtype=bool)] >= 0).any():
                 blocks["P_EE"] = ee
             else:
                 blocks["P_EE_diag"] = np.diagonal(ee).copy()
-        return cls(structure, keep, elim, elim_rows, eq_rows, ineq_rows, blocks)
+            for key, pos in blocks.items():
+                pieces[key] = np.where(pos < 0, -1, p_off + pos)
+        shapes = {key: pos.shape for key, pos in pieces.items()}
+        linear = param_map.linear.restrict(np.concatenate([v.ravel() for v in pieces.values()]))
+        return cls(structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear)
 
     def describe(self) -> str:
         return (
@@ -145,39 +143,42 @@ class QPForm:
             f"{self.ineq_rows.size} inequalities ({self.elim.size} lifted variables eliminated)"
         )
 
+    def _pieces(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = self.linear(theta)
+        sizes = [int(np.prod(s)) for s in self.shapes.values()]
+        parts = torch.split(flat, sizes, dim=1)
+        B = theta.shape[0]
+        return {k: t.reshape(B, *s) for (k, s), t in zip(self.shapes.items(), parts)}
+
     def solve(
-        self, program: ConeProgram, settings: SolveSettings, failed_gradient: str = "zero"
+        self, theta: torch.Tensor, settings: SolveSettings, failed_gradient: str = "zero"
     ) -> Solution:
-        """Solve the batch on the QP path; x, y, s are differentiable w.r.t. the cone data."""
-        bl, dev = self.blocks, program.b.device
-        A, b, c, P = program.A, program.b, program.c, program.P
+        """Solve the batch with parameters θ̃ (B, p + 1) on the QP path; the cone program's
+        x, y, s are returned, differentiable w.r.t. θ̃."""
+        d = self._pieces(theta)
+        dev = theta.device
         K, E, R, eq, ineq = (
             torch.as_tensor(ix, device=dev)
             for ix in (self.keep, self.elim, self.elim_rows, self.eq_rows, self.ineq_rows)
         )
+        b, c = d["b"], d["c"]
         # x_E = T x_K + u
-        a_E = _gather(A, bl["a_E"])
-        T = -_gather(A, bl["A_RK"]) / a_E.unsqueeze(-1)
-        u = b[:, R] / a_E
+        T = -d["A_RK"] / d["a_E"].unsqueeze(-1)
+        u = b[:, R] / d["a_E"]
         c_E = c[:, E]
-        Q = 0.0
         q = c[:, K] + mtv(T, c_E)
-        if P is not None:
-            Q = _gather(P, bl["P_KK"])
-            if "P_EE_diag" in bl:
-                PT = _gather(P, bl["P_EE_diag"]).unsqueeze(-1) * T  # P_EE T: (B, |E|, |K|)
-            else:
-                PT = _gather(P, bl["P_EE"]) @ T
-            Q = Q + T.transpose(1, 2) @ PT
+        if "P_KK" in d:
+            # P_EE T: (B, |E|, |K|)
+            PT = d["P_EE_diag"].unsqueeze(-1) * T if "P_EE_diag" in d else d["P_EE"] @ T
+            Q = d["P_KK"] + T.transpose(1, 2) @ PT
             q = q + mtv(PT, u)
-            if "P_KE" in bl:
-                P_KE = _gather(P, bl["P_KE"])
-                P_KE_T = P_KE @ T
+            if "P_KE" in d:
+                P_KE_T = d["P_KE"] @ T
                 Q = Q + P_KE_T + P_KE_T.transpose(1, 2)
-                q = q + mv(P_KE, u)
-        if not isinstance(Q, torch.Tensor):
+                q = q + mv(d["P_KE"], u)
+        else:
             Q = b.new_zeros(b.shape[0], K.numel(), K.numel())
-        qp = QPData(Q, q, _gather(A, bl["G"]), b[:, ineq], _gather(A, bl["A_eq"]), b[:, eq])
+        qp = QPData(Q, q, d["G"], b[:, ineq], d["A_eq"], b[:, eq])
         z, lam, nu, result = qp_solve_differentiable(
             qp,
             settings.eps_abs,
@@ -190,14 +191,13 @@ class QPForm:
         x_E = mv(T, z) + u
         x = torch.cat([z, x_E], 1)[:, _order(self.keep, self.elim, device=dev)]
         grad_E = c_E  # (P x)_E + c_E = P_EK z + P_EE x_E + c_E
-        if P is not None:
-            if "P_EE_diag" in bl:
-                grad_E = grad_E + _gather(P, bl["P_EE_diag"]) * x_E
-            else:
-                grad_E = grad_E + mv(_gather(P, bl["P_EE"]), x_E)
-            if "P_KE" in bl:
-                grad_E = grad_E + mtv(_gather(P, bl["P_KE"]), z)
-        y = torch.cat([-grad_E / a_E, nu, lam], 1)
+        if "P_EE_diag" in d:
+            grad_E = grad_E + d["P_EE_diag"] * x_E
+        elif "P_EE" in d:
+            grad_E = grad_E + mv(d["P_EE"], x_E)
+        if "P_KE" in d:
+            grad_E = grad_E + mtv(d["P_KE"], z)
+        y = torch.cat([-grad_E / d["a_E"], nu, lam], 1)
         y = y[:, _order(self.elim_rows, self.eq_rows, self.ineq_rows, device=dev)]
         s_ineq = qp.h - mv(qp.G, z)
         s = torch.cat([s_ineq.new_zeros(s_ineq.shape[0], self.structure.cones.zero), s_ineq], 1)
