@@ -43,10 +43,14 @@ from cvxlayer.solvers.base import Status, floor_tolerance
 MAX_ITERS = 50
 _STEP_FRACTION = 0.99
 _REG = {torch.float64: 1e-10, torch.float32: 1e-6}
-# λ/s grows like 1/μ on active constraints; the backward's factorization clips it here, a
-# relative perturbation of the derivative far below the solution's accuracy.
+# λ/s grows like 1/μ on active constraints; the backward's factorization clips it here (and
+# polishing uses it and its inverse as the weights of active and inactive constraints).
 _D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
-_REFINE_STEPS = 2
+# weights of active (and, inverted, inactive) rows in the polishing factorization: large
+# enough for refinement to converge fast, small enough to keep H's conditioning moderate
+_D_POLISH = {torch.float64: 1e8, torch.float32: 1e3}
+_REFINE_STEPS = 3
+_IPM_EPS = {torch.float64: 1e-8, torch.float32: 1e-4}
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,6 +127,21 @@ def _max_step(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False)
+class AdjointSystem:
+    """The linearized KKT system at a solution, [Q Gᵀ Aᵀ; G −diag(w_scale) 0; A 0 0], with
+    the multipliers of rows outside `free` fixed at 0, and a factorization that solves it
+    approximately (used with iterative refinement).
+
+    At an interior point w_scale = s/λ and every row is free; at a polished solution the
+    active rows have w_scale = 0 and the inactive ones are not free.
+    """
+
+    kkt: KKTFactor
+    w_scale: torch.Tensor  # (B, m)
+    free: torch.Tensor  # (B, m) bool
+
+
+@dataclass(frozen=True, eq=False)
 class PDIPMResult:
     """Primal-dual solution of a batch, with the KKT factorization at it for the backward."""
 
@@ -132,7 +151,7 @@ class PDIPMResult:
     nu: torch.Tensor  # (B, p)
     status: tuple[Status, ...]
     iterations: torch.Tensor  # (B,)
-    kkt: KKTFactor
+    system: AdjointSystem
 
 
 def _inf_norm(t: torch.Tensor) -> torch.Tensor:
@@ -213,6 +232,9 @@ def pdipm(
         solution (for `qp_vjp`).
     """
     eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
+    # iterate to a tighter gap than asked (superlinear convergence makes it cheap) so that
+    # the active set is clear and polishing lands on the exact solution
+    ipm_abs, ipm_rel = min(eps_abs, _IPM_EPS[qp.Q.dtype]), min(eps_rel, _IPM_EPS[qp.Q.dtype])
     B, m = qp.h.shape
     device = qp.Q.device
     z, s, lam, nu = _initial_point(qp)
@@ -223,7 +245,7 @@ def pdipm(
     data = qp
     for k in range(max_iters + 1):
         it = _Iterate(data, z, s, lam, nu)
-        done = it.converged(data, eps_abs, eps_rel)
+        done = it.converged(data, ipm_abs, ipm_rel)
         failed = ~torch.isfinite(torch.cat([z, s, lam, nu], 1)).all(1)
         kkt = None
         if k < max_iters:
@@ -261,39 +283,84 @@ def pdipm(
             alpha = z.new_ones(z.shape[0], 1)
         z, s, lam, nu = z + alpha * dz, s + alpha * ds, lam + alpha * dlam, nu + alpha * dnu
     z, s, lam, nu = out
-    kkt = KKTFactor(qp, (lam / s).clamp(max=_D_MAX[qp.Q.dtype]) if m else lam)
-    codes[(codes == 0) & ~kkt.ok.cpu()] = 2  # solved, but no factorization for the backward
+    solved = (codes == 0).to(device)
+    z, s, lam, nu, system = _polish(qp, z, s, lam, nu, solved, eps_abs, eps_rel)
+    codes[(codes == 0) & ~system.kkt.ok.cpu()] = 2  # solved, but no factor for the backward
     status = tuple(_CODES[c] for c in codes.tolist())
-    return PDIPMResult(z, s, lam, nu, status, iterations, kkt)
+    return PDIPMResult(z, s, lam, nu, status, iterations, system)
+
+
+def _polish(qp: QPData, z, s, lam, nu, solved, eps_abs: float, eps_rel: float):
+    """Snap solved elements to the exact solution of their active set (as OSQP polishes).
+
+    An interior point stops at μ > 0, off the solution by O(μ) and with a derivative that
+    keeps O(μ/s²) of each inactive constraint. With the active set guessed as λ > s, the
+    equality-constrained QP (G_i z = h_i on active rows, λ_i = 0 on the others) is solved
+    by iterative refinement preconditioned with the KKT factor of weights 1/δ and δ; the
+    result replaces the iterate where it passes the stopping rule, and its active set
+    defines the backward's system (the derivative of the active set's solution).
+
+    Returns:
+        (z, s, λ, ν, AdjointSystem) for every element, polished where accepted.
+    """
+    m = s.shape[1]
+    big = _D_MAX[qp.Q.dtype]
+    d_ipm = (lam / s).clamp(max=big) if m else lam
+    ipm = AdjointSystem(None, 1.0 / d_ipm, torch.ones_like(s, dtype=torch.bool))
+    if m == 0 or not bool(solved.any()):
+        return z, s, lam, nu, AdjointSystem(KKTFactor(qp, d_ipm), ipm.w_scale, ipm.free)
+    active = lam > s
+    d_pol = torch.where(active, _D_POLISH[qp.Q.dtype], 1.0 / _D_POLISH[qp.Q.dtype])
+    polish = AdjointSystem(KKTFactor(qp, d_pol), torch.zeros_like(s), active)
+    z_p, lam_p, nu_p = _refined_solve(qp, polish, -qp.q, qp.h, qp.b)
+    s_p = (qp.h - mv(qp.G, z_p)).clamp(min=0)
+    lam_p = lam_p.clamp(min=0)
+    converged = _Iterate(qp, z_p, s_p, lam_p, nu_p).converged(qp, eps_abs, eps_rel)
+    pick = solved & polish.kkt.ok & converged
+
+    def choose(a, b):
+        return torch.where(pick.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+    kkt = polish.kkt if bool(pick.all()) else KKTFactor(qp, choose(d_pol, d_ipm))
+    system = AdjointSystem(kkt, choose(polish.w_scale, ipm.w_scale), choose(active, ipm.free))
+    return choose(z_p, z), choose(s_p, s), choose(lam_p, lam), choose(nu_p, nu), system
 
 
 _CODES = (Status.SOLVED, Status.MAX_ITERS, Status.FAILURE)
 
 
-def _adjoint_solve(qp: QPData, kkt: KKTFactor, r_z, r_lam, r_nu):
-    """(d_z, d̃_λ, d_ν) with [Q Gᵀ Aᵀ; G −diag(1/d) 0; A 0 0] (d_z, d̃_λ, d_ν) = r, through
-    the reduced factorization: d̃_λ = d (G d_z − r_λ)."""
+def _refined_solve(qp: QPData, system: AdjointSystem, r_z, r_lam, r_nu):
+    """(x, w, v) with [Q Gᵀ Aᵀ; G −diag(w_scale) 0; A 0 0] (x, w, v) = (r_z, r_λ, r_ν) and
+    w = 0 outside `system.free`.
+
+    Each step solves with the reduced factorization (w = d (G x − r_λ)); the factor's
+    weights d only approximate the system (rounding when d spans 1/μ to μ, or the weights
+    1/δ, δ that stand for active and inactive rows), so a few steps of iterative refinement
+    on the exact system, whose residual is computed accurately, recover the lost digits."""
+    kkt, free = system.kkt, system.free
     d = kkt.d
-    d_z, d_nu = kkt.solve(r_z + mtv(qp.G, d * r_lam), r_nu)
-    return d_z, d * (mv(qp.G, d_z) - r_lam), d_nu
+
+    def step(a, b, c):
+        b = torch.where(free, b, 0.0)  # rows with w = 0 have no equation of their own
+        x, v = kkt.solve(a + mtv(qp.G, d * b), c)
+        return x, torch.where(free, d * (mv(qp.G, x) - b), 0.0), v
+
+    x, w, v = step(r_z, r_lam, r_nu)
+    for _ in range(_REFINE_STEPS):
+        e = step(
+            r_z - (mv(qp.Q, x) + mtv(qp.G, w) + mtv(qp.A, v)),
+            r_lam - (mv(qp.G, x) - system.w_scale * w),
+            r_nu - mv(qp.A, x),
+        )
+        x, w, v = x + e[0], w + e[1], v + e[2]
+    return x, w, v
 
 
 def qp_vjp(qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu) -> tuple[torch.Tensor, ...]:
     """Gradients (∇Q, ∇q, ∇G, ∇h, ∇A, ∇b) of ⟨g, (z, λ, ν)⟩ by OptNet's differentials, from
-    the factorization at the solution (module docstring).
-
-    Near the solution d = λ/s spans ~1/μ to ~μ, and the reduced matrix H = Q + GᵀdG loses
-    digits to rounding; a few steps of iterative refinement on the unreduced system (whose
-    residual is computed accurately) recover them at the cost of triangular solves only.
-    """
-    z, lam, nu, kkt = sol.z, sol.lam, sol.nu, sol.kkt
-    d_z, d_lam, d_nu = _adjoint_solve(qp, kkt, g_z, g_lam, g_nu)
-    for _ in range(_REFINE_STEPS):
-        r_z = g_z - (mv(qp.Q, d_z) + mtv(qp.G, d_lam) + mtv(qp.A, d_nu))
-        r_lam = g_lam - (mv(qp.G, d_z) - d_lam / kkt.d)
-        r_nu = g_nu - mv(qp.A, d_z)
-        e_z, e_lam, e_nu = _adjoint_solve(qp, kkt, r_z, r_lam, r_nu)
-        d_z, d_lam, d_nu = d_z + e_z, d_lam + e_lam, d_nu + e_nu
+    the factorization at the solution (module docstring)."""
+    z, lam, nu = sol.z, sol.lam, sol.nu
+    d_z, d_lam, d_nu = _refined_solve(qp, sol.system, g_z, g_lam, g_nu)
     outer = torch.einsum
     grad_Q = -0.5 * (outer("bi,bj->bij", d_z, z) + outer("bi,bj->bij", z, d_z))
     grad_G = -(outer("bi,bj->bij", lam, d_z) + outer("bi,bj->bij", d_lam, z))

@@ -1,0 +1,240 @@
+"""The QP fast path: the batched interior-point solver, its backward, detection, fallback."""
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+from problems import CASES, solve_reference
+
+from cvxlayer import CvxpyLayer, SolverError, Status, solve_qp
+from cvxlayer.fastpaths import QPForm
+
+TIGHT = {"eps": 1e-9, "max_iters": 200_000}
+
+
+def _random_qp(rng, n=6, m=5, p=2, batch=3):
+    """Strictly convex, feasible QPs (h = G z₀ + s₀, b = A z₀) as float64 tensors."""
+    L = rng.standard_normal((batch, n, n)) / np.sqrt(n)
+    Q = L @ L.transpose(0, 2, 1) + 0.1 * np.eye(n)
+    q = rng.standard_normal((batch, n))
+    G = rng.standard_normal((batch, m, n))
+    z0 = rng.standard_normal((batch, n))
+    h = np.einsum("bij,bj->bi", G, z0) + rng.uniform(0.1, 1.0, (batch, m))
+    A = rng.standard_normal((batch, p, n))
+    b = np.einsum("bij,bj->bi", A, z0)
+    return [torch.tensor(t) for t in (Q, q, G, h, A, b)]
+
+
+def _clarabel_qp(Q, q, G, h, A, b):
+    x = cp.Variable(q.shape[0])
+    cons = []
+    if G.shape[0]:
+        cons.append(G @ x <= h)
+    if A.shape[0]:
+        cons.append(A @ x == b)
+    objective = 0.5 * cp.quad_form(x, cp.psd_wrap(Q)) + q @ x
+    prob = cp.Problem(cp.Minimize(objective), cons)
+    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    return x.value
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 2), (6, 8, 0), (6, 0, 3), (5, 0, 0)])
+def test_solve_qp_matches_clarabel(shape):
+    n, m, p = shape
+    data = _random_qp(np.random.default_rng(0), n, m, p)
+    z, status, iterations = solve_qp(*data, eps=1e-10, return_status=True)
+    assert all(s is Status.SOLVED for s in status)
+    for i in range(z.shape[0]):
+        ref = _clarabel_qp(*(t[i].numpy() for t in data))
+        np.testing.assert_allclose(z[i].numpy(), ref, atol=1e-6)
+    if m == 0:  # an equality-only QP is one KKT solve, plus refinement by the same factor
+        assert int(iterations.max()) <= 3
+
+
+def test_solve_qp_shared_arguments_broadcast_and_unbatched_call():
+    Q, q, G, h, A, b = _random_qp(np.random.default_rng(1), batch=2)
+    z = solve_qp(Q[0], q, G[0], h[0] + 10.0, eps=1e-10)  # shared Q, G, h; batched q
+    assert z.shape == q.shape
+    for i in range(2):
+        ref = _clarabel_qp(
+            Q[0].numpy(),
+            q[i].numpy(),
+            G[0].numpy(),
+            h[0].numpy() + 10,
+            A[0, :0].numpy(),
+            b[0, :0].numpy(),
+        )
+        np.testing.assert_allclose(z[i].numpy(), ref, atol=1e-6)
+    single = solve_qp(Q[0], q[0], G[0], h[0], A[0], b[0])
+    assert single.shape == (Q.shape[-1],)
+
+
+def test_solve_qp_gradcheck():
+    data = _random_qp(np.random.default_rng(2), n=4, m=3, p=1, batch=2)
+    leaves = tuple(t.clone().requires_grad_() for t in data)
+    assert torch.autograd.gradcheck(
+        lambda *a: solve_qp(*a, eps=1e-10), leaves, atol=1e-4, rtol=1e-3
+    )
+
+
+def test_solve_qp_gradients_of_duals_match_finite_differences():
+    """λ and ν are differentiable too (through the layer's y)."""
+    from cvxlayer.fastpaths.qp import QPData, qp_solve_differentiable
+
+    data = _random_qp(np.random.default_rng(3), n=5, m=4, p=2, batch=1)
+    weights = [
+        torch.randn(1, k, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        for k in (5, 4, 2)
+    ]
+
+    def loss(h):
+        z, lam, nu, _ = qp_solve_differentiable(QPData(*data[:3], h, *data[4:]), 1e-11, 1e-11)
+        return sum((w * t).sum() for w, t in zip(weights, (z, lam, nu)))
+
+    h = data[3].clone().requires_grad_()
+    loss(h).backward()
+    direction = torch.randn_like(h)
+    step = 1e-6
+    fd = (loss(data[3] + step * direction) - loss(data[3] - step * direction)) / (2 * step)
+    torch.testing.assert_close((h.grad * direction).sum(), fd, atol=1e-5, rtol=1e-4)
+
+
+def test_solve_qp_errors():
+    Q, q, G, h, A, b = _random_qp(np.random.default_rng(4))
+    with pytest.raises(ValueError, match="G with h"):
+        solve_qp(Q, q, G)
+    with pytest.raises(ValueError, match="inconsistent batch"):
+        solve_qp(Q[:2], q, G, h)
+    with pytest.raises(ValueError, match="G has shape"):
+        solve_qp(Q, q, G[:, :, :-1], h)
+    with pytest.raises(ValueError, match="NaN"):
+        solve_qp(Q, q * float("nan"), G, h)
+    G_box = torch.cat([torch.eye(6), -torch.eye(6)]).double()
+    h_box = torch.ones(3, 12, dtype=torch.float64)
+    h_box[1, :6], h_box[1, 6:] = -1.0, -2.0  # element 1: x ≤ −1 and x ≥ 2
+    with pytest.raises(SolverError, match="element"):
+        solve_qp(Q, q, G_box, h_box)
+    z, status, _ = solve_qp(Q, q, G_box, h_box, return_status=True)
+    assert status[1] is not Status.SOLVED and status[0] is Status.SOLVED
+
+
+def test_float32_converges_to_its_tolerance():
+    """float32 stops at eps ≥ 1e-4 (relative residuals); with Q's smallest eigenvalue 0.1
+    that leaves the solution within ~1e-2 of float64's."""
+    data = _random_qp(np.random.default_rng(5))
+    z64 = solve_qp(*data)
+    z32 = solve_qp(*(t.float() for t in data), eps=1e-5)
+    assert z32.dtype == torch.float32
+    torch.testing.assert_close(z32.double(), z64, atol=2e-2, rtol=0)
+
+
+# ---- the layer: detection, agreement with the generic path and Clarabel, fallback ----
+
+
+def _batch(case, seed, size):
+    rng = np.random.default_rng(seed)
+    draws = [case.draw(rng) for _ in range(size)]
+    return [torch.tensor(np.stack(v), dtype=torch.float64) for v in zip(*draws)]
+
+
+def _qp_forms():
+    n = 4
+    x = cp.Variable(n)
+    L, Qc = cp.Parameter((n, n)), np.diag(np.arange(1.0, n + 1))
+    q, G, h = cp.Parameter(n), cp.Parameter((3, n)), cp.Parameter(3)
+    return {
+        "sum_squares(L @ x)": (
+            cp.Problem(cp.Minimize(cp.sum_squares(L @ x) + q @ x), [G @ x <= h]),
+            [L, q, G, h],
+        ),
+        "quad_form(x, Q)": (
+            cp.Problem(cp.Minimize(cp.quad_form(x, Qc) + q @ x), [G @ x <= h]),
+            [q, G, h],
+        ),
+        "box": (cp.Problem(cp.Minimize(cp.sum_squares(x - q)), [x <= 1, x >= -1]), [q]),
+        "LP": (cp.Problem(cp.Minimize(q @ x), [x >= 0, cp.sum(x) == 1]), [q]),
+        "equality only": (cp.Problem(cp.Minimize(cp.sum_squares(x - q)), [cp.sum(x) == 1]), [q]),
+    }
+
+
+@pytest.mark.parametrize("form", sorted(_qp_forms()))
+def test_qp_structured_problems_take_the_qp_path(form):
+    prob, params = _qp_forms()[form]
+    layer = CvxpyLayer(prob, params, prob.variables())
+    assert isinstance(layer.fast_path, QPForm)
+    assert "QP with" in repr(layer)
+    assert CvxpyLayer(prob, params, prob.variables(), fast_path=False).fast_path is None
+
+
+@pytest.mark.parametrize("name", ["socp", "exp", "psd"])
+def test_cone_problems_do_not_take_the_qp_path(name):
+    case = CASES[name]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    assert layer.fast_path is None
+    with pytest.raises(ValueError, match="does not have that structure"):
+        CvxpyLayer(case.problem, case.parameters, case.variables, fast_path="qp")
+    with pytest.raises(ValueError, match="unknown fast_path"):
+        CvxpyLayer(case.problem, case.parameters, case.variables, fast_path="lqr!")
+
+
+def test_lifted_variables_are_eliminated():
+    case = CASES["qp"]  # ½‖Lx‖²: cvxpy lifts t = Lx
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    assert layer.fast_path.elim.size == 4 and layer.fast_path.keep.size == 4
+
+
+@pytest.mark.parametrize("form", sorted(_qp_forms()))
+def test_qp_path_matches_generic_path_and_clarabel(form):
+    prob, params = _qp_forms()[form]
+    rng = np.random.default_rng(7)
+    values = []
+    for prm in params:
+        v = rng.standard_normal((3, *prm.shape))
+        if prm.name() == "h" or prm.shape == (3,):
+            v = np.abs(v) + 0.5
+        values.append(torch.tensor(v))
+    fast = CvxpyLayer(prob, params, prob.variables())
+    generic = CvxpyLayer(prob, params, prob.variables(), fast_path=False, mode="scs")
+    leaves = [[v.clone().requires_grad_() for v in values] for _ in range(2)]
+    (x_fast,), info = fast(*leaves[0], solver_args=TIGHT, return_status=True)
+    (x_gen,) = generic(*leaves[1], solver_args=TIGHT)
+    assert info.mode == "qp"
+    torch.testing.assert_close(x_fast, x_gen, atol=1e-6, rtol=0)
+    for i in range(3):
+        for prm, v in zip(params, values):
+            prm.value = v[i].numpy()
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+        np.testing.assert_allclose(x_fast[i].detach().numpy(), prob.variables()[0].value, atol=1e-6)
+    w = torch.linspace(-1, 1, x_fast[0].numel(), dtype=torch.float64)
+    (x_fast * w).sum().backward()
+    (x_gen * w).sum().backward()
+    for a, b in zip(leaves[0], leaves[1]):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_qp_path_against_clarabel_on_the_equality_case():
+    case = CASES["qp"]
+    values = _batch(case, seed=8, size=3)
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables)
+    (x,) = layer(*values, solver_args=TIGHT)
+    for i in range(3):
+        (ref,) = solve_reference(case, [v[i].numpy() for v in values])
+        np.testing.assert_allclose(x[i].numpy(), ref, atol=1e-6)
+
+
+def test_unsolved_elements_fall_back_to_the_generic_mode():
+    n = 3
+    x, lo = cp.Variable(n), cp.Parameter(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, x <= 1])
+    layer = CvxpyLayer(prob, [lo], [x])
+    lo_v = torch.tensor([[0.5, 0.2, -1.0], [2.0, 0.0, 0.0], [-1.0, -1.0, 0.3]], dtype=torch.float64)
+    lo_v.requires_grad_()
+    (sol,), info = layer(lo_v, return_status=True)
+    assert info.mode == "qp+scs"
+    assert info.status[1] is Status.INFEASIBLE
+    assert info.status[0] is Status.SOLVED and info.status[2] is Status.SOLVED
+    torch.testing.assert_close(sol[0], lo_v[0].detach().clamp(min=0), atol=1e-5, rtol=0)
+    sol[[0, 2]].sum().backward()
+    assert torch.isfinite(lo_v.grad).all() and (lo_v.grad[1] == 0).all()
+    with pytest.raises(SolverError, match="element 1: infeasible"):
+        layer(lo_v)
