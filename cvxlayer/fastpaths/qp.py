@@ -51,6 +51,7 @@ _D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
 _D_POLISH = {torch.float64: 1e8, torch.float32: 1e3}
 _REFINE_STEPS = 3
 _IPM_EPS = {torch.float64: 1e-8, torch.float32: 1e-4}
+_RETRY = 1e-3  # an element whose polish fails iterates on until its gap is this much smaller
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,6 +240,8 @@ def pdipm(
     device = qp.Q.device
     z, s, lam, nu = _initial_point(qp)
     out = [t.clone() for t in (z, s, lam, nu)]
+    polished = torch.zeros(B, dtype=torch.bool, device=device)
+    active = torch.zeros_like(s, dtype=torch.bool)
     codes = torch.full((B,), -1, dtype=torch.long)  # -1 running, else index into _CODES
     iterations = torch.full((B,), max_iters, dtype=torch.long)
     index = torch.arange(B, device=device)
@@ -246,7 +249,19 @@ def pdipm(
     for k in range(max_iters + 1):
         it = _Iterate(data, z, s, lam, nu)
         done = it.converged(data, ipm_abs, ipm_rel)
-        failed = ~torch.isfinite(torch.cat([z, s, lam, nu], 1)).all(1)
+        result = [z, s, lam, nu]
+        if m and bool(done.any()):
+            # polish the newly converged; an element whose polish fails iterates on, unless
+            # its gap is already far below the tolerance
+            sub = done.nonzero().flatten()
+            *pol, act, ok = _polish(_select(data, sub), *(t[sub] for t in result), eps_abs, eps_rel)
+            tiny = it.converged(data, ipm_abs * _RETRY, ipm_rel * _RETRY)[sub]
+            done[sub] = ok | tiny
+            for t, p_t in zip(result, pol):
+                t[sub[ok]] = p_t[ok]
+            polished[index[sub[ok]]] = True
+            active[index[sub[ok]]] = act[ok]
+        failed = ~torch.isfinite(torch.cat(result, 1)).all(1)
         kkt = None
         if k < max_iters:
             kkt = KKTFactor(data, lam / s if m else lam)
@@ -254,7 +269,7 @@ def pdipm(
         stop = done | failed | (k == max_iters)
         if bool(stop.any()):
             rows = index[stop]
-            for t_out, t in zip(out, (z, s, lam, nu)):
+            for t_out, t in zip(out, result):
                 t_out[rows] = t[stop]
             rows = rows.cpu()
             codes[rows] = torch.where(done, 0, torch.where(failed, 2, 1))[stop].cpu()
@@ -283,47 +298,57 @@ def pdipm(
             alpha = z.new_ones(z.shape[0], 1)
         z, s, lam, nu = z + alpha * dz, s + alpha * ds, lam + alpha * dlam, nu + alpha * dnu
     z, s, lam, nu = out
-    solved = (codes == 0).to(device)
-    z, s, lam, nu, system = _polish(qp, z, s, lam, nu, solved, eps_abs, eps_rel)
+    system = _adjoint_system(qp, s, lam, polished, active)
     codes[(codes == 0) & ~system.kkt.ok.cpu()] = 2  # solved, but no factor for the backward
     status = tuple(_CODES[c] for c in codes.tolist())
     return PDIPMResult(z, s, lam, nu, status, iterations, system)
 
 
-def _polish(qp: QPData, z, s, lam, nu, solved, eps_abs: float, eps_rel: float):
-    """Snap solved elements to the exact solution of their active set (as OSQP polishes).
+def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
+    """Snap converged elements to the exact solution of their active set (as OSQP polishes).
 
     An interior point stops at μ > 0, off the solution by O(μ) and with a derivative that
     keeps O(μ/s²) of each inactive constraint. With the active set guessed as λ > s, the
     equality-constrained QP (G_i z = h_i on active rows, λ_i = 0 on the others) is solved
-    by iterative refinement preconditioned with the KKT factor of weights 1/δ and δ; the
-    result replaces the iterate where it passes the stopping rule, and its active set
-    defines the backward's system (the derivative of the active set's solution).
+    by iterative refinement preconditioned with the KKT factor of weights 1/δ and δ.
 
     Returns:
-        (z, s, λ, ν, AdjointSystem) for every element, polished where accepted.
+        (z, s, λ, ν) polished, the active set (B, m), and (B,) whether the polished point
+        passes the stopping rule (a wrong active set fails it).
     """
-    m = s.shape[1]
-    big = _D_MAX[qp.Q.dtype]
-    d_ipm = (lam / s).clamp(max=big) if m else lam
-    ipm = AdjointSystem(None, 1.0 / d_ipm, torch.ones_like(s, dtype=torch.bool))
-    if m == 0 or not bool(solved.any()):
-        return z, s, lam, nu, AdjointSystem(KKTFactor(qp, d_ipm), ipm.w_scale, ipm.free)
     active = lam > s
-    d_pol = torch.where(active, _D_POLISH[qp.Q.dtype], 1.0 / _D_POLISH[qp.Q.dtype])
-    polish = AdjointSystem(KKTFactor(qp, d_pol), torch.zeros_like(s), active)
-    z_p, lam_p, nu_p = _refined_solve(qp, polish, -qp.q, qp.h, qp.b)
+    system = _active_set_system(qp, active)
+    z_p, lam_p, nu_p = _refined_solve(qp, system, -qp.q, qp.h, qp.b)
     s_p = (qp.h - mv(qp.G, z_p)).clamp(min=0)
     lam_p = lam_p.clamp(min=0)
     converged = _Iterate(qp, z_p, s_p, lam_p, nu_p).converged(qp, eps_abs, eps_rel)
-    pick = solved & polish.kkt.ok & converged
+    return z_p, s_p, lam_p, nu_p, active, converged & system.kkt.ok
 
-    def choose(a, b):
-        return torch.where(pick.view(-1, *([1] * (a.dim() - 1))), a, b)
 
-    kkt = polish.kkt if bool(pick.all()) else KKTFactor(qp, choose(d_pol, d_ipm))
-    system = AdjointSystem(kkt, choose(polish.w_scale, ipm.w_scale), choose(active, ipm.free))
-    return choose(z_p, z), choose(s_p, s), choose(lam_p, lam), choose(nu_p, nu), system
+def _active_set_system(qp: QPData, active: torch.Tensor) -> AdjointSystem:
+    """KKT system with the rows in `active` as equalities and the others dropped."""
+    big = _D_POLISH[qp.Q.dtype]
+    d = torch.where(active, big, 1.0 / big)
+    return AdjointSystem(KKTFactor(qp, d), torch.zeros_like(d), active)
+
+
+def _adjoint_system(qp: QPData, s, lam, polished, active) -> AdjointSystem:
+    """The system of the backward: the active set's for polished elements, the interior
+    point's (weights λ/s) for the others; one factorization for the batch."""
+    m = s.shape[1]
+    d_ipm = (lam / s).clamp(max=_D_MAX[qp.Q.dtype]) if m else lam
+    if not bool(polished.any()):
+        return AdjointSystem(KKTFactor(qp, d_ipm), 1.0 / d_ipm, torch.ones_like(active))
+    pol = _active_set_system(qp, active)
+    if bool(polished.all()):
+        return pol
+    pick = polished.unsqueeze(1)
+    d = torch.where(pick, pol.kkt.d, d_ipm)
+    return AdjointSystem(
+        KKTFactor(qp, d),
+        torch.where(pick, pol.w_scale, 1.0 / d_ipm),
+        torch.where(pick, active, True),
+    )
 
 
 _CODES = (Status.SOLVED, Status.MAX_ITERS, Status.FAILURE)
