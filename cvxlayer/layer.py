@@ -123,7 +123,7 @@ class CvxpyLayer(torch.nn.Module):
             canon_backend=canon_backend,
             quad_obj=adjoint.supports_quadratic,
         )
-        self.fast_path = match_fast_path(self.compiled.param_map, fast_path)
+        self.fast_path = match_fast_path(self.compiled, problem, fast_path)
 
     def extra_repr(self) -> str:
         st = self.compiled.structure

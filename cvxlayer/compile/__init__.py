@@ -28,6 +28,7 @@ class ParameterSlot:
 
     name: str
     shape: tuple[int, ...]
+    param_id: int = -1  # the cvxpy Parameter's id
 
 
 def _vec_f(value: torch.Tensor) -> torch.Tensor:
@@ -55,6 +56,16 @@ class CompiledProblem:
     @property
     def structure(self) -> ConeStructure:
         return self.param_map.structure
+
+    def columns(self, param: cp.Parameter) -> np.ndarray:
+        """The θ̃ columns holding `param` (vec_F order); empty if it is not a slot."""
+        offset = 0
+        for slot in self.parameters:
+            size = int(np.prod(slot.shape))
+            if slot.param_id == param.id:
+                return np.arange(offset, offset + size)
+            offset += size
+        return np.zeros(0, dtype=np.int64)
 
     def theta(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
         """θ̃ (B, p + 1) of a batch.
@@ -106,7 +117,7 @@ def _parameter_columns(
         rows.append(param_prob.param_id_to_col[target] + local[full])
         cols.append(offset + full)
         vals.append(1.0 / counts[local[full]])
-        slots.append(ParameterSlot(param.name(), tuple(int(d) for d in param.shape)))
+        slots.append(ParameterSlot(param.name(), tuple(int(d) for d in param.shape), param.id))
         offset += param.size
     p_cvxpy = param_prob.total_param_size
     rows.append([p_cvxpy])

@@ -1,24 +1,30 @@
 """Fast paths: structure-specific solvers with their own backward, chosen at compile time.
 
-Each fast path has a `match(param_map)` that returns a solver object for the compiled
-problem (or None), and that object's `solve(theta, settings, failed_gradient)` returns the
+Each fast path has a `match(compiled, problem)` that returns a solver object for the
+compiled problem (or None), and that object's `solve(theta, settings, failed_gradient)` returns the
 cone program's `Solution` for the stacked parameters θ̃, with x, y, s differentiable w.r.t.
 θ̃. Elements it does not solve are re-solved by the layer's generic mode.
 """
 
 from __future__ import annotations
 
+from cvxlayer.fastpaths.entropy_form import EntropyForm
+from cvxlayer.fastpaths.lml import lml
 from cvxlayer.fastpaths.qp import solve_qp
 from cvxlayer.fastpaths.qp_form import QPForm
 
-FAST_PATHS = {"qp": QPForm.match}
+FAST_PATHS = {
+    "lml": EntropyForm.match,  # LML, sigmoid, softmax: entropy-regularized, one vector
+    "qp": lambda compiled, problem: QPForm.match(compiled.param_map),
+}
 
 
-def match_fast_path(param_map, request: bool | str = True):
-    """The fast path for a compiled problem's parametric map, or None.
+def match_fast_path(compiled, problem, request: bool | str = True):
+    """The fast path for a compiled problem, or None.
 
     Args:
-        param_map: the compiled `ParametricMap`.
+        compiled: the `CompiledProblem`.
+        problem: the cvxpy problem it was compiled from.
         request: True (the first that matches), False (none), or a fast path's name (that
             one; `ValueError` if the problem does not have its structure).
     """
@@ -30,15 +36,15 @@ def match_fast_path(param_map, request: bool | str = True):
         )
     names = FAST_PATHS if request is True else (request,)
     for name in names:
-        found = FAST_PATHS[name](param_map)
+        found = FAST_PATHS[name](compiled, problem)
         if found is not None:
             return found
     if request is not True:
         raise ValueError(
             f"fast_path={request!r}: the problem does not have that structure (its cone "
-            f"program has cones {param_map.structure.cones.describe()})"
+            f"program has cones {compiled.structure.cones.describe()})"
         )
     return None
 
 
-__all__ = ["FAST_PATHS", "QPForm", "match_fast_path", "solve_qp"]
+__all__ = ["FAST_PATHS", "EntropyForm", "QPForm", "lml", "match_fast_path", "solve_qp"]
