@@ -8,7 +8,7 @@ cone solution x        ──VariableRecovery──▶  user's variables        
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cvxpy as cp
 import numpy as np
@@ -47,11 +47,14 @@ class CompiledProblem:
         parameters: one slot per user parameter, in the user's order.
         param_map: θ̃ ↦ cone data.
         recoveries: one per requested variable, in the user's order.
+        var_offsets: cvxpy variable id ↦ its first column in the cone program's x (for the
+            variables cvxpy kept as they are; fast paths use it to read the layout).
     """
 
     parameters: tuple[ParameterSlot, ...]
     param_map: ParametricMap
     recoveries: tuple[VariableRecovery, ...]
+    var_offsets: dict = field(default_factory=dict)
 
     @property
     def structure(self) -> ConeStructure:
@@ -160,7 +163,8 @@ def compile_problem(
     slots, columns = _parameter_columns(parameters, param_prob, chain)
     param_map = ParametricMap.from_cvxpy(param_prob, columns)
     recoveries = build_recoveries(variables, param_prob, chain, inverse_data)
-    return CompiledProblem(slots, param_map, recoveries)
+    offsets = {int(k): int(v) for k, v in param_prob.var_id_to_col.items()}
+    return CompiledProblem(slots, param_map, recoveries, offsets)
 
 
 __all__ = ["CompiledProblem", "ParameterSlot", "compile_problem"]

@@ -8,13 +8,29 @@ cone program's `Solution` for the stacked parameters θ̃, with x, y, s differen
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cvxlayer.fastpaths.entropy_form import EntropyForm
 from cvxlayer.fastpaths.lml import lml
+from cvxlayer.fastpaths.lqr import lqr
+from cvxlayer.fastpaths.lqr_form import LQRLayout, state_and_control, variable_columns
 from cvxlayer.fastpaths.qp import solve_qp
 from cvxlayer.fastpaths.qp_form import QPForm
 
+
+def _match_lqr(compiled, problem) -> QPForm | None:
+    """A QP whose state and control variables form an LQR problem (`lqr_form`)."""
+    found = state_and_control(compiled, problem)
+    if found is None:
+        return None
+    qp = QPForm.match(compiled.param_map, protected=variable_columns(compiled, found))
+    layout = None if qp is None else LQRLayout.match(qp, compiled, problem)
+    return None if layout is None else replace(qp, lqr=layout)
+
+
 FAST_PATHS = {
     "lml": EntropyForm.match,  # LML, sigmoid, softmax: entropy-regularized, one vector
+    "lqr": _match_lqr,
     "qp": lambda compiled, problem: QPForm.match(compiled.param_map),
 }
 
@@ -47,4 +63,4 @@ def match_fast_path(compiled, problem, request: bool | str = True):
     return None
 
 
-__all__ = ["FAST_PATHS", "EntropyForm", "QPForm", "lml", "match_fast_path", "solve_qp"]
+__all__ = ["FAST_PATHS", "EntropyForm", "QPForm", "lml", "lqr", "match_fast_path", "solve_qp"]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from cvxlayer.compile.parametric import ParametricMap, SparseLinear
+from cvxlayer.fastpaths.lqr_form import LQRLayout
 from cvxlayer.fastpaths.qp import MAX_ITERS, QPData, mtv, mv, qp_solve_differentiable
 from cvxlayer.program import ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings
@@ -74,9 +75,9 @@ class QPForm:
         shapes: the pieces θ̃ is mapped to, in order: c, b, a_E, A_RK, G, A_eq, and for a
             quadratic objective P_KK, P_KE (if nonzero), P_EE (or P_EE_diag if diagonal).
         linear: θ̃ ↦ those pieces, flattened and concatenated.
+        lqr: the LQR layout when the QP is an LQR problem (then solved by Riccati).
     """
 
-    name = "qp"
     structure: ConeStructure
     keep: np.ndarray
     elim: np.ndarray
@@ -85,10 +86,19 @@ class QPForm:
     ineq_rows: np.ndarray
     shapes: dict
     linear: SparseLinear
+    lqr: LQRLayout | None = None
+
+    @property
+    def name(self) -> str:
+        return "qp" if self.lqr is None else "lqr"
 
     @classmethod
-    def match(cls, param_map: ParametricMap) -> QPForm | None:
-        """The reduction for a QP-structured program, or None if the cone has other rows."""
+    def match(cls, param_map: ParametricMap, protected: np.ndarray | None = None) -> QPForm | None:
+        """The reduction for a QP-structured program, or None if the cone has other rows.
+
+        Args:
+            protected: columns never to eliminate (a fast path that needs them as they are).
+        """
         structure, matrix = param_map.structure, param_map.matrix
         cones = structure.cones
         if cones.zero + cones.nonneg != structure.m:
@@ -98,6 +108,8 @@ class QPForm:
         counts = np.bincount(cols, minlength=n)
         entry = np.flatnonzero((counts[cols] == 1) & (rows < zero))  # candidates' entries
         entry = entry[_constant_entries(matrix, n + entry, param_map.num_params)]
+        if protected is not None:
+            entry = entry[~np.isin(cols[entry], protected)]
         _, first = np.unique(rows[entry], return_index=True)  # one column per row
         entry = entry[first]
         elim, elim_rows = cols[entry].astype(np.int64), rows[entry].astype(np.int64)
@@ -138,6 +150,9 @@ class QPForm:
         return cls(structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear)
 
     def describe(self) -> str:
+        if self.lqr is not None:
+            lq = self.lqr
+            return f"LQR with {lq.n} states, {lq.m} controls, horizon {lq.T} (Riccati)"
         return (
             f"QP with {self.keep.size} variables, {self.eq_rows.size} equalities, "
             f"{self.ineq_rows.size} inequalities ({self.elim.size} lifted variables eliminated)"
@@ -179,14 +194,18 @@ class QPForm:
         else:
             Q = b.new_zeros(b.shape[0], K.numel(), K.numel())
         qp = QPData(Q, q, d["G"], b[:, ineq], d["A_eq"], b[:, eq])
-        z, lam, nu, result = qp_solve_differentiable(
-            qp,
-            settings.eps_abs,
-            settings.eps_rel,
-            min(settings.max_iters, MAX_ITERS),
-            settings.verbose,
-            failed_gradient,
-        )
+        if self.lqr is not None:
+            z, lam, nu, status, iterations = self.lqr.solve(qp)
+        else:
+            z, lam, nu, result = qp_solve_differentiable(
+                qp,
+                settings.eps_abs,
+                settings.eps_rel,
+                min(settings.max_iters, MAX_ITERS),
+                settings.verbose,
+                failed_gradient,
+            )
+            status, iterations = result.status, result.iterations
         # back to the cone program: x = (z, x_E), y = (y_R, ν, λ), s = (0, h − Gz)
         x_E = mv(T, z) + u
         x = torch.cat([z, x_E], 1)[:, _order(self.keep, self.elim, device=dev)]
@@ -201,7 +220,7 @@ class QPForm:
         y = y[:, _order(self.elim_rows, self.eq_rows, self.ineq_rows, device=dev)]
         s_ineq = qp.h - mv(qp.G, z)
         s = torch.cat([s_ineq.new_zeros(s_ineq.shape[0], self.structure.cones.zero), s_ineq], 1)
-        return Solution(x, y, s, result.status, result.iterations)
+        return Solution(x, y, s, status, iterations)
 
 
 def _order(*parts: np.ndarray, device) -> torch.Tensor:
