@@ -17,4 +17,13 @@ from cvxlayer.solvers import Status
 
 __version__ = "0.1.0"
 
-__all__ = ["CvxpyLayer", "SolveInfo", "SolverError", "Status", "__version__", "lml", "lqr", "solve_qp"]
+__all__ = [
+    "CvxpyLayer",
+    "SolveInfo",
+    "SolverError",
+    "Status",
+    "__version__",
+    "lml",
+    "lqr",
+    "solve_qp",
+]

@@ -7,7 +7,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-EXAMPLES = ["relu", "sigmoid", "softmax", "polytope_projection", "ellipsoid_projection"]
+EXAMPLES = [
+    "relu",
+    "sigmoid",
+    "softmax",
+    "polytope_projection",
+    "ellipsoid_projection",
+    "lqr_imitation",
+    "lml_topk",
+]
 
 
 def main() -> None:

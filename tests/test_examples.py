@@ -18,3 +18,13 @@ def test_activation_examples(name):
 def test_training_examples_run_a_few_steps(name):
     module = __import__(name)
     assert module.main(iterations=4, points=8).exists()
+
+
+def test_lqr_imitation_runs_a_few_steps():
+    module = __import__("lqr_imitation")
+    assert module.main(iterations=3, points=4, T=4).exists()
+
+
+def test_lml_topk_runs_a_few_steps():
+    module = __import__("lml_topk")
+    assert module.main(iterations=3, points=16).exists()
