@@ -67,6 +67,61 @@ def qpth_system(task: Task) -> Runner:
     return run
 
 
+def mpc_system(task: Task) -> Runner:
+    """mpc.pytorch's LQR (time-major), on the same problem: T + 1 stages, the last one with a
+    control of cost ½‖u‖² that the cvxpy form does not have (it comes out 0)."""
+    if "T" not in task.extras:
+        raise NotImplementedError("mpc.pytorch applies to LQR tasks only")
+    from mpc import mpc as mpc_lib
+    from mpc.mpc import LinDx, QuadCost
+
+    n, m, T = task.extras["n"], task.extras["m"], task.extras["T"]
+
+    def run(vals):
+        A, B, x0 = vals
+        batch = x0.shape[0]
+        C = torch.eye(n + m, dtype=x0.dtype).expand(T + 1, batch, n + m, n + m)
+        c = torch.zeros(T + 1, batch, n + m, dtype=x0.dtype)
+        F = torch.cat([A, B], 2).unsqueeze(0).expand(T, batch, n, n + m)
+        ctrl = mpc_lib.MPC(
+            n, m, T + 1, lqr_iter=1, n_batch=batch, verbose=-1, exit_unconverged=False
+        )
+        _, u, _ = ctrl(x0, QuadCost(C, c), LinDx(F))
+        return u[:T].permute(1, 2, 0)  # (B, m, T), like the cvxpy variable U
+
+    return run
+
+
+def bisection_system(task: Task) -> Runner:
+    """A plain-torch LML reference: bisection on the dual (60 halvings of a bracket that holds
+    the root), analytic backward through an autograd.Function."""
+    if "k" not in task.extras:
+        raise NotImplementedError("the LML reference applies to LML tasks only")
+    k = float(task.extras["k"])
+
+    class Bisection(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            d = x.shape[1]
+            logit = torch.log(torch.tensor(k / (d - k), dtype=x.dtype))
+            lo, hi = logit - x.amax(1), logit - x.amin(1)
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                above = torch.sigmoid(x + mid[:, None]).sum(1) > k
+                lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)
+            y = torch.sigmoid(x + (0.5 * (lo + hi))[:, None])
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            (y,) = ctx.saved_tensors
+            s = y * (1 - y)
+            return s * g - s * (s * g).sum(1, keepdim=True) / s.sum(1, keepdim=True)
+
+    return lambda vals: Bisection.apply(vals[0])
+
+
 SYSTEMS: dict[str, Callable[[Task], Runner]] = {
     "cvxlayer": cvxlayer_system("auto", fast_path=True),  # what users get by default
     "cvxlayer[torch]": cvxlayer_system("torch"),
@@ -75,6 +130,8 @@ SYSTEMS: dict[str, Callable[[Task], Runner]] = {
     "cvxpylayers": cvxpylayers_system(None),
     "cvxpylayers[MOREAU]": cvxpylayers_system("MOREAU"),
     "qpth": qpth_system,
+    "mpc.pytorch": mpc_system,
+    "lml-bisection": bisection_system,
 }
 
 

@@ -25,6 +25,7 @@ class Task:
     # qpth form (Q, p, G, h, A, b) built from `values`, or None when qpth does not apply
     qpth_args: Callable[[list[torch.Tensor]], tuple] | None = None
     peers: tuple[str, ...] = field(default=("cvxpylayers",))
+    extras: dict = field(default_factory=dict)  # sizes the non-cvxpy peers need
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -154,10 +155,55 @@ def nearest_psd(batch: int = 128, k: int = 10, seed: int = 4) -> Task:
     )
 
 
+def lqr_control(batch: int = 128, n: int = 10, m: int = 2, T: int = 5, seed: int = 5) -> Task:
+    """T3: min ½Σ‖x_t‖² + ½Σ‖u_t‖²  s.t. x_0 = x_init, x_{t+1} = A x_t + B u_t (A, B, x_init
+    batched); the controls U (m × T) are the output."""
+    gen = _gen(seed)
+    A, B, x0 = cp.Parameter((n, n)), cp.Parameter((n, m)), cp.Parameter(n)
+    X, U = cp.Variable((n, T + 1)), cp.Variable((m, T))
+    cost = 0.5 * cp.sum_squares(X) + 0.5 * cp.sum_squares(U)
+    dynamics = [X[:, 0] == x0] + [X[:, t + 1] == A @ X[:, t] + B @ U[:, t] for t in range(T)]
+    Av = torch.eye(n, dtype=torch.float64) + 0.1 * torch.randn(
+        batch, n, n, generator=gen, dtype=torch.float64
+    )
+    Bv = torch.randn(batch, n, m, generator=gen, dtype=torch.float64)
+    x0v = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    return Task(
+        "T3",
+        f"LQR n={n} m={m} T={T} B={batch}",
+        cp.Problem(cp.Minimize(cost), dynamics),
+        [A, B, x0],
+        U,
+        [Av, Bv, x0v],
+        peers=("cvxpylayers", "mpc.pytorch"),
+        extras={"n": n, "m": m, "T": T},
+    )
+
+
+def lml_projection(batch: int = 128, d: int = 1000, k: int = 5, seed: int = 6) -> Task:
+    """T4: the LML projection min −xᵀy − Σ H_b(y_i) s.t. 1ᵀy = k."""
+    gen = _gen(seed)
+    x, y = cp.Parameter(d), cp.Variable(d)
+    objective = -x @ y - cp.sum(cp.entr(y) + cp.entr(1 - y))
+    xv = torch.randn(batch, d, generator=gen, dtype=torch.float64)
+    return Task(
+        "T4",
+        f"LML d={d} k={k} B={batch}",
+        cp.Problem(cp.Minimize(objective), [cp.sum(y) == k]),
+        [x],
+        y,
+        [xv],
+        peers=("cvxpylayers", "lml-bisection"),
+        extras={"k": k},
+    )
+
+
 TASKS: dict[str, Callable[..., Task]] = {
     "T1": dense_qp,
     "T2": box_qp,
     "T5-soc": ellipsoid_projection,
     "T5-exp": softmax,
     "T5-psd": nearest_psd,
+    "T3": lqr_control,
+    "T4": lml_projection,
 }

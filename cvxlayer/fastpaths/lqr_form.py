@@ -112,6 +112,9 @@ class LQRLayout:
         n, m, T: states, controls, horizon (T controls, T + 1 states).
         tau_pos: (T+1, n+m) z index of each stage entry, −1 for the final dummy control.
         init_rows: (n,) equality rows x_{0,i} = b/κ; dyn_rows: (T, n) rows defining x_{t+1,i}.
+        gathers: flat positions, in the padded Q ((k+1)², index k is a zero), the padded q
+            and the padded A_eq ((p, k+1)), of C (T+1, N, N), c (T+1, N), F (T, n, N), and
+            the defining coefficients κ_0 (n,), κ (T, n).
     """
 
     n: int
@@ -120,6 +123,7 @@ class LQRLayout:
     tau_pos: np.ndarray
     init_rows: np.ndarray
     dyn_rows: np.ndarray
+    gathers: tuple
 
     @classmethod
     def match(cls, qp_form, compiled, problem: cp.Problem) -> LQRLayout | None:
@@ -164,44 +168,45 @@ class LQRLayout:
                 dyn_rows[last - 1, i] = r
         if (init_rows < 0).any() or (dyn_rows < 0).any():
             return None
-        return cls(n, m, T, tau_pos, init_rows, dyn_rows)
+        k = stage.size
+        pos = np.where(tau_pos < 0, k, tau_pos)
+        gathers = (
+            pos[:, :, None] * (k + 1) + pos[:, None, :],
+            pos,
+            dyn_rows[:, :, None] * (k + 1) + pos[:T][:, None, :],
+            init_rows * (k + 1) + pos[0, :n],
+            dyn_rows * (k + 1) + pos[1:, :n],
+        )
+        return cls(n, m, T, tau_pos, init_rows, dyn_rows, gathers)
 
     def solve(self, qp: QPData):
         """(z, λ (B, 0), ν, status, iterations) of the reduced QP, differentiable."""
         n, m, T = self.n, self.m, self.T
-        B, dev = qp.q.shape[0], qp.q.device
-        N = n + m
-        pos = torch.as_tensor(self.tau_pos, device=dev)
-        flat = pos.reshape(-1)
-        Q_pad = torch.nn.functional.pad(qp.Q, (0, 1, 0, 1))  # index −1: the zero row/column
-        q_pad = torch.nn.functional.pad(qp.q, (0, 1))
-        C = Q_pad[:, flat][:, :, flat].reshape(B, T + 1, N, T + 1, N)
-        C = torch.diagonal(C, dim1=1, dim2=3).permute(0, 3, 1, 2)  # (B, T+1, N, N)
-        dummy = torch.zeros(T + 1, N, N, dtype=C.dtype, device=dev)
-        dummy[T, n:, n:] = torch.eye(m, dtype=C.dtype, device=dev)
+        B, k = qp.q.shape
+        dev = qp.q.device
+        C_idx, c_idx, F_idx, k0_idx, k_idx = (torch.as_tensor(a, device=dev) for a in self.gathers)
+        pad = torch.nn.functional.pad
+        Q_flat = pad(qp.Q, (0, 1, 0, 1)).reshape(B, -1)  # index k: the zero row/column
+        A_flat = pad(qp.A, (0, 1)).reshape(B, -1)
+        C = Q_flat[:, C_idx]  # (B, T+1, N, N)
+        dummy = torch.zeros_like(C[0])
+        dummy[T, n:, n:] = torch.eye(m, dtype=C.dtype, device=dev)  # final stage: ½‖u‖²
         C = C + dummy
-        c = q_pad[:, flat].reshape(B, T + 1, N)
-        A_pad = torch.nn.functional.pad(qp.A, (0, 1))
-        x_pos = pos[:, :n]  # (T+1, n)
-        init = torch.as_tensor(self.init_rows, device=dev)
-        dyn = torch.as_tensor(self.dyn_rows, device=dev)  # (T, n)
-        kappa0 = A_pad[:, init, x_pos[0]]  # (B, n)
-        x_init = qp.b[:, init] / kappa0
-        kappa = A_pad[:, dyn.reshape(-1), x_pos[1:].reshape(-1)].reshape(B, T, n)
-        rows = A_pad[:, dyn.reshape(-1)][:, :, pos[:T].reshape(-1)]  # (B, T·n, T·N)
-        rows = rows.reshape(B, T, n, T, N)
-        F = -torch.diagonal(rows, dim1=1, dim2=3).permute(0, 3, 1, 2) / kappa.unsqueeze(-1)
-        f = qp.b[:, dyn.reshape(-1)].reshape(B, T, n) / kappa
+        c = pad(qp.q, (0, 1))[:, c_idx]
+        kappa0, kappa = A_flat[:, k0_idx], A_flat[:, k_idx]  # (B, n), (B, T, n)
+        x_init = qp.b[:, torch.as_tensor(self.init_rows, device=dev)] / kappa0
+        F = -A_flat[:, F_idx] / kappa.unsqueeze(-1)
+        f = qp.b[:, torch.as_tensor(self.dyn_rows, device=dev)] / kappa
         try:
             x, u, lam = lqr(x_init, C, c, F, f)
         except torch.linalg.LinAlgError:
-            nan = qp.q.new_full((B, qp.q.shape[1]), float("nan"))
+            nan = qp.q.new_full((B, k), float("nan"))
             return nan, qp.h.new_zeros(B, 0), qp.b * float("nan"), (Status.FAILURE,) * B, None
         tau = torch.cat([x, u], 2).reshape(B, -1)
-        keep = flat >= 0
-        order = torch.empty(int(keep.sum()), dtype=torch.long, device=dev)
-        order[flat[keep]] = torch.arange(flat.numel(), device=dev)[keep]
-        z = tau[:, order]
+        flat = self.tau_pos.reshape(-1)
+        order = np.empty(k, dtype=np.int64)
+        order[flat[flat >= 0]] = np.flatnonzero(flat >= 0)
+        z = tau[:, torch.as_tensor(order, device=dev)]
         # ν of the QP's rows: the multipliers with the QP's sign and scale, ν = −λ/κ
         nu = torch.cat([-lam[:, 0] / kappa0, (-lam[:, 1:] / kappa).reshape(B, -1)], 1)
         rows_order = np.argsort(np.concatenate([self.init_rows, self.dyn_rows.reshape(-1)]))
