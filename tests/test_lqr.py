@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cvxlayer import CvxpyLayer, lqr, solve_qp
-from cvxlayer.fastpaths import QPForm
+from cvxlayer.fastpaths import LQRForm, QPForm
 
 TIGHT = {"eps": 1e-10, "max_iters": 200_000}
 
@@ -90,7 +90,7 @@ def _values(rng, B=3, n=3, m=2):
 def test_layer_detects_lqr_and_matches_generic_path_and_clarabel():
     prob, params, variables = _control_problem()
     fast = CvxpyLayer(prob, params, variables)
-    assert isinstance(fast.fast_path, QPForm) and fast.fast_path.name == "lqr"
+    assert isinstance(fast.fast_path, LQRForm)
     generic = CvxpyLayer(prob, params, variables, fast_path=False)
     values = _values(np.random.default_rng(3))
     leaves = [[v.clone().requires_grad_() for v in values] for _ in range(2)]

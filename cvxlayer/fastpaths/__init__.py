@@ -8,24 +8,21 @@ cone program's `Solution` for the stacked parameters θ̃, with x, y, s differen
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from cvxlayer.fastpaths.entropy_form import EntropyForm
 from cvxlayer.fastpaths.lml import lml
 from cvxlayer.fastpaths.lqr import lqr
-from cvxlayer.fastpaths.lqr_form import LQRLayout, state_and_control, variable_columns
+from cvxlayer.fastpaths.lqr_form import LQRForm, state_and_control, variable_columns
 from cvxlayer.fastpaths.qp import solve_qp
 from cvxlayer.fastpaths.qp_form import QPForm
 
 
-def _match_lqr(compiled, problem) -> QPForm | None:
+def _match_lqr(compiled, problem) -> LQRForm | None:
     """A QP whose state and control variables form an LQR problem (`lqr_form`)."""
     found = state_and_control(compiled, problem)
     if found is None:
         return None
     qp = QPForm.match(compiled.param_map, protected=variable_columns(compiled, found))
-    layout = None if qp is None else LQRLayout.match(qp, compiled, problem)
-    return None if layout is None else replace(qp, lqr=layout)
+    return None if qp is None else LQRForm.match(qp, compiled, problem)
 
 
 FAST_PATHS = {
@@ -63,4 +60,13 @@ def match_fast_path(compiled, problem, request: bool | str = True):
     return None
 
 
-__all__ = ["FAST_PATHS", "EntropyForm", "QPForm", "lml", "lqr", "match_fast_path", "solve_qp"]
+__all__ = [
+    "FAST_PATHS",
+    "EntropyForm",
+    "LQRForm",
+    "QPForm",
+    "lml",
+    "lqr",
+    "match_fast_path",
+    "solve_qp",
+]

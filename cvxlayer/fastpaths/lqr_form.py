@@ -25,9 +25,10 @@ import cvxpy as cp
 import numpy as np
 import torch
 
+from cvxlayer.compile.parametric import SparseLinear
 from cvxlayer.fastpaths.lqr import lqr
-from cvxlayer.fastpaths.qp import QPData
-from cvxlayer.solvers.base import Status
+from cvxlayer.program import ConeStructure
+from cvxlayer.solvers.base import Solution, SolveSettings, Status
 
 
 def state_and_control(compiled, problem):
@@ -104,115 +105,220 @@ def _constant(qp_form, key) -> np.ndarray:
     raise KeyError(key)
 
 
+def _lqr_rows(qp_form, stage, slot, n, T):
+    """(init_rows (n,), dyn_rows (T, n)) as indices of the QP's equality rows, or None:
+    each row must define x_{0,i} alone or x_{t+1,i} from stage t (constant coefficient)."""
+    A_pat = _pattern(qp_form, "A_eq")
+    A_const = _constant(qp_form, "A_eq")
+    if A_pat.shape[0] != n * (T + 1):
+        return None
+    init_rows = np.full(n, -1)
+    dyn_rows = np.full((T, n), -1)
+    for r in range(A_pat.shape[0]):
+        cols = np.flatnonzero(A_pat[r])
+        stages = stage[cols]
+        last = stages.max()
+        defined = cols[(stages == last) & (slot[cols] < n)]
+        if len(defined) != 1 or not A_const[r, defined[0]]:
+            return None
+        if (stages < last - 1).any() or ((stages == last) & (cols != defined[0])).any():
+            return None
+        i = int(slot[defined[0]])
+        target = init_rows[i:] if last == 0 else dyn_rows[last - 1, i:]
+        if target[0] >= 0 or (last == 0 and len(cols) != 1):
+            return None
+        target[0] = r
+    if (init_rows < 0).any() or (dyn_rows < 0).any():
+        return None
+    return init_rows, dyn_rows
+
+
 @dataclass(frozen=True, eq=False)
-class LQRLayout:
-    """Where the LQR data sit in the reduced QP.
+class LQRForm:
+    """An LQR problem's layout in the cone program, and the map θ̃ ↦ its stage data.
+
+    Lifted cost variables (e.g. t = W x_t for `sum_squares(W @ X[:, t])`) are grouped by the
+    stage their definition reads, and folded into that stage's cost, so every quantity is
+    gathered per stage: memory and time grow linearly with the horizon.
 
     Attributes:
-        n, m, T: states, controls, horizon (T controls, T + 1 states).
-        tau_pos: (T+1, n+m) z index of each stage entry, −1 for the final dummy control.
-        init_rows: (n,) equality rows x_{0,i} = b/κ; dyn_rows: (T, n) rows defining x_{t+1,i}.
-        gathers: flat positions, in the padded Q ((k+1)², index k is a zero), the padded q
-            and the padded A_eq ((p, k+1)), of C (T+1, N, N), c (T+1, N), F (T, n, N), and
-            the defining coefficients κ_0 (n,), κ (T, n).
+        structure: the cone structure; n, m, T: states, controls, horizon.
+        x_cols: (T+1, n+m) cone columns of τ_t (−1: the final stage's dummy control).
+        e_cols, e_rows: (T+1, E) columns and defining rows of each stage's lifted variables
+            (−1: padding).
+        init_rows (n,), dyn_rows (T, n): cone rows of x_0 = … and x_{t+1} = ….
+        shapes, linear: the pieces θ̃ is mapped to (P, c, A_dyn, kappa, kappa0, b_dyn,
+            b_init, a_E, A_E, P_E, c_E, b_E) and the map.
     """
 
+    name = "lqr"
+    structure: ConeStructure
     n: int
     m: int
     T: int
-    tau_pos: np.ndarray
+    x_cols: np.ndarray
+    e_cols: np.ndarray
+    e_rows: np.ndarray
     init_rows: np.ndarray
     dyn_rows: np.ndarray
-    gathers: tuple
+    shapes: dict
+    linear: SparseLinear
 
     @classmethod
-    def match(cls, qp_form, compiled, problem: cp.Problem) -> LQRLayout | None:
-        if qp_form.ineq_rows.size:
+    def match(cls, qp_form, compiled, problem: cp.Problem) -> LQRForm | None:
+        if qp_form.ineq_rows.size or "P_KE" in qp_form.shapes or "P_EE" in qp_form.shapes:
             return None
         layout = _stage_layout(qp_form, compiled, problem)
         if layout is None:
             return None
         n, m, T, stage, slot = layout
         N = n + m
-        tau_pos = np.full((T + 1, N), -1)
-        tau_pos[stage, slot] = np.arange(stage.size)
-        # the Hessian couples only entries of the same stage
-        Q_pat = _q_pattern(qp_form)
-        if (Q_pat & (stage[:, None] != stage[None, :])).any():
+        if (_q_pattern(qp_form) & (stage[:, None] != stage[None, :])).any():
+            return None  # the cost couples different stages
+        rows = _lqr_rows(qp_form, stage, slot, n, T)
+        if rows is None:
             return None
-        # equality rows: x_{0,i} = …, or x_{t+1,i} = F_t τ_t + f_t
-        A_pat = _pattern(qp_form, "A_eq")
-        A_const = _constant(qp_form, "A_eq")
-        p = A_pat.shape[0]
-        if p != n * (T + 1):
-            return None
-        init_rows = np.full(n, -1)
-        dyn_rows = np.full((T, n), -1)
-        for r in range(p):
-            cols = np.flatnonzero(A_pat[r])
-            stages = stage[cols]
-            last = stages.max()
-            defined = cols[(stages == last) & (slot[cols] < n)]
-            if len(defined) != 1 or not A_const[r, defined[0]]:
-                return None
-            if (stages < last - 1).any() or ((stages == last) & (cols != defined[0])).any():
-                return None
-            i = int(slot[defined[0]])
-            if last == 0:
-                if len(cols) != 1 or init_rows[i] >= 0:
-                    return None
-                init_rows[i] = r
-            else:
-                if dyn_rows[last - 1, i] >= 0:
-                    return None
-                dyn_rows[last - 1, i] = r
-        if (init_rows < 0).any() or (dyn_rows < 0).any():
-            return None
-        k = stage.size
-        pos = np.where(tau_pos < 0, k, tau_pos)
-        gathers = (
-            pos[:, :, None] * (k + 1) + pos[:, None, :],
-            pos,
-            dyn_rows[:, :, None] * (k + 1) + pos[:T][:, None, :],
-            init_rows * (k + 1) + pos[0, :n],
-            dyn_rows * (k + 1) + pos[1:, :n],
-        )
-        return cls(n, m, T, tau_pos, init_rows, dyn_rows, gathers)
+        st = compiled.structure
+        x_cols = np.full((T + 1, N), -1)
+        x_cols[stage, slot] = qp_form.keep
+        # lifted variables: the stage their defining row reads
+        A_RK = _pattern(qp_form, "A_RK")
+        reads = [stage[np.flatnonzero(r)] for r in A_RK]
+        if any(s.size and s.min() != s.max() for s in reads):
+            return None  # a lifted variable defined from two stages
+        e_stage = np.array([s.min() if s.size else 0 for s in reads], dtype=int)
+        E = max(np.bincount(e_stage, minlength=T + 1).max(initial=0), 1)
+        e_cols = np.full((T + 1, E), -1)
+        e_rows = np.full((T + 1, E), -1)
+        fill = np.zeros(T + 1, dtype=int)
+        for e, t in enumerate(e_stage):
+            e_cols[t, fill[t]], e_rows[t, fill[t]] = qp_form.elim[e], qp_form.elim_rows[e]
+            fill[t] += 1
+        init_rows = qp_form.eq_rows[rows[0]]
+        dyn_rows = qp_form.eq_rows[rows[1]]
+        pieces = _stage_pieces(st, x_cols, e_cols, e_rows, init_rows, dyn_rows)
+        shapes = {k: v.shape for k, v in pieces.items()}
+        flat = np.concatenate([v.ravel() for v in pieces.values()])
+        linear = compiled.param_map.linear.restrict(flat)
+        return cls(st, n, m, T, x_cols, e_cols, e_rows, init_rows, dyn_rows, shapes, linear)
 
-    def solve(self, qp: QPData):
-        """(z, λ (B, 0), ν, status, iterations) of the reduced QP, differentiable."""
-        n, m, T = self.n, self.m, self.T
-        B, k = qp.q.shape
-        dev = qp.q.device
-        C_idx, c_idx, F_idx, k0_idx, k_idx = (torch.as_tensor(a, device=dev) for a in self.gathers)
-        pad = torch.nn.functional.pad
-        Q_flat = pad(qp.Q, (0, 1, 0, 1)).reshape(B, -1)  # index k: the zero row/column
-        A_flat = pad(qp.A, (0, 1)).reshape(B, -1)
-        C = Q_flat[:, C_idx]  # (B, T+1, N, N)
-        dummy = torch.zeros_like(C[0])
-        dummy[T, n:, n:] = torch.eye(m, dtype=C.dtype, device=dev)  # final stage: ½‖u‖²
+    def describe(self) -> str:
+        return f"LQR with {self.n} states, {self.m} controls, horizon {self.T} (Riccati)"
+
+    def solve(
+        self, theta: torch.Tensor, settings: SolveSettings, failed_gradient: str = "zero"
+    ) -> Solution:
+        """The cone program's solution for θ̃ (B, p + 1), differentiable w.r.t. θ̃."""
+        n, m, T, st = self.n, self.m, self.T, self.structure
+        B, dev = theta.shape[0], theta.device
+        flat = torch.split(self.linear(theta), [int(np.prod(v)) for v in self.shapes.values()], 1)
+        d = {k: t.reshape(B, *s) for (k, s), t in zip(self.shapes.items(), flat)}
+        pad_E = torch.as_tensor(self.e_cols < 0, device=dev)
+        a_E = d["a_E"] + pad_E.to(theta.dtype)  # padding: a = 1, everything else 0
+        T_E = -d["A_E"] / a_E.unsqueeze(-1)  # x_E = T_E τ + u_E: (B, T+1, E, N)
+        u_E = d["b_E"] / a_E
+        PT = d["P_E"].unsqueeze(-1) * T_E
+        C = d["P"] + T_E.transpose(-1, -2) @ PT
+        dummy = torch.zeros(T + 1, n + m, n + m, dtype=theta.dtype, device=dev)
+        dummy[T, n:, n:] = torch.eye(m, dtype=theta.dtype, device=dev)  # final u: ½‖u‖²
         C = C + dummy
-        c = pad(qp.q, (0, 1))[:, c_idx]
-        kappa0, kappa = A_flat[:, k0_idx], A_flat[:, k_idx]  # (B, n), (B, T, n)
-        x_init = qp.b[:, torch.as_tensor(self.init_rows, device=dev)] / kappa0
-        F = -A_flat[:, F_idx] / kappa.unsqueeze(-1)
-        f = qp.b[:, torch.as_tensor(self.dyn_rows, device=dev)] / kappa
+        c = d["c"] + ((d["c_E"] + d["P_E"] * u_E).unsqueeze(-2) @ T_E).squeeze(-2)
+        x_init = d["b_init"] / d["kappa0"]
+        F = -d["A_dyn"] / d["kappa"].unsqueeze(-1)
+        f = d["b_dyn"] / d["kappa"]
+        ok = True
         try:
             x, u, lam = lqr(x_init, C, c, F, f)
         except torch.linalg.LinAlgError:
-            nan = qp.q.new_full((B, k), float("nan"))
-            return nan, qp.h.new_zeros(B, 0), qp.b * float("nan"), (Status.FAILURE,) * B, None
-        tau = torch.cat([x, u], 2).reshape(B, -1)
-        flat = self.tau_pos.reshape(-1)
-        order = np.empty(k, dtype=np.int64)
-        order[flat[flat >= 0]] = np.flatnonzero(flat >= 0)
-        z = tau[:, torch.as_tensor(order, device=dev)]
-        # ν of the QP's rows: the multipliers with the QP's sign and scale, ν = −λ/κ
-        nu = torch.cat([-lam[:, 0] / kappa0, (-lam[:, 1:] / kappa).reshape(B, -1)], 1)
-        rows_order = np.argsort(np.concatenate([self.init_rows, self.dyn_rows.reshape(-1)]))
-        nu = nu[:, torch.as_tensor(rows_order, device=dev)]
+            ok = False
+            x = x_init.new_full((B, T + 1, n), float("nan"))
+            u = x_init.new_full((B, T + 1, m), float("nan"))
+            lam = x_init.new_full((B, T + 1, n), float("nan"))
+        tau = torch.cat([x, u], 2)
+        x_E = (T_E @ tau.unsqueeze(-1)).squeeze(-1) + u_E
+        cone_x = _scatter(st.n, (self.x_cols, tau), (self.e_cols, x_E))
+        y_E = -(d["P_E"] * x_E + d["c_E"]) / a_E
+        cone_y = _scatter(
+            st.m,
+            (self.init_rows, -lam[:, 0] / d["kappa0"]),
+            (self.dyn_rows, -lam[:, 1:] / d["kappa"]),
+            (self.e_rows, y_E),
+        )
+        status = (Status.SOLVED if ok else Status.FAILURE,) * B
         iterations = torch.ones(B, dtype=torch.long)
-        return z, qp.h.new_zeros(B, 0), nu, (Status.SOLVED,) * B, iterations
+        return Solution(cone_x, cone_y, torch.zeros_like(cone_y), status, iterations)
+
+
+def _scatter(size: int, *parts) -> torch.Tensor:
+    """(B, size) with each (index array, values (B, *index.shape)) written at its indices;
+    index −1 entries are dropped."""
+    index = np.concatenate([ix.ravel() for ix, _ in parts])
+    values = torch.cat([v.reshape(v.shape[0], -1) for _, v in parts], 1)
+    keep = np.flatnonzero(index >= 0)
+    order = np.empty(size, dtype=np.int64)
+    order[index[keep]] = keep
+    if len(keep) != size:  # entries nobody writes stay 0
+        missing = np.setdiff1d(np.arange(size), index[keep])
+        order[missing] = values.shape[1]
+        values = torch.nn.functional.pad(values, (0, 1))
+    return values[:, torch.as_tensor(order, device=values.device)]
+
+
+def _stage_pieces(st, x_cols, e_cols, e_rows, init_rows, dyn_rows) -> dict[str, np.ndarray]:
+    """Rows of the parametric map M (rows c, A pattern, b, P pattern) for each stage datum;
+    −1 for structural zeros and padding."""
+    n_a, m = st.a_nnz, st.m
+    a_off, b_off, p_off = st.n, st.n + n_a, st.n + n_a + m
+    a_pat, a_shape = st.a_coords(), (st.m, st.n)
+
+    def a_rows(r, c):
+        pos = _pair_positions(a_pat, a_shape, r, c)
+        return np.where(pos < 0, -1, a_off + pos)
+
+    def p_rows(r, c):
+        if st.p_indices is None:
+            return np.full(np.broadcast(r, c).shape, -1)
+        pos = _pair_positions(st.p_coords(), (st.n, st.n), r, c, symmetric=True)
+        return np.where(pos < 0, -1, p_off + pos)
+
+    def b_rows(r):
+        return np.where(r < 0, -1, b_off + r)
+
+    T = dyn_rows.shape[0]
+    n = dyn_rows.shape[1]
+    return {
+        "P": p_rows(x_cols[:, :, None], x_cols[:, None, :]),
+        "c": np.where(x_cols < 0, -1, x_cols),
+        "A_dyn": a_rows(dyn_rows[:, :, None], x_cols[:T][:, None, :]),
+        "kappa": a_rows(dyn_rows, x_cols[1:, :n]),
+        "kappa0": a_rows(init_rows, x_cols[0, :n]),
+        "b_dyn": b_rows(dyn_rows),
+        "b_init": b_rows(init_rows),
+        "a_E": a_rows(e_rows, e_cols),
+        "A_E": a_rows(e_rows[:, :, None], x_cols[:, None, :]),
+        "P_E": p_rows(e_cols, e_cols),
+        "c_E": np.where(e_cols < 0, -1, e_cols),
+        "b_E": b_rows(e_rows),
+    }
+
+
+def _pair_positions(pattern, shape, r, c, symmetric: bool = False) -> np.ndarray:
+    """Positions in a CSC value vector of the entries (r, c) (broadcast arrays); −1 where
+    the pattern has none or r or c is −1."""
+    rows, cols = pattern
+    r, c = np.broadcast_arrays(np.asarray(r, dtype=np.int64), np.asarray(c, dtype=np.int64))
+    out_shape = r.shape
+    r, c = r.ravel(), c.ravel()
+    valid = (r >= 0) & (c >= 0)
+    if symmetric:
+        r, c = np.minimum(r, c), np.maximum(r, c)
+    keys = cols.astype(np.int64) * shape[0] + rows
+    query = c * shape[0] + r
+    found = np.full(len(query), -1, dtype=np.int64)
+    if len(keys):
+        pos = np.searchsorted(keys, query).clip(max=len(keys) - 1)
+        found = np.where((keys[pos] == query) & valid, pos, -1)
+    return found.reshape(out_shape)
 
 
 def _q_pattern(qp_form) -> np.ndarray:

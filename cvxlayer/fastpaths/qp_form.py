@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from cvxlayer.compile.parametric import ParametricMap, SparseLinear
-from cvxlayer.fastpaths.lqr_form import LQRLayout
 from cvxlayer.fastpaths.qp import MAX_ITERS, QPData, mtv, mv, qp_solve_differentiable
 from cvxlayer.program import ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings
@@ -75,7 +74,6 @@ class QPForm:
         shapes: the pieces θ̃ is mapped to, in order: c, b, a_E, A_RK, G, A_eq, and for a
             quadratic objective P_KK, P_KE (if nonzero), P_EE (or P_EE_diag if diagonal).
         linear: θ̃ ↦ those pieces, flattened and concatenated.
-        lqr: the LQR layout when the QP is an LQR problem (then solved by Riccati).
     """
 
     structure: ConeStructure
@@ -86,11 +84,8 @@ class QPForm:
     ineq_rows: np.ndarray
     shapes: dict
     linear: SparseLinear
-    lqr: LQRLayout | None = None
 
-    @property
-    def name(self) -> str:
-        return "qp" if self.lqr is None else "lqr"
+    name = "qp"
 
     @classmethod
     def match(cls, param_map: ParametricMap, protected: np.ndarray | None = None) -> QPForm | None:
@@ -150,9 +145,6 @@ class QPForm:
         return cls(structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear)
 
     def describe(self) -> str:
-        if self.lqr is not None:
-            lq = self.lqr
-            return f"LQR with {lq.n} states, {lq.m} controls, horizon {lq.T} (Riccati)"
         return (
             f"QP with {self.keep.size} variables, {self.eq_rows.size} equalities, "
             f"{self.ineq_rows.size} inequalities ({self.elim.size} lifted variables eliminated)"
@@ -194,18 +186,14 @@ class QPForm:
         else:
             Q = b.new_zeros(b.shape[0], K.numel(), K.numel())
         qp = QPData(Q, q, d["G"], b[:, ineq], d["A_eq"], b[:, eq])
-        if self.lqr is not None:
-            z, lam, nu, status, iterations = self.lqr.solve(qp)
-        else:
-            z, lam, nu, result = qp_solve_differentiable(
-                qp,
-                settings.eps_abs,
-                settings.eps_rel,
-                min(settings.max_iters, MAX_ITERS),
-                settings.verbose,
-                failed_gradient,
-            )
-            status, iterations = result.status, result.iterations
+        z, lam, nu, result = qp_solve_differentiable(
+            qp,
+            settings.eps_abs,
+            settings.eps_rel,
+            min(settings.max_iters, MAX_ITERS),
+            settings.verbose,
+            failed_gradient,
+        )
         # back to the cone program: x = (z, x_E), y = (y_R, ν, λ), s = (0, h − Gz)
         x_E = mv(T, z) + u
         x = torch.cat([z, x_E], 1)[:, _order(self.keep, self.elim, device=dev)]
@@ -220,7 +208,7 @@ class QPForm:
         y = y[:, _order(self.elim_rows, self.eq_rows, self.ineq_rows, device=dev)]
         s_ineq = qp.h - mv(qp.G, z)
         s = torch.cat([s_ineq.new_zeros(s_ineq.shape[0], self.structure.cones.zero), s_ineq], 1)
-        return Solution(x, y, s, status, iterations)
+        return Solution(x, y, s, result.status, result.iterations)
 
 
 def _order(*parts: np.ndarray, device) -> torch.Tensor:
