@@ -67,55 +67,32 @@ def _parameter_and_sign(e) -> tuple[cp.Parameter, float]:
     raise _NoMatchError
 
 
-def _elementwise_terms(e, y, coef: float, out: list) -> None:
-    """Terms of Σ e for an elementwise expression e."""
+def _terms(e, y, coef: float, out: list, summed: bool = False) -> None:
+    """Append the terms of the scalar objective e (or, with `summed`, of Σ e for an
+    elementwise e): ("xy", a, x) for a·xᵀy, ("H_y", c, None) for c·Σentr(y), ("H_1my", c,
+    None) for c·Σentr(1 − y). Raises `_NoMatchError` on anything else."""
     if isinstance(e, AddExpression):
         for arg in e.args:
-            _elementwise_terms(arg, y, coef, out)
+            _terms(arg, y, coef, out, summed)
     elif isinstance(e, NegExpression):
-        _elementwise_terms(e.args[0], y, -coef, out)
-    elif isinstance(e, entr) and e.args[0] is y:
-        out.append(("H_y", coef, None))
-    elif isinstance(e, entr) and _is_one_minus(e.args[0], y):
-        out.append(("H_1my", coef, None))
-    elif isinstance(e, multiply):
-        a, b = e.args
-        if b is y:
-            x, sign = _parameter_and_sign(a)
-        elif a is y:
-            x, sign = _parameter_and_sign(b)
-        else:
-            raise _NoMatchError
-        out.append(("xy", coef * sign, x))
-    else:
-        raise _NoMatchError
-
-
-def _terms(e, y, coef: float, out: list) -> None:
-    """Terms of a scalar objective: ("xy", a, x), ("H_y", c, None), ("H_1my", c, None)."""
-    if isinstance(e, AddExpression):
-        for arg in e.args:
-            _terms(arg, y, coef, out)
-    elif isinstance(e, NegExpression):
-        _terms(e.args[0], y, -coef, out)
-    elif isinstance(e, Sum) and e.axis is None:
-        _elementwise_terms(e.args[0], y, coef, out)
+        _terms(e.args[0], y, -coef, out, summed)
+    elif not summed and isinstance(e, Sum) and e.axis is None:
+        _terms(e.args[0], y, coef, out, summed=True)
+    elif summed and isinstance(e, entr) and (e.args[0] is y or _is_one_minus(e.args[0], y)):
+        out.append(("H_y" if e.args[0] is y else "H_1my", coef, None))
     elif isinstance(e, (MulExpression, multiply)):
         a, b = e.args
-        scale = _scalar_constant(a)
-        if scale is not None:
-            _terms(b, y, coef * scale, out)
-        elif (scale := _scalar_constant(b)) is not None:
-            _terms(a, y, coef * scale, out)
-        elif b is y:
-            x, sign = _parameter_and_sign(a)
-            out.append(("xy", coef * sign, x))
-        elif a is y:
-            x, sign = _parameter_and_sign(b)
-            out.append(("xy", coef * sign, x))
-        else:
+        for const, other in ((a, b), (b, a)):
+            scale = _scalar_constant(const)
+            if scale is not None:
+                _terms(other, y, coef * scale, out, summed)
+                return
+        # xᵀy outside a sum (x @ y), x ∘ y inside one (sum(multiply(x, y)))
+        if summed != isinstance(e, multiply) or not (a is y or b is y):
             raise _NoMatchError
-    elif _scalar_constant(e) is not None or isinstance(e, cp.Constant):
+        x, sign = _parameter_and_sign(a if b is y else b)
+        out.append(("xy", coef * sign, x))
+    elif not summed and isinstance(e, cp.Constant):
         return  # constants do not move the minimizer
     else:
         raise _NoMatchError

@@ -27,6 +27,7 @@ import torch
 
 from cvxlayer.compile.parametric import SparseLinear
 from cvxlayer.fastpaths.lqr import lqr
+from cvxlayer.fastpaths.qp_form import pair_positions
 from cvxlayer.program import ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings, Status
 
@@ -74,35 +75,28 @@ def _stage_layout(qp_form, compiled, problem):
     return n, m, T, stage, slot
 
 
-def _pattern(qp_form, key) -> np.ndarray:
-    """Structural nonzeros of a QP piece (rows of the θ̃ map with any entry)."""
+def _piece_rows(qp_form, key):
+    """The rows of the θ̃ map that produce one QP piece (CSR), and the piece's shape."""
     start = 0
     for name, shape in qp_form.shapes.items():
         size = int(np.prod(shape))
         if name == key:
-            rows = qp_form.linear.matrix[start : start + size]
-            return (np.diff(rows.indptr) > 0).reshape(shape)
+            return qp_form.linear.matrix[start : start + size].tocsr(), shape
         start += size
     raise KeyError(key)
+
+
+def _pattern(qp_form, key) -> np.ndarray:
+    """Structural nonzeros of a QP piece (rows of the θ̃ map with any entry)."""
+    rows, shape = _piece_rows(qp_form, key)
+    return (np.diff(rows.indptr) > 0).reshape(shape)
 
 
 def _constant(qp_form, key) -> np.ndarray:
-    """Which entries of a QP piece depend on no parameter."""
-    start = 0
-    for name, shape in qp_form.shapes.items():
-        size = int(np.prod(shape))
-        if name == key:
-            rows = qp_form.linear.matrix[start : start + size].tocsr()
-            num_params = rows.shape[1] - 1
-            has_param = np.array(
-                [
-                    (rows.indices[rows.indptr[k] : rows.indptr[k + 1]] < num_params).any()
-                    for k in range(size)
-                ]
-            )
-            return (~has_param).reshape(shape)
-        start += size
-    raise KeyError(key)
+    """Which entries of a QP piece depend on no parameter (only the last column of θ̃)."""
+    rows, shape = _piece_rows(qp_form, key)
+    params = rows[:, : rows.shape[1] - 1]
+    return (np.diff(params.indptr) == 0).reshape(shape)
 
 
 def _lqr_rows(qp_form, stage, slot, n, T):
@@ -272,13 +266,13 @@ def _stage_pieces(st, x_cols, e_cols, e_rows, init_rows, dyn_rows) -> dict[str, 
     a_pat, a_shape = st.a_coords(), (st.m, st.n)
 
     def a_rows(r, c):
-        pos = _pair_positions(a_pat, a_shape, r, c)
+        pos = pair_positions(a_pat, a_shape, r, c)
         return np.where(pos < 0, -1, a_off + pos)
 
     def p_rows(r, c):
         if st.p_indices is None:
             return np.full(np.broadcast(r, c).shape, -1)
-        pos = _pair_positions(st.p_coords(), (st.n, st.n), r, c, symmetric=True)
+        pos = pair_positions(st.p_coords(), (st.n, st.n), r, c, symmetric=True)
         return np.where(pos < 0, -1, p_off + pos)
 
     def b_rows(r):
@@ -300,25 +294,6 @@ def _stage_pieces(st, x_cols, e_cols, e_rows, init_rows, dyn_rows) -> dict[str, 
         "c_E": np.where(e_cols < 0, -1, e_cols),
         "b_E": b_rows(e_rows),
     }
-
-
-def _pair_positions(pattern, shape, r, c, symmetric: bool = False) -> np.ndarray:
-    """Positions in a CSC value vector of the entries (r, c) (broadcast arrays); −1 where
-    the pattern has none or r or c is −1."""
-    rows, cols = pattern
-    r, c = np.broadcast_arrays(np.asarray(r, dtype=np.int64), np.asarray(c, dtype=np.int64))
-    out_shape = r.shape
-    r, c = r.ravel(), c.ravel()
-    valid = (r >= 0) & (c >= 0)
-    if symmetric:
-        r, c = np.minimum(r, c), np.maximum(r, c)
-    keys = cols.astype(np.int64) * shape[0] + rows
-    query = c * shape[0] + r
-    found = np.full(len(query), -1, dtype=np.int64)
-    if len(keys):
-        pos = np.searchsorted(keys, query).clip(max=len(keys) - 1)
-        found = np.where((keys[pos] == query) & valid, pos, -1)
-    return found.reshape(out_shape)
 
 
 def _q_pattern(qp_form) -> np.ndarray:

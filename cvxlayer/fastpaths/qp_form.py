@@ -44,13 +44,15 @@ def _constant_entries(matrix, rows: np.ndarray, num_params: int) -> np.ndarray:
     return ~depends
 
 
-def _positions(pattern, shape, row_sel, col_sel, symmetric: bool = False) -> np.ndarray:
-    """Positions in a CSC value vector of the dense block M[row_sel][:, col_sel], as a
-    (len(row_sel), len(col_sel)) array; −1 where the pattern has no entry. With `symmetric`,
-    the pattern holds the upper triangle of a symmetric matrix."""
+def pair_positions(pattern, shape, r, c, symmetric: bool = False) -> np.ndarray:
+    """Positions in a CSC value vector of the entries (r, c) (arrays, broadcast together);
+    −1 where the pattern has no entry or r or c is −1. With `symmetric`, the pattern holds
+    the upper triangle of a symmetric matrix."""
     rows, cols = pattern
-    r, c = np.meshgrid(np.asarray(row_sel), np.asarray(col_sel), indexing="ij")
-    r, c = r.ravel().astype(np.int64), c.ravel().astype(np.int64)
+    r, c = np.broadcast_arrays(np.asarray(r, dtype=np.int64), np.asarray(c, dtype=np.int64))
+    out_shape = r.shape
+    r, c = r.ravel(), c.ravel()
+    valid = (r >= 0) & (c >= 0)
     if symmetric:
         r, c = np.minimum(r, c), np.maximum(r, c)
     keys = cols.astype(np.int64) * shape[0] + rows  # ascending: CSC order
@@ -58,8 +60,14 @@ def _positions(pattern, shape, row_sel, col_sel, symmetric: bool = False) -> np.
     found = np.full(len(query), -1, dtype=np.int64)
     if len(keys):
         pos = np.searchsorted(keys, query).clip(max=len(keys) - 1)
-        found = np.where(keys[pos] == query, pos, -1)
-    return found.reshape(len(row_sel), len(col_sel))
+        found = np.where((keys[pos] == query) & valid, pos, -1)
+    return found.reshape(out_shape)
+
+
+def _positions(pattern, shape, row_sel, col_sel, symmetric: bool = False) -> np.ndarray:
+    """`pair_positions` of the dense block M[row_sel][:, col_sel]."""
+    r, c = np.asarray(row_sel)[:, None], np.asarray(col_sel)[None, :]
+    return pair_positions(pattern, shape, r, c, symmetric)
 
 
 @dataclass(frozen=True, eq=False)
