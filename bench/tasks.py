@@ -206,4 +206,6 @@ TASKS: dict[str, Callable[..., Task]] = {
     "T5-psd": nearest_psd,
     "T3": lqr_control,
     "T4": lml_projection,
+    "T4-d100": lambda batch=128: lml_projection(batch, d=100),
+    "T4-d10000": lambda batch=128: lml_projection(batch, d=10_000),
 }

@@ -13,6 +13,7 @@ EXAMPLES = [
     "softmax",
     "polytope_projection",
     "ellipsoid_projection",
+    "optnet_qp",
     "lqr_imitation",
     "lml_topk",
 ]

@@ -8,6 +8,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 
+@pytest.fixture(autouse=True)
+def _figures_in_tmp(tmp_path, monkeypatch):
+    """Shortened runs write their figures to a temporary folder, not over the real ones."""
+    import _common
+
+    monkeypatch.setattr(_common, "FIGURES", tmp_path)
+
+
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "softmax"])
 def test_activation_examples(name):
     module = __import__(name)
@@ -28,3 +36,8 @@ def test_lqr_imitation_runs_a_few_steps():
 def test_lml_topk_runs_a_few_steps():
     module = __import__("lml_topk")
     assert module.main(iterations=3, points=16).exists()
+
+
+def test_optnet_qp_runs_a_few_steps():
+    module = __import__("optnet_qp")
+    assert module.main(iterations=3, points=8).exists()
