@@ -186,7 +186,7 @@ class CvxpyLayer(torch.nn.Module):
         info = SolveInfo(solution.status, solution.iterations, mode)
         if not return_status:
             _raise_on_failure(info)
-        outputs = self.compiled.recover(solution.x)
+        outputs = self.compiled.recover(solution.x, solution.y)
         if not batched:
             outputs = tuple(o.squeeze(0) for o in outputs)
         return (outputs, info) if return_status else outputs

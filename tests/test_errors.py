@@ -58,7 +58,7 @@ def test_parameter_not_in_problem(relu):
 def test_variable_not_in_problem(relu):
     prob, x, y = relu
     z = cp.Variable(3, name="z")
-    with pytest.raises(ValueError, match="variable 'z'.*not a variable of the problem"):
+    with pytest.raises(ValueError, match="variable 'z'.*neither a variable of the problem"):
         CvxpyLayer(prob, [x], [z])
 
 

@@ -83,9 +83,14 @@ class CompiledProblem:
         """Cone data of a batch (`values` as in `theta`)."""
         return self.param_map.apply(self.theta(values))
 
-    def recover(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(B, n) primal solutions ↦ the requested variables, each (B, *shape)."""
-        return tuple(r(x) for r in self.recoveries)
+    def recover(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, n) primal and (B, m) dual solutions ↦ the requested outputs, each (B, *shape)."""
+        return tuple(r(x, y) for r in self.recoveries)
+
+    @property
+    def has_duals(self) -> bool:
+        """Whether some requested output is a constraint's dual variable."""
+        return any(r.source == "y" for r in self.recoveries)
 
 
 def _parameter_columns(
@@ -162,7 +167,7 @@ def compile_problem(
     param_prob = data[cp.settings.PARAM_PROB]
     slots, columns = _parameter_columns(parameters, param_prob, chain)
     param_map = ParametricMap.from_cvxpy(param_prob, columns)
-    recoveries = build_recoveries(variables, param_prob, chain, inverse_data)
+    recoveries = build_recoveries(variables, param_prob, chain, inverse_data, problem)
     offsets = {int(k): int(v) for k, v in param_prob.var_id_to_col.items()}
     return CompiledProblem(slots, param_map, recoveries, offsets)
 

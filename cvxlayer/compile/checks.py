@@ -76,16 +76,18 @@ def check_parameters(problem: cp.Problem, parameters: Sequence[cp.Parameter]) ->
 
 
 def check_variables(problem: cp.Problem, variables: Sequence[cp.Variable]) -> None:
-    """Each requested variable must be a cvxpy Variable of the problem."""
+    """Each requested output must be a cvxpy Variable of the problem or the dual variable of
+    one of its constraints (`constraint.dual_variables[i]`)."""
     variables = list(variables)
     if not variables:
         raise ValueError("variables must name at least one cvxpy Variable of the problem")
     in_problem = {v.id for v in problem.variables()}
+    duals = {dv.id for con in problem.constraints for dv in con.dual_variables}
     for v in variables:
         if not isinstance(v, cp.Variable):
+            raise ValueError(f"variables must be cvxpy Variables; got {type(v).__name__}: {v}")
+        if v.id not in in_problem and v.id not in duals:
             raise ValueError(
-                f"variables must be cvxpy Variables; got {type(v).__name__}: {v} "
-                "(dual variables as outputs are not supported yet)"
+                f"{_name(v)} is neither a variable of the problem nor the dual variable of "
+                "one of its constraints"
             )
-        if v.id not in in_problem:
-            raise ValueError(f"{_name(v)} is not a variable of the problem")

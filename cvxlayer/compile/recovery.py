@@ -1,9 +1,14 @@
-"""Recovery of the user's variables from the cone program's primal solution x.
+"""Recovery of the user's outputs from the cone program's solution (x, y).
 
 cvxpy stores each variable as a contiguous slice of x, possibly in a reduced form (a
 symmetric or PSD k × k variable as its k(k+1)/2 upper-triangle entries, a diagonal one as
 its diagonal). Every such lowering is a gather, so recovery is  value = x̄[index]  with
 x̄ = [x; 0] (index n stands for a structural zero), reshaped in column-major order.
+
+A constraint's dual variable is read from y the same way, with a scale per entry (signs of
+≥ constraints, the 1/√2 of off-diagonal PSD entries): value = scale ∘ ȳ[index]. Both maps
+are found by probing cvxpy's own inversion of a solution, so they follow cvxpy's
+conventions exactly.
 """
 
 from __future__ import annotations
@@ -23,20 +28,27 @@ class VariableRecovery:
     Attributes:
         name: the variable's name (for messages).
         shape: the variable's shape.
-        index: (prod(shape),) int64 indices into x̄, column-major.
+        index: (prod(shape),) int64 indices into x̄ (or ȳ), column-major.
+        source: "x" for a primal variable, "y" for a dual variable.
+        scale: (prod(shape),) factors for a dual variable (None: all 1).
     """
 
     name: str
     shape: tuple[int, ...]
     index: np.ndarray
+    source: str = "x"
+    scale: np.ndarray | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, n) primal solutions ↦ (B, *shape) values of the variable."""
-        x_bar = torch.nn.functional.pad(x, (0, 1))
-        idx = torch.as_tensor(self.index, device=x.device)
-        flat = x_bar.index_select(1, idx)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n) primal and (B, m) dual solutions ↦ (B, *shape) values of the output."""
+        v = x if self.source == "x" else y
+        v_bar = torch.nn.functional.pad(v, (0, 1))
+        idx = torch.as_tensor(self.index, device=v.device)
+        flat = v_bar.index_select(1, idx)
+        if self.scale is not None:
+            flat = flat * torch.as_tensor(self.scale, dtype=v.dtype, device=v.device)
         # column-major reshape: fill the reversed shape, then reverse the axes back
-        out = flat.reshape(x.shape[0], *reversed(self.shape))
+        out = flat.reshape(v.shape[0], *reversed(self.shape))
         return out.permute(0, *range(len(self.shape), 0, -1))
 
 
@@ -63,11 +75,56 @@ def expansion_index(leaf, lowered_size: int) -> np.ndarray:
     return local - 1
 
 
-def build_recoveries(variables, param_prob, chain, inverse_data) -> tuple[VariableRecovery, ...]:
-    """One `VariableRecovery` per requested variable.
+def owning_constraint(problem, var):
+    """The constraint of `problem` whose dual variable `var` is, or None."""
+    for con in problem.constraints:
+        if any(dv is var for dv in con.dual_variables):
+            return con
+    return None
+
+
+def _dual_recovery(problem, var, con, chain, inverse_data, n: int, m: int) -> VariableRecovery:
+    """Probe cvxpy's inversion of a cone solution with y = k and y = k² (k = 1 … m): each
+    entry of the dual value must be scale·y[index] (checked on a third, random probe)."""
+
+    def invert(y: np.ndarray) -> np.ndarray:
+        raw = {
+            "x": np.zeros(n),
+            "y": y,
+            "s": np.zeros(m),
+            "info": {"status_val": 1, "solve_time": 0.0, "setup_time": 0.0, "iter": 0, "pobj": 0.0},
+        }
+        solution = chain.invert(raw, inverse_data)
+        con.save_dual_value(solution.dual_vars[con.id])
+        return np.asarray(var.value, dtype=float).reshape(-1, order="F")
+
+    saved = [dv.value for dv in con.dual_variables]  # probing writes them; put them back
+    k = np.arange(1.0, m + 1)
+    v1, v2 = invert(k), invert(k**2)
+    nonzero = np.abs(v1) > 0
+    ratio = np.where(nonzero, v2 / np.where(nonzero, v1, 1.0), 0.0)
+    index = np.where(nonzero, np.rint(ratio).astype(np.int64) - 1, m)
+    scale = np.where(nonzero, v1 / (index + 1.0), 0.0)
+    probe = np.random.default_rng(0).standard_normal(m)
+    expected = scale * np.append(probe, 0.0)[index]
+    consistent = np.allclose(invert(probe), expected, rtol=1e-9, atol=1e-12)
+    for dv, value in zip(con.dual_variables, saved):
+        dv.value = value
+    if not consistent:
+        raise NotImplementedError(
+            f"the dual variable of constraint {con} is not a scaled gather of the cone duals"
+        )
+    return VariableRecovery(var.name(), tuple(int(d) for d in var.shape), index, "y", scale)
+
+
+def build_recoveries(
+    variables, param_prob, chain, inverse_data, problem=None
+) -> tuple[VariableRecovery, ...]:
+    """One `VariableRecovery` per requested output.
 
     Args:
-        variables: the user's cvxpy Variables, in output order.
+        variables: the user's cvxpy Variables (primal, or a constraint's dual variable), in
+            output order.
         param_prob: cvxpy's `ParamConeProg` (its `var_id_to_col` locates lowered variables).
         chain, inverse_data: the solving chain and its inverse data from `get_problem_data`.
     """
@@ -76,8 +133,13 @@ def build_recoveries(variables, param_prob, chain, inverse_data) -> tuple[Variab
         if isinstance(reduction, CvxAttr2Constr) and inverse:
             id2new_var, id2old_var, _ = inverse
     n = int(param_prob.x.size)
+    m = int(param_prob.A.shape[0] // (n + 1))
     out = []
     for var in variables:
+        con = owning_constraint(problem, var) if problem is not None else None
+        if con is not None:
+            out.append(_dual_recovery(problem, var, con, chain, inverse_data, n, m))
+            continue
         lowered = id2new_var.get(var.id, var)
         if lowered.id not in param_prob.var_id_to_col:
             raise ValueError(

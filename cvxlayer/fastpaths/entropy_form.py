@@ -126,6 +126,8 @@ class EntropyForm:
     def match(cls, compiled, problem: cp.Problem) -> EntropyForm | None:
         """The form of `problem` if it is one of the table's, else None."""
         variables = problem.variables()
+        if compiled.has_duals:  # this path computes the primal variable only
+            return None
         if len(variables) != 1 or variables[0].ndim != 1 or problem.objective.NAME != "minimize":
             return None
         y = variables[0]
