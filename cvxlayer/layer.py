@@ -59,7 +59,8 @@ class CvxpyLayer(torch.nn.Module):
         variables: the `cp.Variable`s to return, in order.
         solver: accepted for cvxpylayers compatibility (None, "SCS" or "DIFFCP"); the solver is
             chosen by `mode`.
-        gp: geometric programs are not supported yet (raises `NotImplementedError`).
+        gp: the problem is a geometric program (DGP, positive parameters and variables): it
+            is solved in log space, its parameters' values must be positive.
         verbose: print solver progress.
         canon_backend: cvxpy canonicalization backend (e.g. "SCIPY"); None lets cvxpy choose.
         solver_args: default solver settings for every call (see `forward`).
@@ -101,8 +102,6 @@ class CvxpyLayer(torch.nn.Module):
         fast_path: bool | str = True,
     ) -> None:
         super().__init__()
-        if gp:
-            raise NotImplementedError("geometric programs (gp=True) are not supported yet")
         if solver not in _CVXPYLAYERS_SOLVERS:
             raise ValueError(
                 f"solver={solver!r} is not available; cvxlayer picks its solver with "
@@ -122,6 +121,7 @@ class CvxpyLayer(torch.nn.Module):
             variables,
             canon_backend=canon_backend,
             quad_obj=adjoint.supports_quadratic,
+            gp=gp,
         )
         self.fast_path = match_fast_path(self.compiled, problem, fast_path)
 

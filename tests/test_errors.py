@@ -147,9 +147,9 @@ def test_block_mode_reports_the_block_status_for_all():
     assert all(s is Status.INFEASIBLE for s in info.status)
 
 
-def test_gp_not_supported_yet(relu):
+def test_gp_on_a_problem_that_is_not_dgp(relu):
     prob, x, y = relu
-    with pytest.raises(NotImplementedError, match="gp=True"):
+    with pytest.raises(ValueError, match="gp=True but the problem is not DGP"):
         CvxpyLayer(prob, [x], [y], gp=True)
 
 

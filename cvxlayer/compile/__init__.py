@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from cvxpy.reductions.cvx_attr2constr import CvxAttr2Constr
+from cvxpy.reductions.dgp2dcp.dgp2dcp import Dgp2Dcp
 
 from cvxlayer.compile.checks import check_parameters, check_problem, check_variables
 from cvxlayer.compile.parametric import ParametricMap
@@ -29,6 +30,7 @@ class ParameterSlot:
     name: str
     shape: tuple[int, ...]
     param_id: int = -1  # the cvxpy Parameter's id
+    log: bool = False  # geometric programs: θ̃ holds log(θ)
 
 
 def _vec_f(value: torch.Tensor) -> torch.Tensor:
@@ -77,7 +79,16 @@ class CompiledProblem:
             values: one (B, *shape) tensor per parameter slot, same dtype and device.
         """
         ones = values[0].new_ones(values[0].shape[0], 1)
-        return torch.cat([_vec_f(v) for v in values] + [ones], dim=1)
+        columns = []
+        for slot, v in zip(self.parameters, values):
+            if slot.log:
+                if not bool((v > 0).all()):
+                    raise ValueError(
+                        f"parameter '{slot.name}' of a geometric program must be positive"
+                    )
+                v = torch.log(v)
+            columns.append(_vec_f(v))
+        return torch.cat(columns + [ones], dim=1)
 
     def cone_program(self, values: Sequence[torch.Tensor]) -> ConeProgram:
         """Cone data of a batch (`values` as in `theta`)."""
@@ -94,7 +105,7 @@ class CompiledProblem:
 
 
 def _parameter_columns(
-    parameters: Sequence[cp.Parameter], param_prob, chain
+    parameters: Sequence[cp.Parameter], param_prob, chain, log_ids: dict | None = None
 ) -> tuple[tuple[ParameterSlot, ...], sp.csr_matrix]:
     """Our θ̃ (the user's parameters, full size, in the user's order, then 1) ↦ cvxpy's θ̃.
 
@@ -102,6 +113,9 @@ def _parameter_columns(
     their free entries. We lower by least squares, the average of the full entries that
     share a lowered entry (C_ij and C_ji), so gradients of symmetric parameters are
     symmetric.
+
+    For a geometric program (`log_ids`: parameter id ↦ the id of its log in the convex
+    form), the slots are marked `log` and θ̃ holds log θ.
 
     Returns:
         The slots of our layout, and the (p_cvxpy + 1, p + 1) sparse matrix L with
@@ -113,10 +127,12 @@ def _parameter_columns(
             param_id_map = reduction.param_id_map
     rows, cols, vals, slots = [], [], [], []
     offset = 0
+    log_ids = log_ids or {}
     for param in parameters:
-        if param.id in param_prob.param_id_to_col:
+        pid = log_ids.get(param.id, param.id)
+        if pid in param_prob.param_id_to_col:
             local = np.arange(param.size)
-            target = param.id
+            target = pid
         else:
             target = param_id_map[param.id][0]
             local = expansion_index(param, param_prob.param_id_to_size[target])
@@ -125,7 +141,8 @@ def _parameter_columns(
         rows.append(param_prob.param_id_to_col[target] + local[full])
         cols.append(offset + full)
         vals.append(1.0 / counts[local[full]])
-        slots.append(ParameterSlot(param.name(), tuple(int(d) for d in param.shape), param.id))
+        shape = tuple(int(d) for d in param.shape)
+        slots.append(ParameterSlot(param.name(), shape, param.id, param.id in log_ids))
         offset += param.size
     p_cvxpy = param_prob.total_param_size
     rows.append([p_cvxpy])
@@ -144,30 +161,37 @@ def compile_problem(
     variables: Sequence[cp.Variable],
     canon_backend: str | None = None,
     quad_obj: bool = True,
+    gp: bool = False,
 ) -> CompiledProblem:
     """Check and canonicalize `problem` into a `CompiledProblem`.
 
     Args:
         quad_obj: keep a quadratic objective as ½xᵀPx (else cvxpy turns it into second-order
             cones, for backward methods that need a linear objective).
+        gp: a geometric program (DGP): compiled in log space (θ̃ holds log θ, variables are
+            recovered as exp of the convex problem's).
 
     Raises:
         ValueError: the problem is not DCP/DPP; the parameter list misses or repeats a
             parameter or names one not in the problem; a variable is not in the problem.
     """
-    check_problem(problem)
+    check_problem(problem, gp)
     check_parameters(problem, parameters)
     check_variables(problem, variables)
     data, chain, inverse_data = problem.get_problem_data(
         cp.SCS,
+        gp=gp,
         solver_opts={"use_quad_obj": quad_obj},
         enforce_dpp=True,
         canon_backend=canon_backend,
     )
     param_prob = data[cp.settings.PARAM_PROB]
-    slots, columns = _parameter_columns(parameters, param_prob, chain)
+    dgp = next((r for r in chain.reductions if isinstance(r, Dgp2Dcp)), None)
+    log_params = {} if dgp is None else {k: v[0] for k, v in dgp.param_id_map.items()}
+    log_vars = {} if dgp is None else dict(dgp.canon_methods._variables)
+    slots, columns = _parameter_columns(parameters, param_prob, chain, log_params)
     param_map = ParametricMap.from_cvxpy(param_prob, columns)
-    recoveries = build_recoveries(variables, param_prob, chain, inverse_data, problem)
+    recoveries = build_recoveries(variables, param_prob, chain, inverse_data, problem, log_vars)
     offsets = {int(k): int(v) for k, v in param_prob.var_id_to_col.items()}
     return CompiledProblem(slots, param_map, recoveries, offsets)
 

@@ -21,10 +21,20 @@ def _cvxpy_diagnosis(problem: cp.Problem) -> str:
     return ""
 
 
-def check_problem(problem: cp.Problem) -> None:
-    """Reject problems that are not DCP, or DCP but not DPP (disciplined parametrized)."""
+def check_problem(problem: cp.Problem, gp: bool = False) -> None:
+    """Reject problems that are not DCP, or DCP but not DPP (disciplined parametrized); with
+    `gp`, problems that are not DGP with DPP parameters."""
     if not isinstance(problem, cp.Problem):
         raise TypeError(f"expected a cvxpy.Problem, got {type(problem).__name__}")
+    if gp:
+        if not problem.is_dgp(dpp=True):
+            kind = "DGP but not DPP" if problem.is_dgp() else "not DGP (log-log convex)"
+            raise ValueError(
+                f"gp=True but the problem is {kind}; a geometric program needs positive "
+                "variables and parameters (cp.Variable(pos=True), cp.Parameter(pos=True)) "
+                "combined by monomials and posynomials"
+            )
+        return
     if problem.is_dcp(dpp=True):
         return
     parts = [("objective", problem.objective)] + [

@@ -31,6 +31,7 @@ class VariableRecovery:
         index: (prod(shape),) int64 indices into x̄ (or ȳ), column-major.
         source: "x" for a primal variable, "y" for a dual variable.
         scale: (prod(shape),) factors for a dual variable (None: all 1).
+        exp: a geometric program's variable: the value is exp of the gathered entries.
     """
 
     name: str
@@ -38,6 +39,7 @@ class VariableRecovery:
     index: np.ndarray
     source: str = "x"
     scale: np.ndarray | None = None
+    exp: bool = False
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n) primal and (B, m) dual solutions ↦ (B, *shape) values of the output."""
@@ -47,6 +49,8 @@ class VariableRecovery:
         flat = v_bar.index_select(1, idx)
         if self.scale is not None:
             flat = flat * torch.as_tensor(self.scale, dtype=v.dtype, device=v.device)
+        if self.exp:
+            flat = torch.exp(flat)
         # column-major reshape: fill the reversed shape, then reverse the axes back
         out = flat.reshape(v.shape[0], *reversed(self.shape))
         return out.permute(0, *range(len(self.shape), 0, -1))
@@ -118,7 +122,7 @@ def _dual_recovery(problem, var, con, chain, inverse_data, n: int, m: int) -> Va
 
 
 def build_recoveries(
-    variables, param_prob, chain, inverse_data, problem=None
+    variables, param_prob, chain, inverse_data, problem=None, log_vars=None
 ) -> tuple[VariableRecovery, ...]:
     """One `VariableRecovery` per requested output.
 
@@ -127,6 +131,8 @@ def build_recoveries(
             output order.
         param_prob: cvxpy's `ParamConeProg` (its `var_id_to_col` locates lowered variables).
         chain, inverse_data: the solving chain and its inverse data from `get_problem_data`.
+        problem: the user's problem (to find the constraints of dual variables).
+        log_vars: for a geometric program, each variable ↦ its log in the convex form.
     """
     id2new_var, id2old_var = {}, {}
     for reduction, inverse in zip(chain.reductions, inverse_data):
@@ -138,8 +144,12 @@ def build_recoveries(
     for var in variables:
         con = owning_constraint(problem, var) if problem is not None else None
         if con is not None:
+            if log_vars:
+                raise NotImplementedError("dual variables of geometric programs (gp=True)")
             out.append(_dual_recovery(problem, var, con, chain, inverse_data, n, m))
             continue
+        original = var
+        var = (log_vars or {}).get(var, var)
         lowered = id2new_var.get(var.id, var)
         if lowered.id not in param_prob.var_id_to_col:
             raise ValueError(
@@ -149,5 +159,6 @@ def build_recoveries(
         local = expansion_index(id2old_var.get(var.id, var), int(lowered.size))
         offset = param_prob.var_id_to_col[lowered.id]
         index = np.where(local < 0, n, offset + local)
-        out.append(VariableRecovery(var.name(), tuple(int(d) for d in var.shape), index))
+        shape = tuple(int(d) for d in original.shape)
+        out.append(VariableRecovery(original.name(), shape, index, exp=original is not var))
     return tuple(out)
