@@ -17,12 +17,16 @@ residuals are always measured on the unregularized problem, so it never changes 
 Backward (OptNet's differentials, thesis eq. 3.6-3.8): with the KKT residual F(z, λ, ν; θ)
 = (Qz + q + Gᵀλ + Aᵀν, diag(λ)(Gz − h), Az − b) = 0, the vector-Jacobian product of the
 solution is −dᵀ ∂F/∂θ where Jᵀd = (g_z, g_λ, g_ν). After scaling d_λ by λ the system is
-K(λ/s) itself at the solution, so the backward is two triangular solves per factor with
-the factorization made at the final iterate:
+K(λ/s) itself at the solution, so the backward is triangular solves with a factorization
+made in the forward (plus a few refinement steps, see `_refined_solve`):
 
     [H Aᵀ; A −δI] [d_z; d_ν] = [g_z + Gᵀ diag(λ/s) g_λ; g_ν],   d̃_λ = (λ/s)(G d_z − g_λ),
     ∇Q = −½(d_z zᵀ + z d_zᵀ),  ∇q = −d_z,  ∇G = −(λ d_zᵀ + d̃_λ zᵀ),  ∇h = d̃_λ,
     ∇A = −(ν d_zᵀ + d_ν zᵀ),   ∇b = d_ν.
+
+Polishing: after the interior point converges, each element is moved to the exact solution
+of its identified active set where that passes the stopping rule (`_polish`); its
+derivative is then the active set's (λ/s → ∞ on active rows, 0 on the others).
 
 An interior-point method does not certify infeasibility: an element that does not converge
 within the iteration limit is reported as `Status.MAX_ITERS` (or `FAILURE` on a numerical
@@ -43,8 +47,7 @@ from cvxlayer.solvers.base import Status, floor_tolerance
 MAX_ITERS = 50
 _STEP_FRACTION = 0.99
 _REG = {torch.float64: 1e-10, torch.float32: 1e-6}
-# λ/s grows like 1/μ on active constraints; the backward's factorization clips it here (and
-# polishing uses it and its inverse as the weights of active and inactive constraints).
+# λ/s grows like 1/μ on active constraints; the backward's factorization clips it here
 _D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
 # weights of active (and, inverted, inactive) rows in the polishing factorization: large
 # enough for refinement to converge fast, small enough to keep H's conditioning moderate
