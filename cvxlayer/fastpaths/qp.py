@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cvxlayer.errors import SolverError
@@ -58,8 +59,44 @@ _RETRY = 1e-3  # an element whose polish fails iterates on until its gap is this
 
 
 @dataclass(frozen=True, eq=False)
+class GPattern:
+    """The structural nonzeros of a sparse G, for products that skip its zeros.
+
+    Attributes:
+        rows, cols: (nnz,) positions; pair_a, pair_b: all pairs of nonzeros that share a row
+            (the terms of GᵀDG).
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    pair_a: np.ndarray
+    pair_b: np.ndarray
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray) -> GPattern | None:
+        """The pattern of a (m, n) mask, or None when dense products are cheaper."""
+        m, n = mask.shape
+        rows, cols = np.nonzero(mask)
+        counts = np.bincount(rows, minlength=m)
+        if rows.size > m * n / 4 or int((counts**2).sum()) > m * n * n / 8:
+            return None
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        pair_a, pair_b = [], []
+        for start, count in zip(starts, counts):
+            idx = np.arange(start, start + count)
+            a, b = np.meshgrid(idx, idx, indexing="ij")
+            pair_a.append(a.ravel())
+            pair_b.append(b.ravel())
+        cat = np.concatenate
+        return cls(
+            rows, cols, cat(pair_a or [[]]).astype(np.int64), cat(pair_b or [[]]).astype(np.int64)
+        )
+
+
+@dataclass(frozen=True, eq=False)
 class QPData:
-    """Dense batched QP data (see the module docstring); m or p may be 0."""
+    """Dense batched QP data (see the module docstring); m or p may be 0. With `G_pattern`,
+    products with G touch only its structural nonzeros."""
 
     Q: torch.Tensor  # (B, n, n) symmetric PSD
     q: torch.Tensor  # (B, n)
@@ -67,6 +104,7 @@ class QPData:
     h: torch.Tensor  # (B, m)
     A: torch.Tensor  # (B, p, n)
     b: torch.Tensor  # (B, p)
+    G_pattern: GPattern | None = None
 
 
 def _select(obj, keep: torch.Tensor):
@@ -91,6 +129,41 @@ def mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (v.unsqueeze(-2) @ M).squeeze(-2)
 
 
+def _g_entries(qp: QPData):
+    pat = qp.G_pattern
+    r, c = (torch.as_tensor(a, device=qp.G.device) for a in (pat.rows, pat.cols))
+    return r, c, qp.G[:, r, c]
+
+
+def g_mv(qp: QPData, v: torch.Tensor) -> torch.Tensor:
+    """G v: (B, n) → (B, m)."""
+    if qp.G_pattern is None:
+        return mv(qp.G, v)
+    r, c, vals = _g_entries(qp)
+    return v.new_zeros(v.shape[0], qp.G.shape[1]).index_add_(1, r, vals * v[:, c])
+
+
+def g_mtv(qp: QPData, w: torch.Tensor) -> torch.Tensor:
+    """Gᵀ w: (B, m) → (B, n)."""
+    if qp.G_pattern is None:
+        return mtv(qp.G, w)
+    r, c, vals = _g_entries(qp)
+    return w.new_zeros(w.shape[0], qp.G.shape[2]).index_add_(1, c, vals * w[:, r])
+
+
+def gtdg(qp: QPData, d: torch.Tensor) -> torch.Tensor:
+    """Gᵀ diag(d) G: (B, m) → (B, n, n)."""
+    if qp.G_pattern is None:
+        return qp.G.transpose(1, 2) @ (d.unsqueeze(-1) * qp.G)
+    r, c, vals = _g_entries(qp)
+    dev = qp.G.device
+    a, b = (torch.as_tensor(x, device=dev) for x in (qp.G_pattern.pair_a, qp.G_pattern.pair_b))
+    n = qp.G.shape[2]
+    terms = d[:, r[a]] * vals[:, a] * vals[:, b]
+    H = vals.new_zeros(d.shape[0], n * n).index_add_(1, c[a] * n + c[b], terms)
+    return H.view(-1, n, n)
+
+
 class KKTFactor:
     """Factorization of K(d) = [H Aᵀ; A −δI], H = Q + Gᵀdiag(d)G + δI, for a batch.
 
@@ -103,7 +176,7 @@ class KKTFactor:
         reg = _REG[qp.Q.dtype]
         n, p = qp.Q.shape[-1], qp.A.shape[1]
         eye = torch.eye(n, dtype=qp.Q.dtype, device=qp.Q.device)
-        H = qp.Q + qp.G.transpose(1, 2) @ (d.unsqueeze(-1) * qp.G) + reg * eye
+        H = qp.Q + gtdg(qp, d) + reg * eye
         self.d = d
         self.L, info = torch.linalg.cholesky_ex(H)
         self.ok = info == 0
@@ -168,9 +241,9 @@ class _Iterate:
     def __init__(self, qp: QPData, z, s, lam, nu) -> None:
         self.z, self.s, self.lam, self.nu = z, s, lam, nu
         self.Qz = mv(qp.Q, z)
-        self.Gz = mv(qp.G, z)
+        self.Gz = g_mv(qp, z)
         self.Az = mv(qp.A, z)
-        self.Gt_lam = mtv(qp.G, lam)
+        self.Gt_lam = g_mtv(qp, lam)
         self.At_nu = mtv(qp.A, nu)
         self.r_dual = self.Qz + qp.q + self.Gt_lam + self.At_nu
         self.r_ineq = self.Gz + s - qp.h
@@ -200,8 +273,8 @@ def _direction(qp, it: _Iterate, kkt: KKTFactor, r_comp: torch.Tensor):
     """Newton direction for the KKT residuals with complementarity right-hand side r_comp:
     Q dz + Gᵀdλ + Aᵀdν = −r_dual, G dz + ds = −r_ineq, A dz = −r_eq, λ∘ds + s∘dλ = r_comp."""
     w = (r_comp + it.lam * it.r_ineq) / it.s
-    dz, dnu = kkt.solve(-it.r_dual - mtv(qp.G, w), -it.r_eq)
-    G_dz = mv(qp.G, dz)
+    dz, dnu = kkt.solve(-it.r_dual - g_mtv(qp, w), -it.r_eq)
+    G_dz = g_mv(qp, dz)
     dlam = w + (it.lam / it.s) * G_dz
     ds = -it.r_ineq - G_dz
     return dz, ds, dlam, dnu
@@ -211,8 +284,8 @@ def _initial_point(qp: QPData):
     """CVXOPT's start: the KKT solution with d = 1, then s and λ shifted to be ≥ 1."""
     B, m = qp.h.shape
     kkt = KKTFactor(qp, qp.h.new_ones(B, m))
-    z, nu = kkt.solve(-qp.q + mtv(qp.G, qp.h), qp.b)
-    s = qp.h - mv(qp.G, z)
+    z, nu = kkt.solve(-qp.q + g_mtv(qp, qp.h), qp.b)
+    s = qp.h - g_mv(qp, z)
     lam = -s
     if m:
         s = s + (1 - s.amin(1, keepdim=True)).clamp(min=0)
@@ -322,7 +395,7 @@ def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
     active = lam > s
     system = _active_set_system(qp, active)
     z_p, lam_p, nu_p = _refined_solve(qp, system, -qp.q, qp.h, qp.b)
-    s_p = (qp.h - mv(qp.G, z_p)).clamp(min=0)
+    s_p = (qp.h - g_mv(qp, z_p)).clamp(min=0)
     lam_p = lam_p.clamp(min=0)
     converged = _Iterate(qp, z_p, s_p, lam_p, nu_p).converged(qp, eps_abs, eps_rel)
     return z_p, s_p, lam_p, nu_p, active, converged & system.kkt.ok
@@ -331,7 +404,7 @@ def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
 def _active_set_system(qp: QPData, active: torch.Tensor) -> AdjointSystem:
     """KKT system with the rows in `active` as equalities and the others dropped."""
     big = _D_POLISH[qp.Q.dtype]
-    d = torch.where(active, big, 1.0 / big)
+    d = torch.where(active, big, 1.0 / big).to(qp.Q.dtype)
     return AdjointSystem(KKTFactor(qp, d), torch.zeros_like(d), active)
 
 
@@ -370,14 +443,14 @@ def _refined_solve(qp: QPData, system: AdjointSystem, r_z, r_lam, r_nu):
 
     def step(a, b, c):
         b = torch.where(free, b, 0.0)  # rows with w = 0 have no equation of their own
-        x, v = kkt.solve(a + mtv(qp.G, d * b), c)
-        return x, torch.where(free, d * (mv(qp.G, x) - b), 0.0), v
+        x, v = kkt.solve(a + g_mtv(qp, d * b), c)
+        return x, torch.where(free, d * (g_mv(qp, x) - b), 0.0), v
 
     x, w, v = step(r_z, r_lam, r_nu)
     for _ in range(_REFINE_STEPS):
         e = step(
-            r_z - (mv(qp.Q, x) + mtv(qp.G, w) + mtv(qp.A, v)),
-            r_lam - (mv(qp.G, x) - system.w_scale * w),
+            r_z - (mv(qp.Q, x) + g_mtv(qp, w) + mtv(qp.A, v)),
+            r_lam - (g_mv(qp, x) - system.w_scale * w),
             r_nu - mv(qp.A, x),
         )
         x, w, v = x + e[0], w + e[1], v + e[2]
@@ -399,7 +472,8 @@ def qp_vjp(qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu) -> tuple[torch.Tensor
 class _QPSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, Q, q, G, h, A, b, settings, out):
-        qp = QPData(Q.detach(), q.detach(), G.detach(), h.detach(), A.detach(), b.detach())
+        tensors = (t.detach() for t in (Q, q, G, h, A, b))
+        qp = QPData(*tensors, out["G_pattern"])
         sol = pdipm(qp, *settings)
         out["result"] = sol
         ctx.qp, ctx.sol, ctx.failed_nan = qp, sol, out["failed_gradient"] == "nan"
@@ -430,7 +504,7 @@ def qp_solve_differentiable(
     Returns:
         z (B, n), λ (B, m), ν (B, p), and the detached `PDIPMResult` (status, iterations).
     """
-    out = {"failed_gradient": failed_gradient}
+    out = {"failed_gradient": failed_gradient, "G_pattern": qp.G_pattern}
     z, lam, nu = _QPSolve.apply(
         qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b, (eps_abs, eps_rel, max_iters, verbose), out
     )

@@ -29,7 +29,14 @@ import numpy as np
 import torch
 
 from cvxlayer.compile.parametric import ParametricMap, SparseLinear
-from cvxlayer.fastpaths.qp import MAX_ITERS, QPData, mtv, mv, qp_solve_differentiable
+from cvxlayer.fastpaths.qp import (
+    MAX_ITERS,
+    GPattern,
+    QPData,
+    mtv,
+    mv,
+    qp_solve_differentiable,
+)
 from cvxlayer.program import ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings
 
@@ -82,6 +89,7 @@ class QPForm:
         shapes: the pieces θ̃ is mapped to, in order: c, b, a_E, A_RK, G, A_eq, and for a
             quadratic objective P_KK, P_KE (if nonzero), P_EE (or P_EE_diag if diagonal).
         linear: θ̃ ↦ those pieces, flattened and concatenated.
+        g_pattern: G's structural nonzeros when G is sparse (e.g. bounds), else None.
     """
 
     structure: ConeStructure
@@ -92,6 +100,7 @@ class QPForm:
     ineq_rows: np.ndarray
     shapes: dict
     linear: SparseLinear
+    g_pattern: GPattern | None = None
 
     name = "qp"
 
@@ -133,6 +142,7 @@ class QPForm:
             "G": _positions(*a, ineq_rows, keep),
             "A_eq": _positions(*a, eq_rows, keep),
         }
+        g_pattern = GPattern.from_mask(pieces["G"] >= 0)
         for key in ("A_RK", "G", "A_eq"):
             pieces[key] = np.where(pieces[key] < 0, -1, a_off + pieces[key])
         if structure.p_indices is not None:
@@ -150,7 +160,7 @@ class QPForm:
                 pieces[key] = np.where(pos < 0, -1, p_off + pos)
         shapes = {key: pos.shape for key, pos in pieces.items()}
         linear = param_map.linear.restrict(np.concatenate([v.ravel() for v in pieces.values()]))
-        return cls(structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear)
+        return cls(structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear, g_pattern)
 
     def describe(self) -> str:
         return (
@@ -193,7 +203,7 @@ class QPForm:
                 q = q + mv(d["P_KE"], u)
         else:
             Q = b.new_zeros(b.shape[0], K.numel(), K.numel())
-        qp = QPData(Q, q, d["G"], b[:, ineq], d["A_eq"], b[:, eq])
+        qp = QPData(Q, q, d["G"], b[:, ineq], d["A_eq"], b[:, eq], self.g_pattern)
         z, lam, nu, result = qp_solve_differentiable(
             qp,
             settings.eps_abs,
