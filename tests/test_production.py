@@ -55,3 +55,15 @@ def test_concurrent_calls_from_threads(fast_path):
         outputs = list(pool.map(lambda v: layer(v)[0], inputs))
     for v, y in zip(inputs, outputs):
         torch.testing.assert_close(y, v.clamp(min=0), atol=1e-5, rtol=0)
+
+
+def test_wrapping_the_same_problem_twice_compiles_once():
+    n = 4
+    p, x = cp.Parameter(n), cp.Variable(n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - p)), [x >= 0])
+    first = CvxpyLayer(problem, [p], [x])
+    second = CvxpyLayer(problem, [p], [x], mode="scs")
+    assert second.compiled is first.compiled
+    assert CvxpyLayer(problem, [p], [x], gp=False, canon_backend="SCIPY").compiled is not (
+        first.compiled
+    )

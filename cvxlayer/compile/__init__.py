@@ -7,6 +7,7 @@ cone solution x        ──VariableRecovery──▶  user's variables        
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -155,6 +156,11 @@ def _parameter_columns(
     return tuple(slots), columns
 
 
+# compiled problems by problem object, then by the rest of the arguments: wrapping the same
+# problem twice (e.g. one layer per device or per head) compiles it once
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def compile_problem(
     problem: cp.Problem,
     parameters: Sequence[cp.Parameter],
@@ -171,10 +177,29 @@ def compile_problem(
         gp: a geometric program (DGP): compiled in log space (θ̃ holds log θ, variables are
             recovered as exp of the convex problem's).
 
+    Compilations are cached per problem object (weakly) and argument list; a problem must
+    not be modified after it was wrapped.
+
     Raises:
         ValueError: the problem is not DCP/DPP; the parameter list misses or repeats a
             parameter or names one not in the problem; a variable is not in the problem.
     """
+    key = (
+        tuple(p.id for p in parameters),
+        tuple(v.id for v in variables),
+        canon_backend,
+        quad_obj,
+        gp,
+    )
+    cached = _CACHE.get(problem, {})
+    if key in cached:
+        return cached[key]
+    compiled = _compile(problem, parameters, variables, canon_backend, quad_obj, gp)
+    _CACHE.setdefault(problem, {})[key] = compiled
+    return compiled
+
+
+def _compile(problem, parameters, variables, canon_backend, quad_obj, gp) -> CompiledProblem:
     check_problem(problem, gp)
     check_parameters(problem, parameters)
     check_variables(problem, variables)
