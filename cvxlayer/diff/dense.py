@@ -131,8 +131,6 @@ class ResidualMapAdjoint:
         if not active:
             return dA, db, dc, dP
         idx = torch.as_tensor(active, device=program.b.device)
-        A, P = program.dense()
-        A, P = A[idx], None if P is None else P[idx]
         x, y, s = solution.x[idx], solution.y[idx], solution.s[idx]
         projector = ConeProjector(st.cones)
         blocks = projector.jacobian_blocks(y - s, dual=True)
@@ -145,10 +143,19 @@ class ResidualMapAdjoint:
         if method == "auto":
             method = "dense" if st.n + st.m <= DENSE_LIMIT else "lsqr"
         if method == "dense":
+            A, P = program.dense()
+            A, P = A[idx], None if P is None else P[idx]
             J = residual_jacobian(A, P, projector.jacobian(y - s, dual=True))
             r = solve_transposed(J, rhs)
-        else:
-            r, _ = lsqr(*_transposed_operator(A, P, D, st.n), rhs)
+        else:  # matrix-free on the sparse data: memory grows with nnz, not with n·m
+            sub = ConeProgram(
+                st,
+                program.A[idx],
+                program.b[idx],
+                program.c[idx],
+                None if program.P is None else program.P[idx],
+            )
+            r, _ = lsqr(*_transposed_operator(_SparseProducts(sub), D, st.n), rhs)
         r_u, r_v = r[:, : st.n], r[:, st.n :]
 
         rows, cols = (torch.as_tensor(a, device=program.b.device) for a in st.a_coords())
@@ -163,20 +170,44 @@ class ResidualMapAdjoint:
         return dA, db, dc, dP
 
 
-def _transposed_operator(A, P, D, n):
-    """(r ↦ Jᵀ r, w ↦ J w) without forming J (D symmetric, P symmetric)."""
+class _SparseProducts:
+    """Products with A, Aᵀ and P of a batch, over their sparsity patterns only."""
 
-    def mv(M, t):
-        return (M @ t.unsqueeze(-1)).squeeze(-1)
+    def __init__(self, program: ConeProgram) -> None:
+        st, dev = program.structure, program.b.device
+        self.m, self.n = st.m, st.n
+        self.a_rows, self.a_cols = (torch.as_tensor(a, device=dev) for a in st.a_coords())
+        self.A = program.A
+        self.P = program.P
+        if program.P is not None:
+            self.p_rows, self.p_cols = (torch.as_tensor(a, device=dev) for a in st.p_coords())
+            self.P_off = torch.where(self.p_rows == self.p_cols, 0.0, program.P)
+
+    def a(self, v: torch.Tensor) -> torch.Tensor:
+        out = v.new_zeros(v.shape[0], self.m)
+        return out.index_add_(1, self.a_rows, self.A * v[:, self.a_cols])
+
+    def at(self, w: torch.Tensor) -> torch.Tensor:
+        out = w.new_zeros(w.shape[0], self.n)
+        return out.index_add_(1, self.a_cols, self.A * w[:, self.a_rows])
+
+    def p(self, v: torch.Tensor):
+        """P v (P symmetric, stored as its upper triangle), or 0 without P."""
+        if self.P is None:
+            return 0
+        out = v.new_zeros(v.shape[0], self.n).index_add_(1, self.p_rows, self.P * v[:, self.p_cols])
+        return out.index_add_(1, self.p_cols, self.P_off * v[:, self.p_rows])
+
+
+def _transposed_operator(ops: _SparseProducts, D, n):
+    """(r ↦ Jᵀ r, w ↦ J w) without forming J (D symmetric, P symmetric)."""
 
     def jt(r):
         r_u, r_v = r[:, :n], r[:, n:]
-        top = -mv(A.transpose(1, 2), r_v) + (mv(P, r_u) if P is not None else 0)
-        return torch.cat([top, D(mv(A, r_u)) + r_v - D(r_v)], 1)
+        return torch.cat([-ops.at(r_v) + ops.p(r_u), D(ops.a(r_u)) + r_v - D(r_v)], 1)
 
     def j(w):
         w_u, w_v = w[:, :n], w[:, n:]
-        top = mv(A.transpose(1, 2), D(w_v)) + (mv(P, w_u) if P is not None else 0)
-        return torch.cat([top, -mv(A, w_u) + w_v - D(w_v)], 1)
+        return torch.cat([ops.at(D(w_v)) + ops.p(w_u), -ops.a(w_u) + w_v - D(w_v)], 1)
 
     return jt, j
