@@ -27,6 +27,7 @@ def recall_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 def main(iterations: int = 200, points: int = 256, d: int = 20, k: int = 5):
+    torch.manual_seed(0)  # the model's initialization
     gen = torch.Generator().manual_seed(0)
     features = 10
     W_true = torch.randn(features, d, generator=gen, dtype=torch.float64)
