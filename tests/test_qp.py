@@ -238,3 +238,35 @@ def test_unsolved_elements_fall_back_to_the_generic_mode():
     assert torch.isfinite(lo_v.grad).all() and (lo_v.grad[1] == 0).all()
     with pytest.raises(SolverError, match="element 1: infeasible"):
         layer(lo_v)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_quad_form_with_a_psd_parameter_equals_the_sqrt_form(fast_path):
+    """½ quad_form(x, Q) with Q = LᵀL a PSD parameter, against ½‖Lx‖² with L a parameter."""
+    n = 3
+    x = cp.Variable(n)
+    Q, L, q = cp.Parameter((n, n), PSD=True), cp.Parameter((n, n)), cp.Parameter(n)
+    cons = [x >= -1]
+    quad = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, Q) + q @ x), cons)
+    sqrt = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L @ x) + q @ x), cons)
+    layer_q = CvxpyLayer(quad, [Q, q], [x], fast_path=fast_path)
+    layer_l = CvxpyLayer(sqrt, [L, q], [x], fast_path=fast_path)
+    gen = torch.Generator().manual_seed(9)
+    Lv = torch.randn(2, n, n, generator=gen, dtype=torch.float64) + 2 * torch.eye(n)
+    qv = 3 * torch.randn(2, n, generator=gen, dtype=torch.float64)
+    leaves = [Lv.clone().requires_grad_(), Lv.clone().requires_grad_()]
+    (x_q,) = layer_q(leaves[0].transpose(1, 2) @ leaves[0], qv, solver_args=TIGHT)
+    (x_l,) = layer_l(leaves[1], qv, solver_args=TIGHT)
+    torch.testing.assert_close(x_q, x_l, atol=1e-6, rtol=0)
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    (x_q * w).sum().backward()
+    (x_l * w).sum().backward()
+    torch.testing.assert_close(leaves[0].grad, leaves[1].grad, atol=1e-5, rtol=1e-5)
+
+
+def test_quad_form_with_a_parameter_in_a_constraint_is_not_dpp():
+    n = 2
+    x, P = cp.Variable(n), cp.Parameter((n, n), PSD=True)
+    prob = cp.Problem(cp.Minimize(cp.sum(x)), [cp.quad_form(x, P) <= 1])
+    with pytest.raises(ValueError, match="not DPP"):
+        CvxpyLayer(prob, [P], [x])

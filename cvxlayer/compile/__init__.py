@@ -200,7 +200,7 @@ def compile_problem(
 
 
 def _compile(problem, parameters, variables, canon_backend, quad_obj, gp) -> CompiledProblem:
-    check_problem(problem, gp)
+    check_problem(problem, gp, quad_obj)
     check_parameters(problem, parameters)
     check_variables(problem, variables)
     data, chain, inverse_data = problem.get_problem_data(

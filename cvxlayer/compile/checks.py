@@ -21,9 +21,11 @@ def _cvxpy_diagnosis(problem: cp.Problem) -> str:
     return ""
 
 
-def check_problem(problem: cp.Problem, gp: bool = False) -> None:
+def check_problem(problem: cp.Problem, gp: bool = False, quad_obj: bool = True) -> None:
     """Reject problems that are not DCP, or DCP but not DPP (disciplined parametrized); with
-    `gp`, problems that are not DGP with DPP parameters."""
+    `gp`, problems that are not DGP with DPP parameters. With `quad_obj` (the objective kept
+    as ½xᵀPx), `quad_form(x, P)` with a PSD parameter P is DPP in the objective (cvxpy's
+    quad_form scope)."""
     if not isinstance(problem, cp.Problem):
         raise TypeError(f"expected a cvxpy.Problem, got {type(problem).__name__}")
     if gp:
@@ -35,7 +37,7 @@ def check_problem(problem: cp.Problem, gp: bool = False) -> None:
                 "combined by monomials and posynomials"
             )
         return
-    if problem.is_dcp(dpp=True):
+    if problem.is_dcp(dpp=True) or (quad_obj and problem.is_dpp(quad_form_dpp="qp")):
         return
     parts = [("objective", problem.objective)] + [
         (f"constraint {i}", con) for i, con in enumerate(problem.constraints)
