@@ -217,6 +217,26 @@ class AdjointSystem:
     w_scale: torch.Tensor  # (B, m)
     free: torch.Tensor  # (B, m) bool
 
+    def select(self, keep: torch.Tensor) -> AdjointSystem:
+        return AdjointSystem(_select(self.kkt, keep), self.w_scale[keep], self.free[keep])
+
+    @staticmethod
+    def assemble(parts: list[tuple[torch.Tensor, AdjointSystem]]) -> AdjointSystem:
+        """One system for the batch from systems of disjoint sets of its rows."""
+        rows = torch.cat([r for r, _ in parts])
+        order = torch.argsort(rows)
+
+        def cat(values):
+            return torch.cat(values)[order]
+
+        kkt = copy.copy(parts[0][1].kkt)
+        for key, value in vars(kkt).items():
+            if isinstance(value, torch.Tensor):
+                setattr(kkt, key, cat([getattr(p.kkt, key) for _, p in parts]))
+        return AdjointSystem(
+            kkt, cat([p.w_scale for _, p in parts]), cat([p.free for _, p in parts])
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class PDIPMResult:
@@ -316,11 +336,11 @@ def pdipm(
     device = qp.Q.device
     z, s, lam, nu = _initial_point(qp)
     out = [t.clone() for t in (z, s, lam, nu)]
-    polished = torch.zeros(B, dtype=torch.bool, device=device)
-    active = torch.zeros_like(s, dtype=torch.bool)
+    polished: list[tuple[torch.Tensor, AdjointSystem]] = []  # (rows, their active-set system)
     codes = torch.full((B,), -1, dtype=torch.long)  # -1 running, else index into _CODES
     iterations = torch.full((B,), max_iters, dtype=torch.long)
     index = torch.arange(B, device=device)
+    broken = torch.zeros(B, dtype=torch.bool, device=device)  # factorization broke down
     data = qp
     for k in range(max_iters + 1):
         it = _Iterate(data, z, s, lam, nu)
@@ -330,18 +350,16 @@ def pdipm(
             # polish the newly converged; an element whose polish fails iterates on, unless
             # its gap is already far below the tolerance
             sub = done.nonzero().flatten()
-            *pol, act, ok = _polish(_select(data, sub), *(t[sub] for t in result), eps_abs, eps_rel)
+            *pol, ok, system = _polish(
+                _select(data, sub), *(t[sub] for t in result), eps_abs, eps_rel
+            )
             tiny = it.converged(data, ipm_abs * _RETRY, ipm_rel * _RETRY)[sub]
             done[sub] = ok | tiny
             for t, p_t in zip(result, pol):
                 t[sub[ok]] = p_t[ok]
-            polished[index[sub[ok]]] = True
-            active[index[sub[ok]]] = act[ok]
-        failed = ~torch.isfinite(torch.cat(result, 1)).all(1)
-        kkt = None
-        if k < max_iters:
-            kkt = KKTFactor(data, lam / s if m else lam)
-            failed = failed | ~kkt.ok
+            if bool(ok.any()):
+                polished.append((index[sub[ok]], system.select(ok)))
+        failed = broken | ~torch.isfinite(torch.cat(result, 1)).all(1)
         stop = done | failed | (k == max_iters)
         if bool(stop.any()):
             rows = index[stop]
@@ -349,17 +367,21 @@ def pdipm(
                 t_out[rows] = t[stop]
             rows = rows.cpu()
             codes[rows] = torch.where(done, 0, torch.where(failed, 2, 1))[stop].cpu()
-            iterations[rows] = k
+            iterations[rows] = (k - broken.long())[stop].cpu()  # a breakdown: the step before
             keep = ~stop
             if not bool(keep.any()):
                 break
-            index, z, s, lam, nu = (t[keep] for t in (index, z, s, lam, nu))
-            data, it, kkt = (_select(obj, keep) for obj in (data, it, kkt))
+            index, z, s, lam, nu, broken = (t[keep] for t in (index, z, s, lam, nu, broken))
+            data, it = _select(data, keep), _select(it, keep)
         if verbose:
             print(
                 f"[qp] iter {k}: {len(index)} running, max res_dual "
                 f"{_inf_norm(it.r_dual).max().item():.2e}, max mu {it.mu.max().item():.2e}"
             )
+        # only the elements still running are factored; one that breaks down keeps its
+        # iterate and stops as a failure at the next check
+        kkt = KKTFactor(data, lam / s if m else lam)
+        broken = ~kkt.ok
         # predictor (affine scaling), then centering + corrector with the same factor
         dz, ds, dlam, dnu = _direction(data, it, kkt, -s * lam)
         if m:
@@ -372,9 +394,10 @@ def pdipm(
             alpha = torch.clamp(_STEP_FRACTION * alpha, max=1.0).unsqueeze(1)
         else:
             alpha = z.new_ones(z.shape[0], 1)
+        alpha = torch.where(broken.unsqueeze(1), 0.0, alpha)
         z, s, lam, nu = z + alpha * dz, s + alpha * ds, lam + alpha * dlam, nu + alpha * dnu
     z, s, lam, nu = out
-    system = _adjoint_system(qp, s, lam, polished, active)
+    system = _adjoint_system(qp, s, lam, polished)
     codes[(codes == 0) & ~system.kkt.ok.cpu()] = 2  # solved, but no factor for the backward
     status = tuple(_CODES[c] for c in codes.tolist())
     return PDIPMResult(z, s, lam, nu, status, iterations, system)
@@ -389,42 +412,35 @@ def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
     by iterative refinement preconditioned with the KKT factor of weights 1/δ and δ.
 
     Returns:
-        (z, s, λ, ν) polished, the active set (B, m), and (B,) whether the polished point
-        passes the stopping rule (a wrong active set fails it).
+        (z, s, λ, ν) polished, (B,) whether the polished point passes the stopping rule (a
+        wrong active set fails it), and the active set's system (kept for the backward).
     """
     active = lam > s
-    system = _active_set_system(qp, active)
+    big = _D_POLISH[qp.Q.dtype]
+    d = torch.where(active, big, 1.0 / big).to(qp.Q.dtype)
+    system = AdjointSystem(KKTFactor(qp, d), torch.zeros_like(d), active)
     z_p, lam_p, nu_p = _refined_solve(qp, system, -qp.q, qp.h, qp.b)
     s_p = (qp.h - g_mv(qp, z_p)).clamp(min=0)
     lam_p = lam_p.clamp(min=0)
     converged = _Iterate(qp, z_p, s_p, lam_p, nu_p).converged(qp, eps_abs, eps_rel)
-    return z_p, s_p, lam_p, nu_p, active, converged & system.kkt.ok
+    return z_p, s_p, lam_p, nu_p, converged & system.kkt.ok, system
 
 
-def _active_set_system(qp: QPData, active: torch.Tensor) -> AdjointSystem:
-    """KKT system with the rows in `active` as equalities and the others dropped."""
-    big = _D_POLISH[qp.Q.dtype]
-    d = torch.where(active, big, 1.0 / big).to(qp.Q.dtype)
-    return AdjointSystem(KKTFactor(qp, d), torch.zeros_like(d), active)
-
-
-def _adjoint_system(qp: QPData, s, lam, polished, active) -> AdjointSystem:
-    """The system of the backward: the active set's for polished elements, the interior
-    point's (weights λ/s) for the others; one factorization for the batch."""
-    m = s.shape[1]
-    d_ipm = (lam / s).clamp(max=_D_MAX[qp.Q.dtype]) if m else lam
-    if not bool(polished.any()):
-        return AdjointSystem(KKTFactor(qp, d_ipm), 1.0 / d_ipm, torch.ones_like(active))
-    pol = _active_set_system(qp, active)
-    if bool(polished.all()):
-        return pol
-    pick = polished.unsqueeze(1)
-    d = torch.where(pick, pol.kkt.d, d_ipm)
-    return AdjointSystem(
-        KKTFactor(qp, d),
-        torch.where(pick, pol.w_scale, 1.0 / d_ipm),
-        torch.where(pick, active, True),
-    )
+def _adjoint_system(qp: QPData, s, lam, polished) -> AdjointSystem:
+    """The system of the backward: the active set's for polished elements (factored when
+    they were polished), the interior point's (weights λ/s, factored here) for the others."""
+    parts = list(polished)
+    rest = torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+    for rows, _ in parts:
+        rest[rows] = False
+    if bool(rest.any()):
+        idx = rest.nonzero().flatten()
+        d = (lam[idx] / s[idx]).clamp(max=_D_MAX[qp.Q.dtype]) if s.shape[1] else lam[idx]
+        ipm = AdjointSystem(
+            KKTFactor(_select(qp, idx), d), 1.0 / d, torch.ones_like(d, dtype=torch.bool)
+        )
+        parts.append((idx, ipm))
+    return AdjointSystem.assemble(parts)
 
 
 _CODES = (Status.SOLVED, Status.MAX_ITERS, Status.FAILURE)
