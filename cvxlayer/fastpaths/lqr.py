@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from cvxlayer.fastpaths.batching import broadcast_batch
+
 
 def _mv(M, v):
     return (M @ v.unsqueeze(-1)).squeeze(-1)
@@ -141,16 +143,9 @@ def lqr(
     Raises:
         ValueError: inconsistent shapes. torch.linalg.LinAlgError: some Q_uu not PD.
     """
-    sizes = {t.shape[0] for t, d in ((x_init, 2), (C, 4), (c, 3), (F, 4), (f, 3)) if t.dim() == d}
-    if len(sizes) > 1:
-        raise ValueError(f"inconsistent batch sizes {sorted(sizes)}")
-    batched = bool(sizes)
-    B = sizes.pop() if sizes else 1
-
-    def expand(t, d):
-        return t if t.dim() == d else t.unsqueeze(0).expand(B, *t.shape)
-
-    x_init, C, c, F, f = (expand(t, d) for t, d in ((x_init, 2), (C, 4), (c, 3), (F, 4), (f, 3)))
+    named = {"x_init": (x_init, 1), "C": (C, 3), "c": (c, 2), "F": (F, 3), "f": (f, 2)}
+    tensors, batched = broadcast_batch(named)
+    x_init, C, c, F, f = tensors.values()
     n, (T, N) = x_init.shape[1], C.shape[1:3]
     if c.shape[1:] != (T, N) or F.shape[1:] != (T - 1, n, N) or f.shape[1:] != (T - 1, n):
         raise ValueError(

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from cvxlayer.errors import SolverError
+from cvxlayer.fastpaths.batching import broadcast_batch
 from cvxlayer.solvers.base import Status, floor_tolerance
 
 # IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
@@ -527,14 +528,6 @@ def qp_solve_differentiable(
     return z, lam, nu, out["result"]
 
 
-def _batch_of(name: str, t: torch.Tensor | None, ndim: int) -> int | None:
-    if t is None or t.dim() == ndim:
-        return None
-    if t.dim() == ndim + 1:
-        return t.shape[0]
-    raise ValueError(f"{name} must have {ndim} (shared) or {ndim + 1} (batched) dimensions")
-
-
 def solve_qp(
     Q: torch.Tensor,
     q: torch.Tensor,
@@ -584,17 +577,10 @@ def solve_qp(
     A = A if A is not None else ref.new_zeros(0, n)
     b = b if b is not None else ref.new_zeros(0)
     named = {"Q": (Q, 2), "q": (q, 1), "G": (G, 2), "h": (h, 1), "A": (A, 2), "b": (b, 1)}
-    sizes = {k: _batch_of(k, t, nd) for k, (t, nd) in named.items()}
-    batches = {v for v in sizes.values() if v is not None}
-    if len(batches) > 1:
-        raise ValueError(f"inconsistent batch sizes: { {k: v for k, v in sizes.items() if v} }")
-    batched = bool(batches)
-    B = batches.pop() if batched else 1
-    tensors = {}
     for k, (t, _) in named.items():
         if not torch.isfinite(t).all():
             raise ValueError(f"{k} contains NaN or inf")
-        tensors[k] = t.unsqueeze(0).expand(B, *t.shape) if sizes[k] is None else t
+    tensors, batched = broadcast_batch(named)
     Q, q, G, h, A, b = tensors.values()
     m, p = G.shape[1], A.shape[1]
     expected = {"Q": (n, n), "G": (m, n), "h": (m,), "A": (p, n), "b": (p,)}
@@ -612,7 +598,7 @@ def solve_qp(
     failed = [i for i, st in enumerate(result.status) if not st.ok]
     if failed:
         raise SolverError(
-            f"{len(failed)} of {B} QP(s) not solved (elements {failed[:10]}: "
+            f"{len(failed)} of {len(result.status)} QP(s) not solved (elements {failed[:10]}: "
             f"{[result.status[i].value for i in failed[:10]]}); the problem may be infeasible "
             "or unbounded. Pass return_status=True to get per-element status instead.",
             tuple(s.value for s in result.status),
