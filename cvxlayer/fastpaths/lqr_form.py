@@ -27,7 +27,7 @@ import torch
 
 from cvxlayer.compile.parametric import SparseLinear
 from cvxlayer.fastpaths.lqr import lqr
-from cvxlayer.fastpaths.qp_form import pair_positions
+from cvxlayer.fastpaths.qp_form import pair_positions, piece_rows, split_pieces
 from cvxlayer.program import ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings, Status
 
@@ -75,26 +75,15 @@ def _stage_layout(qp_form, compiled, problem):
     return n, m, T, stage, slot
 
 
-def _piece_rows(qp_form, key):
-    """The rows of the θ̃ map that produce one QP piece (CSR), and the piece's shape."""
-    start = 0
-    for name, shape in qp_form.shapes.items():
-        size = int(np.prod(shape))
-        if name == key:
-            return qp_form.linear.matrix[start : start + size].tocsr(), shape
-        start += size
-    raise KeyError(key)
-
-
 def _pattern(qp_form, key) -> np.ndarray:
     """Structural nonzeros of a QP piece (rows of the θ̃ map with any entry)."""
-    rows, shape = _piece_rows(qp_form, key)
+    rows, shape = piece_rows(qp_form.linear, qp_form.shapes, key)
     return (np.diff(rows.indptr) > 0).reshape(shape)
 
 
 def _constant(qp_form, key) -> np.ndarray:
     """Which entries of a QP piece depend on no parameter (only the last column of θ̃)."""
-    rows, shape = _piece_rows(qp_form, key)
+    rows, shape = piece_rows(qp_form.linear, qp_form.shapes, key)
     params = rows[:, : rows.shape[1] - 1]
     return (np.diff(params.indptr) == 0).reshape(shape)
 
@@ -205,8 +194,7 @@ class LQRForm:
         """The cone program's solution for θ̃ (B, p + 1), differentiable w.r.t. θ̃."""
         n, m, T, st = self.n, self.m, self.T, self.structure
         B, dev = theta.shape[0], theta.device
-        flat = torch.split(self.linear(theta), [int(np.prod(v)) for v in self.shapes.values()], 1)
-        d = {k: t.reshape(B, *s) for (k, s), t in zip(self.shapes.items(), flat)}
+        d = split_pieces(self.linear, self.shapes, theta)
         pad_E = torch.as_tensor(self.e_cols < 0, device=dev)
         a_E = d["a_E"] + pad_E.to(theta.dtype)  # padding: a = 1, everything else 0
         T_E = -d["A_E"] / a_E.unsqueeze(-1)  # x_E = T_E τ + u_E: (B, T+1, E, N)

@@ -77,6 +77,24 @@ def _positions(pattern, shape, row_sel, col_sel, symmetric: bool = False) -> np.
     return pair_positions(pattern, shape, r, c, symmetric)
 
 
+def split_pieces(linear: SparseLinear, shapes: dict, theta: torch.Tensor) -> dict:
+    """Apply a map θ̃ ↦ concatenated pieces and cut its output into the pieces,
+    name ↦ (B, *shape)."""
+    parts = torch.split(linear(theta), [int(np.prod(s)) for s in shapes.values()], dim=1)
+    return {k: t.reshape(theta.shape[0], *s) for (k, s), t in zip(shapes.items(), parts)}
+
+
+def piece_rows(linear: SparseLinear, shapes: dict, key: str):
+    """The rows of such a map that produce one piece (CSR), and the piece's shape."""
+    start = 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        if name == key:
+            return linear.matrix[start : start + size].tocsr(), shape
+        start += size
+    raise KeyError(key)
+
+
 @dataclass(frozen=True, eq=False)
 class QPForm:
     """The reduction of one compiled problem, found once at compile time.
@@ -168,19 +186,12 @@ class QPForm:
             f"{self.ineq_rows.size} inequalities ({self.elim.size} lifted variables eliminated)"
         )
 
-    def _pieces(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        flat = self.linear(theta)
-        sizes = [int(np.prod(s)) for s in self.shapes.values()]
-        parts = torch.split(flat, sizes, dim=1)
-        B = theta.shape[0]
-        return {k: t.reshape(B, *s) for (k, s), t in zip(self.shapes.items(), parts)}
-
     def solve(
         self, theta: torch.Tensor, settings: SolveSettings, failed_gradient: str = "zero"
     ) -> Solution:
         """Solve the batch with parameters θ̃ (B, p + 1) on the QP path; the cone program's
         x, y, s are returned, differentiable w.r.t. θ̃."""
-        d = self._pieces(theta)
+        d = split_pieces(self.linear, self.shapes, theta)
         dev = theta.device
         K, E, R, eq, ineq = (
             torch.as_tensor(ix, device=dev)
