@@ -59,6 +59,35 @@ def test_gp_gradients_match_finite_differences():
         torch.testing.assert_close(leaves[k].grad[0], fd, atol=1e-4, rtol=1e-3)
 
 
+def test_gp_duals_match_cvxpy_and_are_differentiable():
+    """Duals of a GP are those of its log-space convex form, as cvxpy reports them."""
+    x, y, z = cp.Variable(pos=True), cp.Variable(pos=True), cp.Variable(pos=True)
+    a, b, c = cp.Parameter(pos=True), cp.Parameter(pos=True), cp.Parameter()
+    cons = [a * (x * y + x * z + y * z) <= b, x >= y**c, x * y == a * z]
+    prob = cp.Problem(cp.Minimize(1 / (x * y * z)), cons)
+    duals = [con.dual_variables[0] for con in cons]
+    layer = CvxpyLayer(prob, [a, b, c], [x, *duals], gp=True)
+    outputs = layer(*VALUES, solver_args=TIGHT)
+    for i in range(3):
+        for prm, v in zip((a, b, c), VALUES):
+            prm.value = float(v[i])
+        prob.solve(gp=True, solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10)
+        for var, out in zip([x, *duals], outputs):
+            np.testing.assert_allclose(float(out[i]), var.value, rtol=1e-4, atol=1e-6)
+    leaf = VALUES[1].clone().requires_grad_()
+    layer(VALUES[0], leaf, VALUES[2], solver_args=TIGHT)[1].sum().backward()
+    step = 1e-5
+    fd = [
+        (
+            layer(VALUES[0], VALUES[1] + step * e, VALUES[2], solver_args=TIGHT)[1].sum()
+            - layer(VALUES[0], VALUES[1] - step * e, VALUES[2], solver_args=TIGHT)[1].sum()
+        )
+        / (2 * step)
+        for e in torch.eye(3, dtype=torch.float64)
+    ]
+    torch.testing.assert_close(leaf.grad, torch.stack(fd), atol=1e-4, rtol=1e-3)
+
+
 def test_gp_errors():
     prob, params, variables = _gp()
     layer = CvxpyLayer(prob, params, variables, gp=True)

@@ -144,8 +144,6 @@ def build_recoveries(
     for var in variables:
         con = owning_constraint(problem, var) if problem is not None else None
         if con is not None:
-            if log_vars:
-                raise NotImplementedError("dual variables of geometric programs (gp=True)")
             out.append(_dual_recovery(problem, var, con, chain, inverse_data, n, m))
             continue
         original = var
