@@ -88,7 +88,24 @@ def psd(k: int = 3) -> Case:
     return Case("psd", prob, [C, t], [X], draw)
 
 
-CASES = {c.name: c for c in (qp(), socp(), exp_cone(), psd())}
+def power_cone(n: int = 3) -> Case:
+    """Projection of a point P (3 × n) onto a product of 3-d power cones (column i in K_αᵢ)
+    under a budget on the first row: min ½‖V − P‖²  s.t. (V₀ᵢ, V₁ᵢ, V₂ᵢ) ∈ K_αᵢ, 1ᵀV₀ ≤ s."""
+    P = cp.Parameter((3, n))
+    s = cp.Parameter(nonneg=True)
+    V = cp.Variable((3, n))
+    alpha = np.linspace(0.25, 0.75, n)
+    constraints = [cp.PowCone3D(V[0], V[1], V[2], alpha), cp.sum(V[0]) <= s]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(V - P) / 2), constraints)
+
+    def draw(rng):
+        point = rng.standard_normal((3, n)) + np.array([[1.5], [1.0], [0.0]])
+        return [point, np.array(rng.uniform(0.5, 1.0))]
+
+    return Case("pow", prob, [P, s], [V], draw)
+
+
+CASES = {c.name: c for c in (qp(), socp(), exp_cone(), psd(), power_cone())}
 
 
 def solve_reference(case: Case, values: list[np.ndarray]) -> list[np.ndarray]:

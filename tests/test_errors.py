@@ -176,21 +176,23 @@ def test_torch_mode_certificates_inside_a_batch(linsys):
     )
 
 
-def test_power_cone_problem_solves_forward_and_names_the_missing_backward():
-    """No backward supports power cones yet: forward-only use works, asking for a gradient
-    is a clear error before any solve."""
+@pytest.mark.parametrize("mode", ["torch", "scs"])
+def test_power_cone_closed_form_and_gradient(mode):
+    """max z s.t. x^0.3 y^0.7 ≥ |z|, x ≤ a, y ≤ 1: z* = a^0.3, dz*/da = 0.3 a^−0.7. diffcp
+    has no power cones: asking for its backward is a clear error before any solve."""
     a = cp.Parameter(pos=True, name="a")
     v = cp.Variable(3, name="v")
-    # max z s.t. x^0.3 y^0.7 >= |z|, x <= a, y <= 1  =>  z* = a^0.3
     prob = cp.Problem(
         cp.Maximize(v[2]), [cp.PowCone3D(v[0], v[1], v[2], 0.3), v[0] <= a, v[1] <= 1]
     )
-    layer = CvxpyLayer(prob, [a], [v], mode="scs", fast_path=False)
-    a_t = torch.tensor(0.7, dtype=torch.float64)
-    (v_out,) = layer(a_t, solver_args={"eps": 1e-9})
-    torch.testing.assert_close(v_out[2], a_t**0.3, atol=1e-5, rtol=0)
-    with pytest.raises(NotImplementedError, match="power cones"):
-        layer(a_t.clone().requires_grad_())
+    layer = CvxpyLayer(prob, [a], [v], mode=mode, fast_path=False)
+    a_t = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    (v_out,) = layer(a_t, solver_args={"eps": 1e-9, "max_iters": 100_000})
+    torch.testing.assert_close(v_out[2], a_t.detach() ** 0.3, atol=1e-5, rtol=0)
+    v_out[2].backward()
+    torch.testing.assert_close(a_t.grad, 0.3 * a_t.detach() ** -0.7, atol=1e-4, rtol=0)
+    with pytest.raises(NotImplementedError, match="power cones.*'dense'"):
+        layer(a_t, solver_args={"backward": "diffcp"})
 
 
 def test_failed_elements_get_nan_gradient_on_request():

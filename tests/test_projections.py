@@ -64,6 +64,50 @@ def test_exp_cone_against_clarabel():
         np.testing.assert_allclose(pi, z.value, atol=1e-5)
 
 
+def _in_pow(p, alpha, tol):
+    """p within tol of K_α (the boundary's slope is unbounded at x = 0 or y = 0, so the test
+    moves x and y by tol rather than comparing x^α y^(1−α) with |z| directly)."""
+    x, y, z = p[..., 0] + tol, p[..., 1] + tol, p[..., 2]
+    geo = x.clamp(min=0) ** alpha * y.clamp(min=0) ** (1 - alpha)
+    return (x >= 0) & (y >= 0) & (z.abs() <= geo + tol)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+def test_power_cone_moreau(scale):
+    """p = Π_K(v), d = v − p: p ∈ K, −d ∈ K*, pᵀd = 0; several exponents in one projector."""
+    alphas = (0.1, 0.5, 0.73)
+    proj = ConeProjector(ConeSpec(power=alphas))
+    v = scale * torch.randn(5000, 9, generator=GEN, dtype=torch.float64)
+    p = proj.primal(v)
+    d = v - p
+    tol = 1e-9 * max(1.0, scale)
+    for k, a in enumerate(alphas):
+        pk, dk = p[:, 3 * k : 3 * k + 3], -d[:, 3 * k : 3 * k + 3]
+        assert _in_pow(pk, a, tol).all()
+        dual_scaled = torch.stack([dk[:, 0] / a, dk[:, 1] / (1 - a), dk[:, 2]], -1)
+        assert _in_pow(dual_scaled, a, tol).all()
+    assert ((p * d).sum(-1).abs() <= 1e-9 * (1 + v.norm(dim=-1) ** 2)).all()
+    torch.testing.assert_close(proj.dual(v), v + proj.primal(-v))
+
+
+def test_power_cone_against_clarabel():
+    import cvxpy as cp
+
+    v = 2 * torch.randn(12, 3, generator=GEN, dtype=torch.float64)
+    alpha = 0.35
+    p = ConeProjector(ConeSpec(power=(alpha,) * 12)).primal(v.reshape(1, -1)).reshape(-1, 3)
+    for vi, pi in zip(v.numpy(), p.numpy()):
+        z = cp.Variable(3)
+        prob = cp.Problem(
+            cp.Minimize(cp.sum_squares(z - vi)), [cp.PowCone3D(z[0], z[1], z[2], alpha)]
+        )
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        # Clarabel stops at ~1e-6 here: ours is in K and no farther from v than its answer
+        assert _in_pow(torch.as_tensor(pi), alpha, 1e-12)
+        assert np.linalg.norm(pi - vi) <= np.linalg.norm(z.value - vi) + 1e-9
+        np.testing.assert_allclose(pi, z.value, atol=1e-5)
+
+
 def test_soc_closed_form():
     v = torch.randn(500, 5, generator=GEN, dtype=torch.float64)
     proj = ConeProjector(ConeSpec(soc=(5,)))
@@ -90,7 +134,7 @@ def test_psd_projection_and_vectorization():
 
 
 def test_mixed_spec_dual_is_moreau_of_primal():
-    spec = ConeSpec(zero=2, nonneg=3, soc=(3, 4, 3), psd=(2, 3), exp=2, exp_dual=1)
+    spec = ConeSpec(zero=2, nonneg=3, soc=(3, 4, 3), psd=(2, 3), exp=2, exp_dual=1, power=(0.3,))
     proj = ConeProjector(spec)
     v = torch.randn(64, spec.size, generator=GEN, dtype=torch.float64)
     # Π_{K*}(v) = v + Π_K(−v)
@@ -104,7 +148,7 @@ def test_mixed_spec_dual_is_moreau_of_primal():
 @pytest.mark.parametrize("dual", [False, True])
 def test_jacobians_match_finite_differences(dual):
     """Each cone family's DΠ against central differences of its own projection."""
-    spec = ConeSpec(zero=2, nonneg=3, soc=(4, 3), psd=(3,), exp=3, exp_dual=2)
+    spec = ConeSpec(zero=2, nonneg=3, soc=(4, 3), psd=(3,), exp=3, exp_dual=2, power=(0.3, 0.8))
     proj = ConeProjector(spec)
     v = torch.randn(40, spec.size, generator=GEN, dtype=torch.float64)
     fn = proj.dual if dual else proj.primal

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cvxlayer.cones.power import d_pow, d_pow_dual, proj_pow, proj_pow_dual
 from cvxlayer.cones.spec import ConeSpec, psd_rows
 
 _SQRT2 = math.sqrt(2.0)
@@ -374,7 +375,7 @@ def _nonneg(z: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class _Family:
     """Projections of one cone family onto K and K*, and their Jacobians, on
-    (B, count, size) blocks."""
+    (B, count, size) blocks (power cones also take their exponents α, shape (count,))."""
 
     primal: Callable[[torch.Tensor], torch.Tensor]
     dual: Callable[[torch.Tensor], torch.Tensor]
@@ -389,23 +390,31 @@ _FAMILIES: dict[str, _Family] = {
     "psd": _Family(proj_psd, proj_psd, d_psd, d_psd),
     "exp": _Family(proj_exp, proj_exp_dual, d_exp, d_exp_dual),
     "exp_dual": _Family(proj_exp_dual, proj_exp, d_exp_dual, d_exp),
+    "power": _Family(proj_pow, proj_pow_dual, d_pow, d_pow_dual),
 }
 
 
 @dataclass(frozen=True, eq=False)
 class _Group:
-    """Cones of one family and one size: their rows as a (count, size) index."""
+    """Cones of one family and one size: their rows as a (count, size) index, and the
+    exponents (count,) of power cones."""
 
     family: str
     rows: torch.Tensor
+    alpha: torch.Tensor | None = None
+
+    def _call(self, fn, block: torch.Tensor) -> torch.Tensor:
+        if self.alpha is None:
+            return fn(block)
+        return fn(block, self.alpha.to(block.device, block.dtype))
 
     def project(self, block: torch.Tensor, dual: bool) -> torch.Tensor:
         fam = _FAMILIES[self.family]
-        return (fam.dual if dual else fam.primal)(block)
+        return self._call(fam.dual if dual else fam.primal, block)
 
     def jacobian(self, block: torch.Tensor, dual: bool) -> torch.Tensor:
         fam = _FAMILIES[self.family]
-        return (fam.d_dual if dual else fam.d_primal)(block)
+        return self._call(fam.d_dual if dual else fam.d_primal, block)
 
 
 class ConeProjector:
@@ -413,13 +422,9 @@ class ConeProjector:
 
     Args:
         cones: the cone K.
-    Raises:
-        NotImplementedError: power cones (not supported by the torch projections yet).
     """
 
     def __init__(self, cones: ConeSpec) -> None:
-        if cones.power:
-            raise NotImplementedError("power cones are not supported by the torch solver yet")
         self.cones = cones
         self.groups: list[_Group] = []
         offset = 0
@@ -440,6 +445,10 @@ class ConeProjector:
         add("exp", cones.exp, 3)
         add("exp_dual", cones.exp_dual, 3)
         self.groups = _merge_equal_groups(self.groups)
+        if cones.power:
+            rows = offset + torch.arange(3 * len(cones.power)).reshape(-1, 3)
+            alpha = torch.tensor(cones.power, dtype=torch.float64)
+            self.groups.append(_Group("power", rows, alpha))
         self._device_cache: dict = {}
 
     def _rows(self, group: _Group, device: torch.device) -> torch.Tensor:

@@ -50,7 +50,7 @@ class DiffcpAdjoint:
         if structure.cones.power:
             raise NotImplementedError(
                 "the diffcp backward does not support power cones (cp.PowCone3D, cp.power "
-                "with non-integer p); the layer cannot differentiate this problem yet"
+                "with non-integer p); use solver_args={'backward': 'dense'} or 'lsqr'"
             )
         if structure.p_indices is not None:
             raise NotImplementedError(
