@@ -270,3 +270,32 @@ def test_quad_form_with_a_parameter_in_a_constraint_is_not_dpp():
     prob = cp.Problem(cp.Minimize(cp.sum(x)), [cp.quad_form(x, P) <= 1])
     with pytest.raises(ValueError, match="not DPP"):
         CvxpyLayer(prob, [P], [x])
+
+
+def test_sums_and_negations_of_psd_quad_forms():
+    """maximize −(quad_form(x, Q1) + quad_form(x, Q2))/2 − qᵀx equals the problem with Q1 + Q2;
+    a parameter times a parametric quad_form is not DPP."""
+    n = 3
+    x = cp.Variable(n)
+    Q1, Q2 = cp.Parameter((n, n), PSD=True), cp.Parameter((n, n), PSD=True)
+    Q, q = cp.Parameter((n, n), PSD=True), cp.Parameter(n)
+    cons = [x >= -1, cp.sum(x) <= 1]
+    split = cp.Problem(
+        cp.Maximize(-0.5 * (cp.quad_form(x, Q1) + cp.quad_form(x, Q2)) - q @ x), cons
+    )
+    joint = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, Q) + q @ x), cons)
+    gen = torch.Generator().manual_seed(4)
+    M1, M2 = (torch.randn(2, n, n, generator=gen, dtype=torch.float64) for _ in range(2))
+    A1, A2 = M1 @ M1.transpose(1, 2), M2 @ M2.transpose(1, 2) + torch.eye(n)
+    qv = 3 * torch.randn(2, n, generator=gen, dtype=torch.float64)
+    for fast_path in (True, False):
+        (x_split,) = CvxpyLayer(split, [Q1, Q2, q], [x], fast_path=fast_path)(
+            A1, A2, qv, solver_args=TIGHT
+        )
+        (x_joint,) = CvxpyLayer(joint, [Q, q], [x], fast_path=fast_path)(
+            A1 + A2, qv, solver_args=TIGHT
+        )
+        torch.testing.assert_close(x_split, x_joint, atol=1e-6, rtol=0)
+    t = cp.Parameter(nonneg=True)
+    with pytest.raises(ValueError, match="not DPP"):
+        CvxpyLayer(cp.Problem(cp.Minimize(t * cp.quad_form(x, Q)), cons), [t, Q], [x])
