@@ -1,4 +1,81 @@
-"""cvxlayer_cuda: GPU kernels for the torch solver's hot loops (cone projections, fused ADMM
-steps). Empty for now: cvxlayer runs on its pure-torch and native code paths."""
+"""cvxlayer_cuda: Triton kernels for the torch solver's hot loops, with torch references.
 
-KERNELS: dict = {}
+Kernels (each has a pure-torch reference in `cvxlayer` with the same semantics):
+  `soc.proj_soc`            Π onto second-order cones, one program per cone;
+  `admm_update.admm_update`  the per-iteration ADMM vector update of the "torch" mode (the
+                            scalar τ̃ of the homogeneous embedding, ũ, 2ũ − v, and the
+                            elementwise projections) fused into one kernel per batch element.
+
+Which implementation runs (`backend_for`): "auto" (default) uses the Triton kernels for CUDA
+tensors when Triton is installed and the torch references otherwise; "triton" forces the
+kernels (CPU tensors need Triton's interpreter, `TRITON_INTERPRET=1`: that is how the tests
+run them without a GPU); "torch" forces the references. Set it with `set_backend(name)` or
+the `CVXLAYER_KERNELS` environment variable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+_state = {"backend": os.environ.get("CVXLAYER_KERNELS", "auto")}
+
+
+def triton_available() -> bool:
+    """Whether the `triton` package can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def set_backend(name: str) -> None:
+    """Choose "auto", "triton" or "torch" for every kernel (see the module docstring)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; choose one of {BACKENDS}")
+    _state["backend"] = name
+
+
+def get_backend() -> str:
+    """The backend setting ("auto", "triton" or "torch")."""
+    name = _state["backend"]
+    if name not in BACKENDS:
+        raise ValueError(f"CVXLAYER_KERNELS={name!r} is not one of {BACKENDS}")
+    return name
+
+
+def backend_for(tensor: torch.Tensor) -> str:
+    """The implementation that runs on `tensor`: "triton" or "torch".
+
+    Raises:
+        RuntimeError: "triton" is forced but Triton is missing, or the tensor is on the CPU
+            without Triton's interpreter.
+    """
+    name = get_backend()
+    if name == "torch":
+        return "torch"
+    if name == "auto":
+        return "triton" if tensor.is_cuda and triton_available() else "torch"
+    if not triton_available():
+        raise RuntimeError("the Triton kernels were requested but `triton` is not installed")
+    if not tensor.is_cuda and not interpreting():
+        raise RuntimeError(
+            "the Triton kernels run on CUDA tensors, or on CPU tensors under Triton's "
+            "interpreter (set TRITON_INTERPRET=1 before importing triton)"
+        )
+    return "triton"
+
+
+__all__ = [
+    "BACKENDS",
+    "backend_for",
+    "get_backend",
+    "interpreting",
+    "set_backend",
+    "triton_available",
+]

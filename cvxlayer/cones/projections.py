@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+import cvxlayer_cuda
 from cvxlayer.cones.power import d_pow, d_pow_dual, proj_pow, proj_pow_dual
 from cvxlayer.cones.spec import ConeSpec, psd_rows
 
@@ -24,7 +25,18 @@ _SQRT2 = math.sqrt(2.0)
 
 # ---------------------------------------------------------------- second-order cone
 def proj_soc(z: torch.Tensor) -> torch.Tensor:
-    """Π onto {(t, x) : ‖x‖ ≤ t} for z of shape (..., q), t = z[..., 0]."""
+    """Π onto {(t, x) : ‖x‖ ≤ t} for z of shape (..., q), t = z[..., 0]: the Triton kernel
+    `cvxlayer_cuda.soc.proj_soc` where `cvxlayer_cuda.backend_for(z)` says so, else the
+    reference below."""
+    if cvxlayer_cuda.backend_for(z) == "triton":
+        from cvxlayer_cuda.soc import proj_soc as kernel
+
+        return kernel(z)
+    return proj_soc_reference(z)
+
+
+def proj_soc_reference(z: torch.Tensor) -> torch.Tensor:
+    """Π onto {(t, x) : ‖x‖ ≤ t} for z of shape (..., q), t = z[..., 0], in plain torch."""
     t, x = z[..., :1], z[..., 1:]
     nx = x.norm(dim=-1, keepdim=True)
     scale = (t + nx) / 2
@@ -464,6 +476,14 @@ class ConeProjector:
             block = z[:, rows]  # (B, count, size)
             out[:, rows] = group.project(block, dual)
         return out
+
+    def dual_cones_(self, z: torch.Tensor) -> None:
+        """Π_{K*} in place on the rows of z (B, m) outside the zero and nonnegative cones
+        (those are elementwise and done by the solver's fused vector update)."""
+        for group in self.groups:
+            if group.family not in ("zero", "nonneg"):
+                rows = self._rows(group, z.device)
+                z[:, rows] = group.project(z[:, rows], dual=True)
 
     def primal(self, z: torch.Tensor) -> torch.Tensor:
         """Π_K(z), z: (B, m)."""

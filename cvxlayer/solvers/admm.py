@@ -23,8 +23,10 @@ from dataclasses import replace
 
 import torch
 
+import cvxlayer_cuda
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.program import ConeProgram
+from cvxlayer.solvers.admm_update import CONE, FREE, NONNEG, update_for
 from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
 from cvxlayer.solvers.linsys import make_linsys
 
@@ -207,6 +209,12 @@ class TorchADMM:
         iterations = torch.full((B,), settings.max_iters, dtype=torch.long)
 
         sqrt_size = math.sqrt(size)
+        update = update_for(b)
+        kinds = torch.full((n + m,), FREE, dtype=torch.int8, device=device)
+        kinds[n + st.cones.zero : n + st.cones.zero + st.cones.nonneg] = NONNEG
+        kinds[n + st.cones.zero + st.cones.nonneg :] = CONE
+        if settings.verbose:
+            print(f"[torch] vector update and cone kernels: {cvxlayer_cuda.backend_for(b)}")
         for it in range(settings.max_iters):
             ry = r_y()
             if it > 0:  # the embedding is homogeneous: keep the iterate's norm fixed
@@ -214,17 +222,14 @@ class TorchADMM:
             v = s.v
             guess = s.u[:, :n] + s.u[:, -1:] * s.g[:, :n]  # ≈ p_x near convergence (for CG)
             p_x, p_y = linsys.solve(r_x * v[:, :n], ry * v[:, n : n + m], guess)
-            p = torch.cat([p_x, p_y], 1)
-            tau = torch.ones_like(v[:, -1:]) if it == 0 else _root_plus(p, v, s.g, r_x, ry, n)
-            ut = torch.cat([p - tau * s.g, tau], 1)
-            z = 2 * ut - v
-            u_tau = torch.ones_like(tau) if it == 0 else z[:, -1:].clamp(min=0)
-            u = torch.cat([z[:, :n], projector.dual(z[:, n : n + m]), u_tau], 1)
-            rsk = r_full(ry) * (v + u - 2 * ut)
+            weights = r_full(ry)
+            ut, u = update(torch.cat([p_x, p_y], 1), v, s.g, weights[:, :-1], kinds, it == 0)
+            projector.dual_cones_(u[:, n : n + m])
             s.u = u
 
             last = it == settings.max_iters - 1
             if it == 0 or (it + 1) % _CHECK_EVERY == 0 or last:
+                rsk = weights * (v + u - 2 * ut)  # (r, s, κ): needed only here
                 res = _residuals(s, u, rsk, n, m)
                 done = _classify(res, settings)
                 if last:
@@ -238,7 +243,7 @@ class TorchADMM:
                         break
                     s.select(keep)
                     linsys.select(keep)
-                    ut, u, rsk, ry = ut[keep], u[keep], rsk[keep], ry[keep]
+                    ut, u, rsk = ut[keep], u[keep], rsk[keep]
                     res = {k: val[keep] for k, val in res.items()}
                 if settings.verbose:
                     print(
@@ -326,20 +331,6 @@ class _Anderson:
         s.aa_norm = f.norm(dim=1)
         s.aa_plain = v_out
         return torch.where(use.unsqueeze(1), accelerated, v_out)
-
-
-def _root_plus(p, v, g, r_x, r_y, n):
-    """τ̃ ≥ 0 solving the homogeneous embedding's scalar quadratic (R-weighted inner products)."""
-    R = torch.cat([torch.full_like(p[:, :n], r_x), r_y], 1)
-    mu, eta = v[:, :-1], v[:, -1:]
-
-    def dot(a, b_):
-        return (R * a * b_).sum(1, keepdim=True)
-
-    a = 1.0 + dot(g, g)
-    b = dot(mu, g) - 2 * dot(p, g) - eta
-    c = dot(p, p) - dot(p, mu)
-    return (-b + (b * b - 4 * a * c).clamp(min=0).sqrt()) / (2 * a)
 
 
 def _residuals(s: _Batch, u, rsk, n, m) -> dict[str, torch.Tensor]:

@@ -1,0 +1,121 @@
+"""cvxlayer_cuda's Triton kernels against their torch references, and the backend choice.
+
+Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set here before
+Triton is imported); with one they run compiled on CUDA. Skipped when Triton is absent.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton")
+
+import cvxlayer_cuda  # noqa: E402
+from cvxlayer import CvxpyLayer  # noqa: E402
+from cvxlayer.cones.projections import ConeProjector, proj_soc_reference  # noqa: E402
+from cvxlayer.cones.spec import ConeSpec  # noqa: E402
+from cvxlayer.solvers.admm_update import CONE, FREE, NONNEG, admm_update_reference  # noqa: E402
+from cvxlayer_cuda.admm_update import admm_update  # noqa: E402
+from cvxlayer_cuda.soc import proj_soc  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GEN = torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def forced():
+    """Force a backend for one test and restore the previous setting."""
+    before = cvxlayer_cuda.get_backend()
+    yield cvxlayer_cuda.set_backend
+    cvxlayer_cuda.set_backend(before)
+
+
+def _randn(*shape, dtype=torch.float64):
+    return torch.randn(*shape, generator=GEN, dtype=dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("size", [1, 2, 5, 33])
+def test_soc_kernel_matches_reference(size, dtype):
+    z = _randn(7, 11, size, dtype=dtype)
+    z[0, 0, 0] = z[0, 0, 1:].norm() + 1  # inside
+    z[0, 1, 0] = -z[0, 1, 1:].norm() - 1  # polar
+    torch.testing.assert_close(proj_soc(z), proj_soc_reference(z))
+
+
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("size", [3, 40, 1500])  # 1500 > one block: the loops run twice
+def test_admm_update_kernel_matches_reference(size, dtype, first):
+    B = 6
+    p, g = _randn(B, size, dtype=dtype), _randn(B, size, dtype=dtype)
+    v = _randn(B, size + 1, dtype=dtype)
+    weights = torch.rand(B, size, generator=GEN, dtype=dtype).to(DEVICE) + 0.1
+    kinds = torch.randint(0, 3, (size,), generator=GEN).to(torch.int8).to(DEVICE)
+    for got, ref in zip(
+        admm_update(p, v, g, weights, kinds, first),
+        admm_update_reference(p, v, g, weights, kinds, first),
+    ):
+        torch.testing.assert_close(got, ref)
+    assert {FREE, NONNEG, CONE} == {0, 1, 2}
+
+
+def test_backend_choice_is_visible_and_can_be_forced(forced):
+    cpu = torch.zeros(1)
+    forced("auto")
+    assert cvxlayer_cuda.backend_for(cpu) == "torch"  # auto: kernels only on CUDA
+    forced("triton")
+    if cvxlayer_cuda.interpreting():
+        assert cvxlayer_cuda.backend_for(cpu) == "triton"
+    else:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            cvxlayer_cuda.backend_for(cpu)
+    forced("torch")
+    assert cvxlayer_cuda.backend_for(cpu) == "torch"
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        cvxlayer_cuda.set_backend("cuda")
+
+
+def test_forcing_kernels_without_triton_is_a_clear_error(forced, monkeypatch):
+    monkeypatch.setattr(cvxlayer_cuda, "triton_available", lambda: False)
+    forced("auto")
+    assert cvxlayer_cuda.backend_for(torch.zeros(1)) == "torch"
+    forced("triton")
+    with pytest.raises(RuntimeError, match="not installed"):
+        cvxlayer_cuda.backend_for(torch.zeros(1))
+
+
+def test_projector_uses_the_kernel_when_forced(forced):
+    spec = ConeSpec(nonneg=2, soc=(3, 4, 3))
+    v = _randn(5, spec.size)
+    forced("torch")
+    ref = ConeProjector(spec).dual(v)
+    forced("triton")
+    torch.testing.assert_close(ConeProjector(spec).dual(v), ref)
+
+
+def test_torch_mode_solves_identically_with_kernels(forced):
+    """A whole solve (SOC, nonneg and zero rows) with the kernels equals the reference one
+    to rounding: same iterations, same solution."""
+    import cvxpy as cp
+
+    n = 4
+    F, p = cp.Parameter((n, n)), cp.Parameter(n)
+    y = cp.Variable(n)
+    prob = cp.Problem(
+        cp.Minimize(cp.sum_squares(y - p)), [cp.norm(F @ y) <= 1, y >= -0.5, cp.sum(y) == 0.1]
+    )
+    layer = CvxpyLayer(prob, [F, p], [y], mode="torch", fast_path=False)
+    Fv = _randn(3, n, n) + 2 * torch.eye(n, dtype=torch.float64, device=DEVICE)
+    pv = 3 * _randn(3, n)
+    runs = {}
+    for backend in ("torch", "triton"):
+        forced(backend)
+        runs[backend] = layer(Fv, pv, solver_args={"eps": 1e-8}, return_status=True)
+    (y_ref,), info_ref = runs["torch"]
+    (y_ker,), info_ker = runs["triton"]
+    torch.testing.assert_close(y_ker, y_ref, atol=1e-9, rtol=0)
+    assert info_ker.iterations.tolist() == info_ref.iterations.tolist()
