@@ -94,18 +94,7 @@ class ConeProgram:
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A (B, m, n) and the full symmetric P (B, n, n) (or None) as dense tensors."""
-        st, B = self.structure, self.batch_size
-        device = self.b.device
-        rows, cols = (torch.as_tensor(a, device=device) for a in st.a_coords())
-        A = self.A.new_zeros(B, st.m, st.n)
-        A[:, rows, cols] = self.A
-        if self.P is None:
-            return A, None
-        p_rows, p_cols = (torch.as_tensor(a, device=device) for a in st.p_coords())
-        P = self.P.new_zeros(B, st.n, st.n)
-        P[:, p_rows, p_cols] = self.P
-        P = P + P.transpose(1, 2) - torch.diag_embed(torch.diagonal(P, dim1=1, dim2=2))
-        return A, P
+        return SparseOps(self.structure, self.b.device).dense(self.A, self.P)
 
     def to_scipy(self) -> list[tuple[sp.csc_matrix, np.ndarray, np.ndarray, sp.csc_matrix | None]]:
         """Each element as SciPy/NumPy float64 data (A, b, c, P) for a native solver."""
@@ -122,3 +111,66 @@ class ConeProgram:
                 Pi = sp.csc_matrix((P[i], st.p_indices, st.p_indptr), shape=(st.n, st.n))
             out.append((Ai, b[i], c[i], Pi))
         return out
+
+
+class SparseOps:
+    """Batched products with A, Aᵀ and the symmetric P on a structure's sparsity pattern.
+
+    Values come with each call (A: (B, nnz_A), P: (B, nnz_P) upper triangle, or None); the
+    index tensors live on `device`, built once. Every product costs O(B · nnz) time and
+    memory: nothing m × n is formed except by `dense`.
+    """
+
+    def __init__(self, structure: ConeStructure, device: torch.device | str) -> None:
+        self.m, self.n = structure.m, structure.n
+        self.a_rows, self.a_cols = (torch.as_tensor(t, device=device) for t in structure.a_coords())
+        if structure.p_indices is not None:
+            self.p_rows, self.p_cols = (
+                torch.as_tensor(t, device=device) for t in structure.p_coords()
+            )
+            self.p_on_diagonal = self.p_rows == self.p_cols
+
+    def a(self, A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """A v: (B, m) from v (B, n)."""
+        out = v.new_zeros(v.shape[0], self.m)
+        return out.index_add_(1, self.a_rows, A * v[:, self.a_cols])
+
+    def at(self, A: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Aᵀ w: (B, n) from w (B, m)."""
+        out = w.new_zeros(w.shape[0], self.n)
+        return out.index_add_(1, self.a_cols, A * w[:, self.a_rows])
+
+    def p(self, P: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
+        """P v (B, n), P symmetric stored as its upper triangle; zeros without P."""
+        out = v.new_zeros(v.shape[0], self.n)
+        if P is None:
+            return out
+        out.index_add_(1, self.p_rows, P * v[:, self.p_cols])
+        off = torch.where(self.p_on_diagonal, torch.zeros_like(P), P)
+        return out.index_add_(1, self.p_cols, off * v[:, self.p_rows])
+
+    def weighted_column_norms(self, A: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """diag(Aᵀ W A) = Σᵢ wᵢ A_ij² per column j: (B, n) from weights (B, m)."""
+        out = A.new_zeros(A.shape[0], self.n)
+        return out.index_add_(1, self.a_cols, A * A * weights[:, self.a_rows])
+
+    def p_diagonal(self, P: torch.Tensor) -> torch.Tensor:
+        """diag(P): (B, n)."""
+        out = P.new_zeros(P.shape[0], self.n)
+        diag = torch.where(self.p_on_diagonal, P, torch.zeros_like(P))
+        return out.index_add_(1, self.p_rows, diag)
+
+    def dense(
+        self, A: torch.Tensor, P: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A (B, m, n) and the full symmetric P (B, n, n) (or None) as dense tensors."""
+        B = A.shape[0]
+        A_dense = A.new_zeros(B, self.m, self.n)
+        A_dense[:, self.a_rows, self.a_cols] = A
+        if P is None:
+            return A_dense, None
+        P_dense = P.new_zeros(B, self.n, self.n)
+        P_dense[:, self.p_rows, self.p_cols] = P
+        off = torch.where(self.p_on_diagonal, torch.zeros_like(P), P)
+        P_dense[:, self.p_cols, self.p_rows] += off
+        return A_dense, P_dense

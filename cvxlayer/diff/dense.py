@@ -28,7 +28,7 @@ import torch
 
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.linalg import lu_factor
-from cvxlayer.program import ConeProgram, ConeStructure
+from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
 
 
@@ -148,14 +148,12 @@ class ResidualMapAdjoint:
             J = residual_jacobian(A, P, projector.jacobian(y - s, dual=True))
             r = solve_transposed(J, rhs)
         else:  # matrix-free on the sparse data: memory grows with nnz, not with n·m
-            sub = ConeProgram(
-                st,
+            ops = _BoundProducts(
+                SparseOps(st, program.b.device),
                 program.A[idx],
-                program.b[idx],
-                program.c[idx],
                 None if program.P is None else program.P[idx],
             )
-            r, _ = lsqr(*_transposed_operator(_SparseProducts(sub), D, st.n), rhs)
+            r, _ = lsqr(*_transposed_operator(ops, D, st.n), rhs)
         r_u, r_v = r[:, : st.n], r[:, st.n :]
 
         rows, cols = (torch.as_tensor(a, device=program.b.device) for a in st.a_coords())
@@ -170,36 +168,23 @@ class ResidualMapAdjoint:
         return dA, db, dc, dP
 
 
-class _SparseProducts:
-    """Products with A, Aᵀ and P of a batch, over their sparsity patterns only."""
+class _BoundProducts:
+    """`SparseOps` products with one batch's values bound (v ↦ A v, w ↦ Aᵀ w, v ↦ P v)."""
 
-    def __init__(self, program: ConeProgram) -> None:
-        st, dev = program.structure, program.b.device
-        self.m, self.n = st.m, st.n
-        self.a_rows, self.a_cols = (torch.as_tensor(a, device=dev) for a in st.a_coords())
-        self.A = program.A
-        self.P = program.P
-        if program.P is not None:
-            self.p_rows, self.p_cols = (torch.as_tensor(a, device=dev) for a in st.p_coords())
-            self.P_off = torch.where(self.p_rows == self.p_cols, 0.0, program.P)
+    def __init__(self, ops: SparseOps, A: torch.Tensor, P: torch.Tensor | None) -> None:
+        self.ops, self.A, self.P = ops, A, P
 
-    def a(self, v: torch.Tensor) -> torch.Tensor:
-        out = v.new_zeros(v.shape[0], self.m)
-        return out.index_add_(1, self.a_rows, self.A * v[:, self.a_cols])
+    def a(self, v):
+        return self.ops.a(self.A, v)
 
-    def at(self, w: torch.Tensor) -> torch.Tensor:
-        out = w.new_zeros(w.shape[0], self.n)
-        return out.index_add_(1, self.a_cols, self.A * w[:, self.a_rows])
+    def at(self, w):
+        return self.ops.at(self.A, w)
 
-    def p(self, v: torch.Tensor):
-        """P v (P symmetric, stored as its upper triangle), or 0 without P."""
-        if self.P is None:
-            return 0
-        out = v.new_zeros(v.shape[0], self.n).index_add_(1, self.p_rows, self.P * v[:, self.p_cols])
-        return out.index_add_(1, self.p_cols, self.P_off * v[:, self.p_rows])
+    def p(self, v):
+        return self.ops.p(self.P, v)
 
 
-def _transposed_operator(ops: _SparseProducts, D, n):
+def _transposed_operator(ops: _BoundProducts, D, n):
     """(r ↦ Jᵀ r, w ↦ J w) without forming J (D symmetric, P symmetric)."""
 
     def jt(r):

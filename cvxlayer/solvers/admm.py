@@ -25,7 +25,7 @@ import torch
 
 import cvxlayer_cuda
 from cvxlayer.cones.projections import ConeProjector
-from cvxlayer.program import ConeProgram
+from cvxlayer.program import ConeProgram, SparseOps
 from cvxlayer.solvers.admm_update import CONE, FREE, NONNEG, update_for
 from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
 from cvxlayer.solvers.linsys import make_linsys
@@ -136,14 +136,14 @@ class TorchADMM:
             eps_infeas=floor_tolerance(settings.eps_infeas, dtype),
         )
         projector = ConeProjector(st.cones)
-        A, P = program.dense()
-        b, c = program.b, program.c
+        ops = SparseOps(st, device)
+        A, P, b, c = program.A, program.P, program.b, program.c  # A, P: values (B, nnz)
         if settings.normalize:
             D, E = equilibrate(program)
         else:
-            D, E = A.new_ones(B, m), A.new_ones(B, n)
-        A_hat = D.unsqueeze(2) * A * E.unsqueeze(1)
-        P_hat = None if P is None else E.unsqueeze(2) * P * E.unsqueeze(1)
+            D, E = b.new_ones(B, m), b.new_ones(B, n)
+        A_hat = D[:, ops.a_rows] * A * E[:, ops.a_cols]
+        P_hat = None if P is None else E[:, ops.p_rows] * P * E[:, ops.p_cols]
         zero_rows = torch.zeros(m, dtype=torch.bool, device=device)
         zero_rows[: st.cones.zero] = True
         zero_weight = torch.where(zero_rows, 1e-3, 1.0).to(dtype)
@@ -178,7 +178,7 @@ class TorchADMM:
             )
 
         def refactor():
-            linsys.factor(s.A_hat, s.P_hat, r_x, r_y())
+            linsys.factor(ops, s.A_hat, s.P_hat, r_x, r_y())
             g_x, g_y = linsys.solve(s.c_hat, s.b_hat)
             s.g = torch.cat([g_x, g_y], 1)
 
@@ -230,7 +230,7 @@ class TorchADMM:
             last = it == settings.max_iters - 1
             if it == 0 or (it + 1) % _CHECK_EVERY == 0 or last:
                 rsk = weights * (v + u - 2 * ut)  # (r, s, κ): needed only here
-                res = _residuals(s, u, rsk, n, m)
+                res = _residuals(s, ops, u, rsk, n, m)
                 done = _classify(res, settings)
                 if last:
                     done = torch.where(done == 0, _unfinished(res), done)
@@ -333,16 +333,16 @@ class _Anderson:
         return torch.where(use.unsqueeze(1), accelerated, v_out)
 
 
-def _residuals(s: _Batch, u, rsk, n, m) -> dict[str, torch.Tensor]:
+def _residuals(s: _Batch, ops: SparseOps, u, rsk, n, m) -> dict[str, torch.Tensor]:
     """Residuals in the original (unnormalized) data, SCS's definitions, infinity norms."""
     tau = u[:, -1]
     kappa = rsk[:, -1]
     x = s.E * u[:, :n]  # x·τ
     y = s.D * u[:, n : n + m]  # y·τ
     sl = rsk[:, n : n + m] / s.D  # s·τ
-    ax = (s.A @ x.unsqueeze(-1)).squeeze(-1)
-    aty = (s.A.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1)
-    px = torch.zeros_like(x) if s.P is None else (s.P @ x.unsqueeze(-1)).squeeze(-1)
+    ax = ops.a(s.A, x)
+    aty = ops.at(s.A, y)
+    px = ops.p(s.P, x)
     safe_tau = torch.where(tau > 0, tau, torch.ones_like(tau))
     ctx = (s.c * x).sum(1)
     bty = (s.b * y).sum(1)

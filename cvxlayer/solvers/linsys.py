@@ -9,9 +9,12 @@ Strategies (`LINSYS`), each with `factor` (once per solve, again when R changes)
 `select` (drop finished batch elements):
   "cholesky"  batched Cholesky of K (n × n), two triangular solves per iteration;
   "lu"        batched LU of the full (n + m) × (n + m) matrix R + M;
-  "cg"        batched conjugate gradients on K, matrix-free, warm-started from the last
-              solution, each element stopping on its own residual.
-Shapes: A (B, m, n), P (B, n, n) or None, r_x scalar, r_y (B, m), w_x (B, n), w_y (B, m).
+  "cg"        batched conjugate gradients on K, matrix-free on the sparse data (memory
+              O(B · nnz)), Jacobi-preconditioned, warm-started, each element stopping on its
+              own residual.
+The data come as values on the shared sparsity pattern (`SparseOps`): A (B, nnz_A), P
+(B, nnz_P) or None; r_x scalar, r_y (B, m), w_x (B, n), w_y (B, m). The direct methods
+form their dense matrices from them.
 """
 
 from __future__ import annotations
@@ -19,19 +22,12 @@ from __future__ import annotations
 import torch
 
 from cvxlayer.linalg import lu_factor
-
-
-def _reduced_rhs(A, r_y, w_x, w_y):
-    return w_x - (A.transpose(1, 2) @ (w_y / r_y).unsqueeze(-1)).squeeze(-1)
-
-
-def _recover_y(A, r_y, w_y, z_x):
-    return (w_y + (A @ z_x.unsqueeze(-1)).squeeze(-1)) / r_y
+from cvxlayer.program import SparseOps
 
 
 class _Data:
-    def factor(self, A, P, r_x, r_y) -> None:
-        self.A, self.P, self.r_x, self.r_y = A, P, r_x, r_y
+    def factor(self, ops: SparseOps, A, P, r_x, r_y) -> None:
+        self.ops, self.A, self.P, self.r_x, self.r_y = ops, A, P, r_x, r_y
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the batch elements in `keep` (indices)."""
@@ -39,12 +35,11 @@ class _Data:
         if self.P is not None:
             self.P = self.P[keep]
 
+    def _reduced_rhs(self, w_x, w_y):
+        return w_x - self.ops.at(self.A, w_y / self.r_y)
 
-def _reduced_matrix(A, P, r_x, r_y) -> torch.Tensor:
-    K = A.transpose(1, 2) @ (A / r_y.unsqueeze(-1))
-    if P is not None:
-        K = K + P
-    return K + r_x * torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+    def _recover_y(self, w_y, z_x):
+        return (w_y + self.ops.a(self.A, z_x)) / self.r_y
 
 
 class CholeskySystem(_Data):
@@ -52,18 +47,23 @@ class CholeskySystem(_Data):
 
     name = "cholesky"
 
-    def factor(self, A, P, r_x, r_y) -> None:
-        super().factor(A, P, r_x, r_y)
-        self.L = torch.linalg.cholesky(_reduced_matrix(A, P, r_x, r_y))
+    def factor(self, ops, A, P, r_x, r_y) -> None:
+        super().factor(ops, A, P, r_x, r_y)
+        A_d, P_d = ops.dense(A, P)
+        K = A_d.transpose(1, 2) @ (A_d / r_y.unsqueeze(-1))
+        if P_d is not None:
+            K = K + P_d
+        K = K + r_x * torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+        self.L = torch.linalg.cholesky(K)
 
     def select(self, keep) -> None:
         super().select(keep)
         self.L = self.L[keep]
 
     def solve(self, w_x, w_y, warm=None):
-        rhs = _reduced_rhs(self.A, self.r_y, w_x, w_y)
+        rhs = self._reduced_rhs(w_x, w_y)
         z_x = torch.cholesky_solve(rhs.unsqueeze(-1), self.L).squeeze(-1)
-        return z_x, _recover_y(self.A, self.r_y, w_y, z_x)
+        return z_x, self._recover_y(w_y, z_x)
 
 
 class LUSystem(_Data):
@@ -71,15 +71,16 @@ class LUSystem(_Data):
 
     name = "lu"
 
-    def factor(self, A, P, r_x, r_y) -> None:
-        super().factor(A, P, r_x, r_y)
-        B, m, n = A.shape
+    def factor(self, ops, A, P, r_x, r_y) -> None:
+        super().factor(ops, A, P, r_x, r_y)
+        A_d, P_d = ops.dense(A, P)
+        B, m, n = A_d.shape
         eye = torch.eye(n, dtype=A.dtype, device=A.device)
-        top_left = r_x * eye + (P if P is not None else 0)
+        top_left = r_x * eye + (P_d if P_d is not None else 0)
         full = torch.cat(
             [
-                torch.cat([top_left.expand(B, n, n), A.transpose(1, 2)], dim=2),
-                torch.cat([-A, torch.diag_embed(r_y)], dim=2),
+                torch.cat([top_left.expand(B, n, n), A_d.transpose(1, 2)], dim=2),
+                torch.cat([-A_d, torch.diag_embed(r_y)], dim=2),
             ],
             dim=1,
         )
@@ -111,26 +112,24 @@ class CGSystem(_Data):
         self.rel_tol = rel_tol
         self.max_iters = max_iters
 
-    def factor(self, A, P, r_x, r_y) -> None:
-        super().factor(A, P, r_x, r_y)
+    def factor(self, ops, A, P, r_x, r_y) -> None:
+        super().factor(ops, A, P, r_x, r_y)
         # Jacobi preconditioner: diag(K)
-        self.diag = r_x + (A * A / r_y.unsqueeze(-1)).sum(1)
+        self.diag = r_x + ops.weighted_column_norms(A, 1 / r_y)
         if P is not None:
-            self.diag = self.diag + torch.diagonal(P, dim1=1, dim2=2)
+            self.diag = self.diag + ops.p_diagonal(P)
 
     def select(self, keep) -> None:
         super().select(keep)
         self.diag = self.diag[keep]
 
     def _matvec(self, v):
-        Av = (self.A @ v.unsqueeze(-1)).squeeze(-1)
-        out = self.r_x * v + (self.A.transpose(1, 2) @ (Av / self.r_y).unsqueeze(-1)).squeeze(-1)
-        if self.P is not None:
-            out = out + (self.P @ v.unsqueeze(-1)).squeeze(-1)
-        return out
+        ops = self.ops
+        out = self.r_x * v + ops.at(self.A, ops.a(self.A, v) / self.r_y)
+        return out if self.P is None else out + ops.p(self.P, v)
 
     def solve(self, w_x, w_y, warm: torch.Tensor | None = None):
-        rhs = _reduced_rhs(self.A, self.r_y, w_x, w_y)
+        rhs = self._reduced_rhs(w_x, w_y)
         x = torch.zeros_like(rhs) if warm is None else warm
         r = rhs - self._matvec(x)
         z = r / self.diag
@@ -150,7 +149,7 @@ class CGSystem(_Data):
             rz_new = (r * z).sum(1, keepdim=True)
             p = z + (rz_new / rz.clamp(min=1e-300)) * p
             rz = rz_new
-        return x, _recover_y(self.A, self.r_y, w_y, x)
+        return x, self._recover_y(w_y, x)
 
 
 LINSYS = {cls.name: cls for cls in (CholeskySystem, LUSystem, CGSystem)}
