@@ -267,16 +267,18 @@ def _eye_like(z: torch.Tensor) -> torch.Tensor:
     return torch.eye(size, dtype=z.dtype, device=z.device).expand(*z.shape, size)
 
 
+# The zero and nonnegative cones project elementwise: their Jacobians are diagonal and are
+# returned as the diagonal itself, (..., size), never as (..., size, size).
 def d_identity(z: torch.Tensor) -> torch.Tensor:
-    return _eye_like(z).clone()
+    return torch.ones_like(z)
 
 
 def d_zero(z: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(*z.shape, z.shape[-1], dtype=z.dtype, device=z.device)
+    return torch.zeros_like(z)
 
 
 def d_nonneg(z: torch.Tensor) -> torch.Tensor:
-    return torch.diag_embed((z > 0).to(z.dtype))
+    return (z > 0).to(z.dtype)
 
 
 def d_soc(z: torch.Tensor) -> torch.Tensor:
@@ -490,7 +492,8 @@ class ConeProjector:
         return self._apply(z, dual=False)
 
     def jacobian_blocks(self, z: torch.Tensor, dual: bool) -> list:
-        """[(rows (count, size), blocks (B, count, size, size))] of DΠ_K (DΠ_{K*} if `dual`)."""
+        """[(rows (count, size), J)] of DΠ_K (DΠ_{K*} if `dual`): J is (B, count, size, size)
+        per cone, or the diagonal (B, count, size) for the elementwise zero/nonneg cones."""
         out = []
         for group in self.groups:
             rows = self._rows(group, z.device)
@@ -501,7 +504,10 @@ class ConeProjector:
         """(B, m, m) block-diagonal Jacobian of Π_K (or Π_{K*} if `dual`) at z (B, m)."""
         jac = z.new_zeros(z.shape[0], z.shape[1], z.shape[1])
         for rows, blocks in self.jacobian_blocks(z, dual):
-            jac[:, rows.unsqueeze(-1), rows.unsqueeze(-2)] = blocks
+            if blocks.dim() == 3:  # a diagonal
+                jac[:, rows, rows] = blocks
+            else:
+                jac[:, rows.unsqueeze(-1), rows.unsqueeze(-2)] = blocks
         return jac
 
     @staticmethod
@@ -509,7 +515,10 @@ class ConeProjector:
         """DΠ w for w (B, m), with `blocks` from `jacobian_blocks` (never forms the m × m)."""
         out = torch.zeros_like(w)
         for rows, jac in blocks:
-            out[:, rows] = (jac @ w[:, rows].unsqueeze(-1)).squeeze(-1)
+            if jac.dim() == 3:
+                out[:, rows] = jac * w[:, rows]
+            else:
+                out[:, rows] = (jac @ w[:, rows].unsqueeze(-1)).squeeze(-1)
         return out
 
     def dual(self, z: torch.Tensor) -> torch.Tensor:
