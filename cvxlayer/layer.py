@@ -149,7 +149,8 @@ class CvxpyLayer(torch.nn.Module):
             solver_args: settings for this call: `eps` (sets `eps_abs` and `eps_rel`), every
                 field of `SolveSettings` (`eps_abs`, `eps_rel`, `eps_infeas`, `max_iters`,
                 `linsys`, `scale`, `alpha`, `normalize`, …), `backward` ("auto", "dense",
-                "lsqr", "diffcp") and `failed_gradient` ("zero", "nan").
+                "lsqr", "diffcp"), `failed_gradient` ("zero", "nan") and `max_batch` (solve
+                the batch in chunks of at most this many elements: bounds peak memory).
                 Unknown keys raise `ValueError`.
             return_status: if True, return `(solutions, SolveInfo)` and do not raise for
                 elements that were not solved; their gradients are zero (or NaN with
@@ -173,16 +174,15 @@ class CvxpyLayer(torch.nn.Module):
         mode = self.mode
         if mode == "auto":
             mode = AUTO_CUDA if values[0].is_cuda else AUTO_CPU
-        if self.fast_path is None:
-            solution = solve_and_differentiate(
-                self.compiled.param_map.apply(theta),
-                self.solvers[mode],
-                options.settings,
-                adjoint,
-                failed_gradient=options.failed_gradient,
-            )
-        else:
-            solution, mode = self._solve_fast(theta, options, adjoint, mode)
+        chunk = options.max_batch or theta.shape[0]
+        parts = [
+            self._solve(theta[start : start + chunk], options, adjoint, mode)
+            for start in range(0, theta.shape[0], chunk)
+        ]
+        solution = _concatenate([sol for sol, _ in parts])
+        modes = [name for _, name in parts]
+        # a chunk that needed the generic fallback names the call's mode ("qp+scs")
+        mode = next((name for name in modes if "+" in name), modes[0])
         info = SolveInfo(solution.status, solution.iterations, mode)
         if not return_status:
             _raise_on_failure(info)
@@ -190,6 +190,19 @@ class CvxpyLayer(torch.nn.Module):
         if not batched:
             outputs = tuple(o.squeeze(0) for o in outputs)
         return (outputs, info) if return_status else outputs
+
+    def _solve(self, theta: torch.Tensor, options: CallOptions, adjoint, mode: str):
+        """(Solution, mode that ran) for a batch of θ̃ (B, d)."""
+        if self.fast_path is not None:
+            return self._solve_fast(theta, options, adjoint, mode)
+        solution = solve_and_differentiate(
+            self.compiled.param_map.apply(theta),
+            self.solvers[mode],
+            options.settings,
+            adjoint,
+            failed_gradient=options.failed_gradient,
+        )
+        return solution, mode
 
     def _solve_fast(self, theta: torch.Tensor, options: CallOptions, adjoint, mode: str):
         """The fast path, then the generic `mode` for the elements it did not solve."""
@@ -219,6 +232,19 @@ class CvxpyLayer(torch.nn.Module):
             iterations,
         )
         return merged, f"{self.fast_path.name}+{mode}"
+
+
+def _concatenate(parts: list[Solution]) -> Solution:
+    """The solutions of consecutive chunks of a batch as one."""
+    if len(parts) == 1:
+        return parts[0]
+    return Solution(
+        torch.cat([p.x for p in parts]),
+        torch.cat([p.y for p in parts]),
+        torch.cat([p.s for p in parts]),
+        tuple(status for p in parts for status in p.status),
+        torch.cat([p.iterations for p in parts]),
+    )
 
 
 def _raise_on_failure(info: SolveInfo) -> None:

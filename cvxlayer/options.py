@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from cvxlayer.solvers.base import SolveSettings
 
 _SETTINGS = frozenset(f.name for f in fields(SolveSettings))
-ACCEPTED = frozenset({"eps", "backward", "failed_gradient"}) | _SETTINGS
+ACCEPTED = frozenset({"eps", "backward", "failed_gradient", "max_batch"}) | _SETTINGS
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,14 @@ class CallOptions:
         settings: forward solver settings.
         backward: name of the backward (adjoint) method.
         failed_gradient: "zero" or "nan": the gradient of elements that were not solved.
+        max_batch: solve at most this many elements at once (chunks bound the peak memory of
+            a large batch); None: the whole batch together.
     """
 
     settings: SolveSettings
     backward: str
     failed_gradient: str = "zero"
+    max_batch: int | None = None
 
 
 def parse_solver_args(
@@ -48,6 +51,11 @@ def parse_solver_args(
         raise ValueError(
             f"solver_args['failed_gradient'] must be 'zero' or 'nan', got {failed_gradient!r}"
         )
+    max_batch = args.pop("max_batch", base.max_batch)
+    if max_batch is not None:
+        if int(max_batch) < 1:
+            raise ValueError(f"solver_args['max_batch'] must be >= 1, got {max_batch!r}")
+        max_batch = int(max_batch)
     if "eps" in args:
         eps = args.pop("eps")
         args.setdefault("eps_abs", eps)
@@ -60,4 +68,4 @@ def parse_solver_args(
             raise ValueError(f"solver_args['max_iters'] must be >= 1, got {args['max_iters']!r}")
         args["max_iters"] = int(args["max_iters"])
     settings = replace(base.settings, **args)
-    return CallOptions(settings, backward, failed_gradient)
+    return CallOptions(settings, backward, failed_gradient, max_batch)

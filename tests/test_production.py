@@ -67,3 +67,34 @@ def test_wrapping_the_same_problem_twice_compiles_once():
     assert CvxpyLayer(problem, [p], [x], gp=False, canon_backend="SCIPY").compiled is not (
         first.compiled
     )
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_max_batch_chunks_give_the_same_solutions_status_and_gradients(fast_path):
+    """A batch of 7 in chunks of 3 (3 + 3 + 1) equals the whole batch solved at once; an
+    infeasible element in the middle chunk keeps its status and gets a zero gradient."""
+    n = 3
+    p, lo = cp.Parameter(n), cp.Parameter()
+    x = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - p)), [x >= lo, cp.sum(x) <= 1])
+    layer = CvxpyLayer(prob, [p, lo], [x], fast_path=fast_path)
+    gen = torch.Generator().manual_seed(2)
+    pv = torch.randn(7, n, generator=gen, dtype=torch.float64)
+    lov = torch.full((7,), -1.0, dtype=torch.float64)
+    lov[4] = 1.0  # sum(x) ≥ 3 > 1: infeasible
+    results = {}
+    for max_batch in (None, 3):
+        leaves = [pv.clone().requires_grad_(), lov.clone().requires_grad_()]
+        args = {"eps": 1e-9, "max_batch": max_batch}
+        (out,), info = layer(*leaves, solver_args=args, return_status=True)
+        out[torch.arange(7) != 4].sum().backward()
+        results[max_batch] = (out, info, leaves)
+    (x_all, info_all, g_all), (x_chunk, info_chunk, g_chunk) = results[None], results[3]
+    assert info_chunk.status == info_all.status and not info_chunk.status[4].ok
+    keep = torch.arange(7) != 4
+    torch.testing.assert_close(x_chunk[keep], x_all[keep], atol=1e-7, rtol=0)
+    for a, b in zip(g_all, g_chunk):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=0)
+    assert (g_chunk[0].grad[4] == 0).all()
+    with pytest.raises(ValueError, match="max_batch"):
+        layer(pv, lov, solver_args={"max_batch": 0})

@@ -299,3 +299,20 @@ def test_sums_and_negations_of_psd_quad_forms():
     t = cp.Parameter(nonneg=True)
     with pytest.raises(ValueError, match="not DPP"):
         CvxpyLayer(cp.Problem(cp.Minimize(t * cp.quad_form(x, Q)), cons), [t, Q], [x])
+
+
+def test_large_sparse_qp_stays_on_the_sparse_generic_path_unless_asked():
+    """n · (n + m) above the QP path's dense limit: automatic choice declines it (the generic
+    modes keep the data sparse); fast_path="qp" still forces it."""
+    import scipy.sparse as sp
+
+    from cvxlayer.fastpaths import QP_DENSE_LIMIT
+
+    n, m = 1500, 2000
+    assert n * (n + m) > QP_DENSE_LIMIT
+    G = sp.random(m, n, density=3 / n, random_state=0, format="csr") + sp.eye(m, n)
+    c, h = cp.Parameter(n), cp.Parameter(m)
+    x = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(c @ x + 0.5 * cp.sum_squares(x)), [G @ x <= h])
+    assert CvxpyLayer(prob, [c, h], [x]).fast_path is None
+    assert CvxpyLayer(prob, [c, h], [x], fast_path="qp").fast_path.name == "qp"

@@ -25,10 +25,23 @@ def _match_lqr(compiled, problem) -> LQRForm | None:
     return None if qp is None else LQRForm.match(qp, compiled, problem)
 
 
+# The QP path works on dense (n × n) and (m × n) matrices per element; larger problems go to
+# the generic modes, which keep the data sparse, unless the QP path is asked for by name.
+QP_DENSE_LIMIT = 4_000_000  # n · (n + m) entries
+
+
+def _match_qp(compiled, problem, by_name: bool) -> QPForm | None:
+    st = compiled.structure
+    if not by_name and st.n * (st.n + st.m) > QP_DENSE_LIMIT:
+        return None
+    return QPForm.match(compiled.param_map)
+
+
+# name ↦ match(compiled, problem, by_name): by_name is True when the user asked for that path
 FAST_PATHS = {
-    "lml": EntropyForm.match,  # LML, sigmoid, softmax: entropy-regularized, one vector
-    "lqr": _match_lqr,
-    "qp": lambda compiled, problem: QPForm.match(compiled.param_map),
+    "lml": lambda compiled, problem, by_name: EntropyForm.match(compiled, problem),
+    "lqr": lambda compiled, problem, by_name: _match_lqr(compiled, problem),
+    "qp": _match_qp,
 }
 
 
@@ -49,7 +62,7 @@ def match_fast_path(compiled, problem, request: bool | str = True):
         )
     names = FAST_PATHS if request is True else (request,)
     for name in names:
-        found = FAST_PATHS[name](compiled, problem)
+        found = FAST_PATHS[name](compiled, problem, by_name=request is not True)
         if found is not None:
             return found
     if request is not True:
