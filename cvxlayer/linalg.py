@@ -8,12 +8,14 @@ import torch
 def lu_factor(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched LU of M (B, N, N): (LU, pivots, info), info ≠ 0 where M is singular.
 
-    torch 2.13's CPU build (MKL) can return invalid pivots from the batched factorization
-    after `torch.set_num_threads` for some batch and matrix sizes; the factorization is then
-    redone one element at a time, which is not affected.
+    On the CPU the elements are factored one at a time: torch 2.13's MKL build, once
+    `torch.set_num_threads` has been called, returns invalid pivots from the batched
+    factorization of matrices of a few hundred rows (printing "oneMKL ERROR … DLASWP" for
+    each) and can stall; single factorizations are not affected, and a batched CPU
+    factorization is a loop over elements anyway.
     """
-    lu, pivots, info = torch.linalg.lu_factor_ex(M)
-    if bool((pivots < 1).any()):
-        parts = [torch.linalg.lu_factor_ex(M[i : i + 1]) for i in range(M.shape[0])]
-        lu, pivots, info = (torch.cat(t) for t in zip(*parts))
-    return lu, pivots, info
+    if M.is_cuda or M.shape[0] <= 1:
+        return torch.linalg.lu_factor_ex(M)
+    parts = [torch.linalg.lu_factor_ex(M[i]) for i in range(M.shape[0])]
+    return tuple(torch.stack(t) for t in zip(*parts))
+
