@@ -18,4 +18,3 @@ def lu_factor(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         return torch.linalg.lu_factor_ex(M)
     parts = [torch.linalg.lu_factor_ex(M[i]) for i in range(M.shape[0])]
     return tuple(torch.stack(t) for t in zip(*parts))
-

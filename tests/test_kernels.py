@@ -15,13 +15,21 @@ triton = pytest.importorskip("triton")
 
 import cvxlayer_cuda  # noqa: E402
 from cvxlayer import CvxpyLayer  # noqa: E402
-from cvxlayer.cones.projections import ConeProjector, proj_soc_reference  # noqa: E402
+from cvxlayer.cones.projections import (  # noqa: E402
+    ConeProjector,
+    proj_exp_primal_polar_reference,
+    proj_soc_reference,
+)
 from cvxlayer.cones.spec import ConeSpec  # noqa: E402
 from cvxlayer.solvers.admm_update import CONE, FREE, NONNEG, admm_update_reference  # noqa: E402
 from cvxlayer_cuda.admm_update import admm_update  # noqa: E402
+from cvxlayer_cuda.exp_cone import proj_exp_primal_polar  # noqa: E402
 from cvxlayer_cuda.soc import proj_soc  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# the interpreter evaluates kernels with NumPy, which warns about the inf/NaN that masked-off
+# branches of elementwise `where`s compute (torch computes them silently)
+pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 GEN = torch.Generator().manual_seed(0)
 
 
@@ -44,6 +52,18 @@ def test_soc_kernel_matches_reference(size, dtype):
     z[0, 0, 0] = z[0, 0, 1:].norm() + 1  # inside
     z[0, 1, 0] = -z[0, 1, 1:].norm() - 1  # polar
     torch.testing.assert_close(proj_soc(z), proj_soc_reference(z))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+def test_exp_cone_kernel_matches_reference(scale, dtype):
+    """Every region: inside K, in the polar, the heuristic faces, and the Newton root."""
+    v = scale * _randn(600, 3, dtype=dtype)
+    atol = 1e-9 * max(1.0, scale) if dtype == torch.float64 else 1e-4 * max(1.0, scale)
+    for got, ref in zip(proj_exp_primal_polar(v), proj_exp_primal_polar_reference(v)):
+        torch.testing.assert_close(
+            got, ref, atol=atol, rtol=1e-6 if dtype == torch.float64 else 1e-4
+        )
 
 
 @pytest.mark.parametrize("first", [True, False])
@@ -119,3 +139,21 @@ def test_torch_mode_solves_identically_with_kernels(forced):
     (y_ker,), info_ker = runs["triton"]
     torch.testing.assert_close(y_ker, y_ref, atol=1e-9, rtol=0)
     assert info_ker.iterations.tolist() == info_ref.iterations.tolist()
+
+
+@pytest.mark.slow  # ~30 s in Triton's interpreter
+def test_torch_mode_with_exp_cones_agrees_with_kernels(forced):
+    """An entropy problem (exponential cones) solved with and without the kernels."""
+    import cvxpy as cp
+
+    n = 4
+    theta = cp.Parameter(n)
+    y = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(-theta @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1, y <= 0.4])
+    layer = CvxpyLayer(prob, [theta], [y], mode="torch", fast_path=False)
+    thetas = _randn(2, n)
+    outputs = {}
+    for backend in ("torch", "triton"):
+        forced(backend)
+        outputs[backend] = layer(thetas, solver_args={"eps": 1e-8})[0]
+    torch.testing.assert_close(outputs["triton"], outputs["torch"], atol=1e-6, rtol=0)

@@ -205,7 +205,18 @@ def _exp_from_rho(r, s, t, rho):
 
 
 def proj_exp_primal_polar(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Π_K(v), Π_{K°}(v)) for the exponential cone K, v of shape (..., 3) = (r, s, t)."""
+    """(Π_K(v), Π_{K°}(v)) for the exponential cone K, v of shape (..., 3) = (r, s, t): the
+    Triton kernel `cvxlayer_cuda.exp_cone` where `cvxlayer_cuda.backend_for(v)` says so,
+    else the reference below."""
+    if cvxlayer_cuda.backend_for(v) == "triton":
+        from cvxlayer_cuda.exp_cone import proj_exp_primal_polar as kernel
+
+        return kernel(v)
+    return proj_exp_primal_polar_reference(v)
+
+
+def proj_exp_primal_polar_reference(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Π_K(v), Π_{K°}(v)) for the exponential cone K, v of shape (..., 3), in plain torch."""
     r, s, t = v[..., 0], v[..., 1], v[..., 2]
     zero = torch.zeros_like(r)
     # heuristic primal projection: perspective boundary, or perspective interior if better
