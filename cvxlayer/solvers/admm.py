@@ -179,7 +179,7 @@ class TorchADMM:
 
         def refactor():
             linsys.factor(ops, s.A_hat, s.P_hat, r_x, r_y())
-            g_x, g_y = linsys.solve(s.c_hat, s.b_hat)
+            g_x, g_y = linsys.solve(s.c_hat, s.b_hat, precise=True)
             s.g = torch.cat([g_x, g_y], 1)
 
         refactor()

@@ -5,8 +5,9 @@ With R = diag(r_x I, diag(r_y)), eliminating z_y gives the SPD system
     K z_x = w_x − Aᵀ R_y⁻¹ w_y,   K = r_x I + P + Aᵀ R_y⁻¹ A,      z_y = R_y⁻¹ (w_y + A z_x).
 
 Strategies (`LINSYS`), each with `factor` (once per solve, again when R changes), `solve`
-(every iteration; `warm` is a starting guess for z_x that only iterative methods use) and
-`select` (drop finished batch elements):
+(every iteration; `warm` is a starting guess for z_x that only iterative methods use;
+`precise` asks iterative methods for the best accuracy the dtype allows, for the solve
+whose result every iteration reuses) and `select` (drop finished batch elements):
   "cholesky"  batched Cholesky of K (n × n), two triangular solves per iteration;
   "lu"        batched LU of the full (n + m) × (n + m) matrix R + M;
   "cg"        batched conjugate gradients on K, matrix-free on the sparse data (memory
@@ -60,7 +61,7 @@ class CholeskySystem(_Data):
         super().select(keep)
         self.L = self.L[keep]
 
-    def solve(self, w_x, w_y, warm=None):
+    def solve(self, w_x, w_y, warm=None, precise=False):
         rhs = self._reduced_rhs(w_x, w_y)
         z_x = torch.cholesky_solve(rhs.unsqueeze(-1), self.L).squeeze(-1)
         return z_x, self._recover_y(w_y, z_x)
@@ -91,7 +92,7 @@ class LUSystem(_Data):
         super().select(keep)
         self.lu, self.pivots = self.lu[keep], self.pivots[keep]
 
-    def solve(self, w_x, w_y, warm=None):
+    def solve(self, w_x, w_y, warm=None, precise=False):
         z = torch.linalg.lu_solve(self.lu, self.pivots, torch.cat([w_x, w_y], 1).unsqueeze(-1))
         z = z.squeeze(-1)
         return z[:, : self.n], z[:, self.n :]
@@ -128,14 +129,17 @@ class CGSystem(_Data):
         out = self.r_x * v + ops.at(self.A, ops.a(self.A, v) / self.r_y)
         return out if self.P is None else out + ops.p(self.P, v)
 
-    def solve(self, w_x, w_y, warm: torch.Tensor | None = None):
+    def solve(self, w_x, w_y, warm: torch.Tensor | None = None, precise: bool = False):
         rhs = self._reduced_rhs(w_x, w_y)
         x = torch.zeros_like(rhs) if warm is None else warm
         r = rhs - self._matvec(x)
         z = r / self.diag
         p = z
         rz = (r * z).sum(1, keepdim=True)
-        tol = self.rel_tol * rhs.norm(dim=1, keepdim=True).clamp(min=1e-30)
+        # precise: g = (R + M)⁻¹ h enters every iteration, and its error moves ADMM's fixed
+        # point (1e-10 there took T5-soc from 140 to > 2000 iterations)
+        rel_tol = 100 * torch.finfo(rhs.dtype).eps if precise else self.rel_tol
+        tol = rel_tol * rhs.norm(dim=1, keepdim=True).clamp(min=1e-30)
         for _ in range(self.max_iters or 10 * rhs.shape[1] + 10):
             active = r.norm(dim=1, keepdim=True) > tol
             if not bool(active.any()):
