@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from cvxlayer.solvers.base import SolveSettings
+from cvxlayer.solvers.linsys import LINSYS
 
 _SETTINGS = frozenset(f.name for f in fields(SolveSettings))
 ACCEPTED = frozenset({"eps", "backward", "failed_gradient", "max_batch"}) | _SETTINGS
@@ -63,6 +64,11 @@ def parse_solver_args(
     for key in ("eps_abs", "eps_rel", "eps_infeas"):
         if key in args and not float(args[key]) > 0:
             raise ValueError(f"solver_args[{key!r}] must be positive, got {args[key]!r}")
+    if "linsys" in args and args["linsys"] not in {"auto", *LINSYS}:
+        raise ValueError(
+            f"solver_args['linsys'] must be one of {['auto', *sorted(LINSYS)]}, "
+            f"got {args['linsys']!r}"
+        )
     if "max_iters" in args:
         if int(args["max_iters"]) < 1:
             raise ValueError(f"solver_args['max_iters'] must be >= 1, got {args['max_iters']!r}")

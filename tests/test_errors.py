@@ -77,6 +77,8 @@ def test_unknown_solver_args_key_lists_accepted(relu):
         layer(torch.ones(3), solver_args={"epsilon": 1e-3})
     with pytest.raises(ValueError, match="max_iters"):
         layer(torch.ones(3), solver_args={"max_iters": 0})
+    with pytest.raises(ValueError, match="linsys.*'cg'.*got 'qr'"):
+        layer(torch.ones(3), solver_args={"linsys": "qr"})
 
 
 @pytest.mark.parametrize(

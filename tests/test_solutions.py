@@ -141,3 +141,12 @@ def test_torch_mode_warm_start_from_the_solution_converges_at_once():
     assert all(s.ok for s in warm.status)
     assert (warm.iterations <= 10).all() and (cold.iterations > 10).all()
     torch.testing.assert_close(warm.x, cold.x, atol=1e-6, rtol=0)
+
+
+def test_auto_linsys_is_cholesky_for_small_and_cg_for_large_programs():
+    from cvxlayer.solvers.linsys import CGSystem, CholeskySystem, make_linsys
+
+    assert isinstance(make_linsys("auto", 128, 100, 100), CholeskySystem)
+    assert isinstance(make_linsys("auto", 4, 5000, 10_000), CGSystem)
+    with pytest.raises(ValueError, match="unknown linsys"):
+        make_linsys("qr", 1, 1, 1)

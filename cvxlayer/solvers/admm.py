@@ -12,8 +12,10 @@ homogeneous embedding of the linear complementarity problem"):
 and (x, y, s) = (u_x, u_y, rsk_s) / τ. The matrix R + M is factored once per solve (again
 when the adaptive scale changes R_y); every iteration is one solve with the factor, one
 batched cone projection, and vector updates. Data are equilibrated first (Ruiz), each
-element stops on its own residuals (checked every `_CHECK_EVERY` iterations, the only host
-synchronization of the loop), and finished elements leave the batch.
+element stops on its own residuals (checked every `_CHECK_EVERY` iterations, the loop's main
+host synchronization; the Anderson safeguard and CG read one flag per iteration), and
+finished elements leave the batch. The vector work of an iteration is one fused update
+(`admm_update`: a Triton kernel on CUDA) followed by the non-elementwise cone projections.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class TorchADMM:
             log_count=torch.zeros(B, dtype=dtype, device=device),
         )
         r_x = settings.rho_x
-        linsys = make_linsys(settings.linsys)
+        linsys = make_linsys(settings.linsys, B, n, m)
 
         def r_y():
             return zero_weight / s.scale  # (B, m): 1/(1000·scale) on zero rows, 1/scale else

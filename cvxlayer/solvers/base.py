@@ -55,8 +55,9 @@ class SolveSettings:
         rho_x: primal regularization R_x.
         alpha: Douglas-Rachford relaxation in (0, 2).
         normalize: Ruiz equilibration of the data before solving.
-        linsys: linear systems of the "torch" mode: "cholesky", "lu" or "cg" (the native
-            SCS modes map "cg" to SCS's indirect solver, the others to its direct one).
+        linsys: linear systems of the "torch" mode: "auto" (Cholesky while its dense
+            matrices are small, else CG), "cholesky", "lu" or "cg" (the native SCS modes map
+            "cg" to SCS's indirect solver, the others to its direct one).
         time_limit_secs: wall-clock limit per native SCS solve (0: none).
     """
 
@@ -72,7 +73,7 @@ class SolveSettings:
     rho_x: float = 1e-6
     alpha: float = 1.5
     normalize: bool = True
-    linsys: str = "cholesky"
+    linsys: str = "auto"
     time_limit_secs: float = 0.0
 
 

@@ -159,8 +159,16 @@ class CGSystem(_Data):
 LINSYS = {cls.name: cls for cls in (CholeskySystem, LUSystem, CGSystem)}
 
 
-def make_linsys(name: str):
-    """A fresh linear-system strategy by name ("cholesky", "lu", "cg")."""
+# linsys="auto": Cholesky while the dense matrices it forms, B · n · (n + m) numbers for A
+# and K, stay below this (0.8 GB in float64); matrix-free CG on the sparse data above.
+DENSE_LINSYS_LIMIT = 100_000_000
+
+
+def make_linsys(name: str, batch: int, n: int, m: int):
+    """A fresh linear-system strategy by name ("auto", "cholesky", "lu", "cg") for a batch of
+    `batch` programs with n variables and m cone rows."""
+    if name == "auto":
+        name = "cholesky" if batch * n * (n + m) <= DENSE_LINSYS_LIMIT else "cg"
     if name not in LINSYS:
-        raise ValueError(f"unknown linsys {name!r}; available: {sorted(LINSYS)}")
+        raise ValueError(f"unknown linsys {name!r}; available: {sorted(LINSYS) + ['auto']}")
     return LINSYS[name]()
