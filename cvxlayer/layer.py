@@ -165,24 +165,28 @@ class CvxpyLayer(torch.nn.Module):
             ValueError / TypeError: wrong number, shape, dtype, device of parameters; NaN/inf.
             SolverError: some element was not solved accurately (unless `return_status`).
         """
-        values, batched = _prepare_parameters(self.compiled, params)
+        values, batched = _prepare_parameters(self.compiled, params, allow_invalid=return_status)
         options = parse_solver_args(solver_args, self.defaults)
         adjoint = get_adjoint(options.backward)
         if torch.is_grad_enabled() and any(v.requires_grad for v in values):
             adjoint.check(self.compiled.structure)  # fail before solving, not in backward
-        theta = self.compiled.theta(values)
         mode = self.mode
         if mode == "auto":
             mode = AUTO_CUDA if values[0].is_cuda else AUTO_CPU
-        chunk = options.max_batch or theta.shape[0]
-        parts = [
-            self._solve(theta[start : start + chunk], options, adjoint, mode)
-            for start in range(0, theta.shape[0], chunk)
-        ]
-        solution = _concatenate([sol for sol, _ in parts])
-        modes = [name for _, name in parts]
-        # a chunk that needed the generic fallback names the call's mode ("qp+scs")
-        mode = next((name for name in modes if "+" in name), modes[0])
+        # with return_status, invalid elements are reported instead of raising (`_valid_rows`)
+        valid = _valid_rows(self.compiled, values) if return_status else None
+        if valid is None or bool(valid.all()):
+            solution, mode = self._solve_batch(values, options, adjoint, mode)
+        else:  # only with return_status: the other elements are solved, these reported
+            keep = valid.nonzero().flatten()
+            solution = None
+            if keep.numel():
+                solution, mode = self._solve_batch(
+                    [v[keep] for v in values], options, adjoint, mode
+                )
+            solution = _with_invalid_rows(
+                self.compiled, solution, keep, values, valid, options.failed_gradient
+            )
         info = SolveInfo(solution.status, solution.iterations, mode)
         if not return_status:
             _raise_on_failure(info)
@@ -190,6 +194,19 @@ class CvxpyLayer(torch.nn.Module):
         if not batched:
             outputs = tuple(o.squeeze(0) for o in outputs)
         return (outputs, info) if return_status else outputs
+
+    def _solve_batch(self, values: list[torch.Tensor], options: CallOptions, adjoint, mode: str):
+        """(Solution, mode that ran) for valid parameter values, in chunks of `max_batch`."""
+        theta = self.compiled.theta(values)
+        chunk = options.max_batch or theta.shape[0]
+        parts = [
+            self._solve(theta[start : start + chunk], options, adjoint, mode)
+            for start in range(0, theta.shape[0], chunk)
+        ]
+        modes = [name for _, name in parts]
+        # a chunk that needed the generic fallback names the call's mode ("qp+scs")
+        mode = next((name for name in modes if "+" in name), modes[0])
+        return _concatenate([sol for sol, _ in parts]), mode
 
     def _solve(self, theta: torch.Tensor, options: CallOptions, adjoint, mode: str):
         """(Solution, mode that ran) for a batch of θ̃ (B, d)."""
@@ -247,6 +264,51 @@ def _concatenate(parts: list[Solution]) -> Solution:
     )
 
 
+def _valid_rows(compiled: CompiledProblem, values: list[torch.Tensor]) -> torch.Tensor:
+    """(B,) bool: elements whose parameters are all finite (and positive where a geometric
+    program takes their logarithm)."""
+    valid = torch.ones(values[0].shape[0], dtype=torch.bool, device=values[0].device)
+    for slot, v in zip(compiled.parameters, values):
+        flat = v.reshape(v.shape[0], -1)
+        valid &= torch.isfinite(flat).all(1)
+        if slot.log:
+            valid &= (flat > 0).all(1)
+    return valid
+
+
+def _with_invalid_rows(
+    compiled: CompiledProblem,
+    solution: Solution | None,
+    keep: torch.Tensor,
+    values: list[torch.Tensor],
+    valid: torch.Tensor,
+    failed_gradient: str,
+) -> Solution:
+    """The batch's Solution from that of its valid elements (`keep`): NaN rows with status
+    "invalid_input" for the others, whose parameters get zero gradient, or NaN gradient
+    with failed_gradient="nan" (their rows then depend on those parameters through NaN)."""
+    B, st = valid.shape[0], compiled.structure
+    bad = (~valid).nonzero().flatten()
+    nan_rows = values[0].new_full((bad.numel(), 1), float("nan"))
+    if failed_gradient == "nan":
+        nan_rows = nan_rows * sum(
+            v[bad].reshape(bad.numel(), -1).sum(1, keepdim=True) for v in values
+        )
+    full = []
+    for name, size in (("x", st.n), ("y", st.m), ("s", st.m)):
+        out = values[0].new_zeros(B, size).index_put((bad,), nan_rows.expand(-1, size))
+        if solution is not None:
+            out = out.index_put((keep,), getattr(solution, name))
+        full.append(out)
+    status = [Status.INVALID_INPUT] * B
+    iterations = torch.zeros(B, dtype=torch.long)
+    if solution is not None:
+        for k, i in enumerate(keep.tolist()):
+            status[i] = solution.status[k]
+        iterations[keep.cpu()] = solution.iterations.cpu()
+    return Solution(*full, tuple(status), iterations)
+
+
 def _raise_on_failure(info: SolveInfo) -> None:
     failed = [i for i, s in enumerate(info.status) if not s.ok]
     if not failed:
@@ -264,9 +326,10 @@ def _raise_on_failure(info: SolveInfo) -> None:
 
 
 def _prepare_parameters(
-    compiled: CompiledProblem, params: Sequence[torch.Tensor]
+    compiled: CompiledProblem, params: Sequence[torch.Tensor], allow_invalid: bool = False
 ) -> tuple[list[torch.Tensor], bool]:
-    """Check the call's parameters and broadcast them to one batch size.
+    """Check the call's parameters and broadcast them to one batch size. NaN/inf values are
+    an error unless `allow_invalid` (then those elements are reported, not solved).
 
     Returns:
         (values, batched): one (B, *shape) tensor per parameter, all of one floating dtype
@@ -312,8 +375,11 @@ def _prepare_parameters(
         dtype = torch.promote_types(dtype, value.dtype)
     values = []
     for k, (slot, value) in enumerate(zip(slots, params)):
-        if not torch.isfinite(value).all():
-            raise ValueError(f"parameter '{slot.name}' contains NaN or inf")
+        if not allow_invalid and not torch.isfinite(value).all():
+            raise ValueError(
+                f"parameter '{slot.name}' contains NaN or inf (call with return_status=True "
+                "to solve the other elements and get status 'invalid_input' for these)"
+            )
         value = value.to(dtype)
         if k not in batch_sizes:
             value = value.unsqueeze(0).expand(B, *slot.shape)

@@ -82,3 +82,54 @@ def test_nearly_infeasible_box(path):
     assert all(s is Status.SOLVED for s in info.status), info.status
     torch.testing.assert_close(x, LO, atol=1e-6, rtol=0)
     assert np.isfinite(x.numpy()).all()
+
+
+@pytest.mark.parametrize("failed_gradient", ["zero", "nan"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"fast_path": True},
+        *({"fast_path": False, "mode": m} for m in ("scs", "torch", "scs-block")),
+    ],
+)
+def test_nan_element_is_reported_and_the_others_solved(options, failed_gradient):
+    """With return_status, an element whose parameters hold NaN/inf is not solved: status
+    "invalid_input", NaN outputs, zero (or NaN) gradient; the other elements are answered as
+    if it were not there. Without return_status the call raises, naming the parameter."""
+    n = 3
+    p, lo, hi = cp.Parameter(n, name="p"), cp.Parameter(n), cp.Parameter(n)
+    x = cp.Variable(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - p)), [x >= lo, x <= hi])
+    layer = CvxpyLayer(prob, [p, lo, hi], [x], **options)
+    pv = torch.tensor([[2.0, -3.0, 0.2], [0.5, float("nan"), 0.1], [0.3, 0.4, -2.0]])
+    pv = pv.double().requires_grad_()
+    lo_v, hi_v = -torch.ones(3, n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    args = {"eps": 1e-9, "failed_gradient": failed_gradient, "max_batch": 2}
+    (out,), info = layer(pv, lo_v, hi_v, solver_args=args, return_status=True)
+    assert info.status[1] is Status.INVALID_INPUT and info.status[0].ok and info.status[2].ok
+    assert torch.isnan(out[1]).all()
+    keep = [0, 2]
+    expected = _box_answer(pv.detach()[keep], lo_v[keep], hi_v)
+    torch.testing.assert_close(out[keep], expected, atol=1e-6, rtol=0)
+    out[keep].sum().backward()
+    inside = ((expected > -1) & (expected < 1)).double()  # d clip(p)/dp
+    torch.testing.assert_close(pv.grad[keep], inside, atol=1e-5, rtol=0)
+    if failed_gradient == "zero":
+        assert (pv.grad[1] == 0).all()
+    else:
+        assert torch.isnan(pv.grad[1]).all()
+    with pytest.raises(ValueError, match="'p' contains NaN"):
+        layer(pv, lo_v, hi_v)
+
+
+def test_nonpositive_gp_parameter_is_an_invalid_element_with_return_status():
+    x = cp.Variable(pos=True)
+    a = cp.Parameter(pos=True)
+    prob = cp.Problem(cp.Minimize(x + a / x))  # x* = √a
+    layer = CvxpyLayer(prob, [a], [x], gp=True)
+    av = torch.tensor([4.0, -1.0, 9.0], dtype=torch.float64)
+    (out,), info = layer(av, solver_args={"eps": 1e-9}, return_status=True)
+    assert [s.value for s in info.status] == ["solved", "invalid_input", "solved"]
+    torch.testing.assert_close(out[[0, 2]], torch.tensor([2.0, 3.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="must be positive"):
+        layer(av)

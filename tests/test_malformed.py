@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cvxlayer import CvxpyLayer
+from cvxlayer import CvxpyLayer, Status
 
 SHAPES = {"A": (3, 2), "b": (3,)}
 
@@ -99,15 +99,28 @@ def test_malformed_calls(kind_A, kind_b, batch_A, batch_b, seed, layer_name):
         message = str(err)
         assert "'A'" in message or "'b'" in message or "batch" in message, message
         return
-    # a call that was accepted: every input was a finite float tensor of a valid shape
+    # a call that was accepted: every input was a float tensor of a valid shape; elements
+    # with NaN/inf values are reported "invalid_input" with NaN outputs, the others solved
     assert all(isinstance(a, torch.Tensor) and a.is_floating_point() for a in args)
-    assert torch.isfinite(x).all()
-    assert all(s.ok for s in info.status)
-    # the answer equals the one for clean, contiguous float64 copies of the inputs
-    clean = [a.detach().contiguous().double() for a in args]
+    valid = _finite_rows(args[0], "A") & _finite_rows(args[1], "b")
+    valid = valid.expand(x.shape[0]) if x.dim() == 2 else valid.reshape(1)
+    rows = x.reshape(valid.shape[0], -1)
+    for ok, row, status in zip(valid.tolist(), rows, info.status):
+        assert status.ok if ok else status is Status.INVALID_INPUT
+        assert bool(torch.isfinite(row).all()) if ok else bool(torch.isnan(row).all())
+    # the valid answers equal those for clean, contiguous float64 copies of the inputs
+    clean = [torch.nan_to_num(a.detach().contiguous().double(), posinf=0, neginf=0) for a in args]
     (expected,) = layer(*clean)
     tol = 1e-3 if any(a.dtype == torch.float32 for a in args) else 1e-6
-    torch.testing.assert_close(x.double(), expected, atol=tol, rtol=0)
+    expected = expected.reshape(valid.shape[0], -1)
+    torch.testing.assert_close(rows[valid].double(), expected[valid], atol=tol, rtol=0)
+
+
+def _finite_rows(arg: torch.Tensor, name: str) -> torch.Tensor:
+    """(B,) for a batched argument, () for a shared one: whether its values are finite."""
+    if arg.dim() == len(SHAPES[name]) + 1:
+        return torch.isfinite(arg.reshape(arg.shape[0], -1)).all(1)
+    return torch.isfinite(arg).all()
 
 
 @pytest.mark.parametrize("layer_name", sorted(LAYERS))

@@ -31,6 +31,7 @@ class Status(str, enum.Enum):
     UNBOUNDED_INACCURATE = "unbounded_inaccurate"
     MAX_ITERS = "max_iters"
     FAILURE = "failure"
+    INVALID_INPUT = "invalid_input"  # NaN/inf (or, in a GP, a nonpositive value): not solved
 
     @property
     def ok(self) -> bool:
