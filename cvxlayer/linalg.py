@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import torch
 
+# On the CPU, batched LU factorizations run one element at a time: torch 2.13's MKL build,
+# once `torch.set_num_threads` has been called, returns invalid pivots from the batched
+# factorization of matrices of a few hundred rows (printing "oneMKL ERROR … DLASWP" for
+# each) and can stall; single factorizations are not affected, and a batched CPU
+# factorization is a loop over elements anyway.
+
 
 def lu_factor(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched LU of M (B, N, N): (LU, pivots, info), info ≠ 0 where M is singular.
-
-    On the CPU the elements are factored one at a time: torch 2.13's MKL build, once
-    `torch.set_num_threads` has been called, returns invalid pivots from the batched
-    factorization of matrices of a few hundred rows (printing "oneMKL ERROR … DLASWP" for
-    each) and can stall; single factorizations are not affected, and a batched CPU
-    factorization is a loop over elements anyway.
-    """
+    """Batched LU of M (B, N, N): (LU, pivots, info), info ≠ 0 where M is singular."""
     if M.is_cuda or M.shape[0] <= 1:
         return torch.linalg.lu_factor_ex(M)
     parts = [torch.linalg.lu_factor_ex(M[i]) for i in range(M.shape[0])]
     return tuple(torch.stack(t) for t in zip(*parts))
+
+
+def solve(M: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x with M x = rhs for M (B, N, N), rhs (B, N): (x, info), info ≠ 0 where M is singular."""
+    if M.is_cuda or M.shape[0] <= 1:
+        return torch.linalg.solve_ex(M, rhs)
+    x = torch.empty_like(rhs)
+    info = torch.empty(M.shape[0], dtype=torch.int32)
+    for i in range(M.shape[0]):
+        x[i], info[i] = torch.linalg.solve_ex(M[i], rhs[i])
+    return x, info

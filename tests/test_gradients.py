@@ -212,13 +212,13 @@ def test_diffcp_backward_on_quadratic_compile_is_a_clear_error():
 def test_backward_survives_set_num_threads():
     """torch 2.13 CPU returns invalid batched-LU pivots after set_num_threads for some sizes
     (here B=4, N=400); the dense backward must still give the right gradient."""
-    from cvxlayer.diff.dense import solve_transposed
+    from cvxlayer.diff.dense import solve_transposed_system
 
     torch.set_num_threads(torch.get_num_threads())
     gen = torch.Generator().manual_seed(0)
     J = torch.randn(4, 400, 400, generator=gen, dtype=torch.float64)
     rhs = torch.randn(4, 400, generator=gen, dtype=torch.float64)
-    r = solve_transposed(J, rhs)
+    r = solve_transposed_system(J.transpose(1, 2), rhs)
     torch.testing.assert_close((J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1), rhs)
 
 

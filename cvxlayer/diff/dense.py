@@ -17,7 +17,7 @@ and, since ∂L/∂θ = −rᵀ ∂R/∂θ,
 
 With P = 0 this is the adjoint of Agrawal et al. (2019) with the homogeneous row dropped.
 Two ways to solve Jᵀ r = rhs for the whole batch, on the data's device:
-  "dense": form J, one batched LU (least squares where J is singular);
+  "dense": form Jᵀ, one LU solve per element (least squares where J is singular);
   "lsqr":  batched LSQR on the operator r ↦ Jᵀ r, applying A, P and the cone Jacobians
            block by block, with a per-element stopping rule.
 """
@@ -27,29 +27,32 @@ from __future__ import annotations
 import torch
 
 from cvxlayer.cones.projections import ConeProjector
-from cvxlayer.linalg import lu_factor
+from cvxlayer.linalg import solve
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
 
 
-def residual_jacobian(A, P, D) -> torch.Tensor:
-    """J = [[P, Aᵀ D], [−A, I − D]]: (B, n + m, n + m) from A (B, m, n), P, D (B, m, m)."""
+def residual_jacobian_t(A, P, D) -> torch.Tensor:
+    """Jᵀ = [[P, −Aᵀ], [D A, I − D]] (P, D symmetric): (B, n + m, n + m) from A (B, m, n),
+    P (B, n, n) or None, D (B, m, m); written block by block into one tensor."""
     B, m, n = A.shape
-    top_left = P if P is not None else A.new_zeros(B, n, n)
-    eye = torch.eye(m, dtype=A.dtype, device=A.device)
-    top = torch.cat([top_left, A.transpose(1, 2) @ D], 2)
-    bottom = torch.cat([-A, eye - D], 2)
-    return torch.cat([top, bottom], 1)
+    Jt = A.new_zeros(B, n + m, n + m)
+    if P is not None:
+        Jt[:, :n, :n] = P
+    Jt[:, :n, n:] = -A.transpose(1, 2)
+    Jt[:, n:, :n] = D @ A
+    Jt[:, n:, n:] = -D
+    Jt[:, n:, n:].diagonal(dim1=1, dim2=2).add_(1)
+    return Jt
 
 
-def solve_transposed(J: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """r with Jᵀ r = rhs per element; least squares (minimum norm) where J is singular."""
-    lu, pivots, info = lu_factor(J)
-    r = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1), adjoint=True).squeeze(-1)
-    bad = (info != 0) | ~torch.isfinite(r).all(1)
+def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """r with Jᵀ r = rhs per element, given Jᵀ (B, N, N); least squares (minimum norm) where
+    J is singular."""
+    r, info = solve(Jt, rhs)
+    bad = (info.to(r.device) != 0) | ~torch.isfinite(r).all(1)
     if bool(bad.any()):
-        fallback = torch.linalg.pinv(J[bad].transpose(1, 2)) @ rhs[bad].unsqueeze(-1)
-        r[bad] = fallback.squeeze(-1)
+        r[bad] = (torch.linalg.pinv(Jt[bad]) @ rhs[bad].unsqueeze(-1)).squeeze(-1)
     return r
 
 
@@ -145,8 +148,8 @@ class ResidualMapAdjoint:
         if method == "dense":
             A, P = program.dense()
             A, P = A[idx], None if P is None else P[idx]
-            J = residual_jacobian(A, P, projector.jacobian(y - s, dual=True))
-            r = solve_transposed(J, rhs)
+            Jt = residual_jacobian_t(A, P, projector.jacobian(y - s, dual=True))
+            r = solve_transposed_system(Jt, rhs)
         else:  # matrix-free on the sparse data: memory grows with nnz, not with n·m
             ops = _BoundProducts(
                 SparseOps(st, program.b.device),
