@@ -4,6 +4,7 @@ Kernels (each has a pure-torch reference in `cvxlayer` with the same semantics):
   `soc.proj_soc`            Π onto second-order cones, one program per cone;
   `exp_cone.proj_exp_primal_polar`  Π onto exponential cones and their polars (bracketed
                             Newton root-find, fixed step count: no host synchronization);
+  `psd.proj_psd`            Π onto PSD cones of side ≤ 16 (Jacobi sweeps in registers);
   `admm_update.admm_update`  the per-iteration ADMM vector update of the "torch" mode (the
                             scalar τ̃ of the homogeneous embedding, ũ, 2ũ − v, and the
                             elementwise projections) fused into one kernel per batch element.

@@ -18,12 +18,14 @@ from cvxlayer import CvxpyLayer  # noqa: E402
 from cvxlayer.cones.projections import (  # noqa: E402
     ConeProjector,
     proj_exp_primal_polar_reference,
+    proj_psd_reference,
     proj_soc_reference,
 )
 from cvxlayer.cones.spec import ConeSpec  # noqa: E402
 from cvxlayer.solvers.admm_update import CONE, FREE, NONNEG, admm_update_reference  # noqa: E402
 from cvxlayer_cuda.admm_update import admm_update  # noqa: E402
 from cvxlayer_cuda.exp_cone import proj_exp_primal_polar  # noqa: E402
+from cvxlayer_cuda.psd import proj_psd  # noqa: E402
 from cvxlayer_cuda.soc import proj_soc  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,6 +66,22 @@ def test_exp_cone_kernel_matches_reference(scale, dtype):
         torch.testing.assert_close(
             got, ref, atol=atol, rtol=1e-6 if dtype == torch.float64 else 1e-4
         )
+
+
+@pytest.mark.parametrize(
+    "side, dtype", [(1, torch.float64), (2, torch.float32), (3, torch.float64)]
+)
+def test_psd_kernel_matches_reference(side, dtype):
+    """Jacobi sweeps in registers against torch's eigh (the interpreter is slow: small sides
+    here; the kernel takes sides up to 16)."""
+    v = _randn(3, side * (side + 1) // 2, dtype=dtype)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(proj_psd(v), proj_psd_reference(v), atol=tol, rtol=tol)
+
+
+def test_psd_kernel_rejects_large_sides():
+    with pytest.raises(ValueError, match="sides up to 16"):
+        proj_psd(_randn(1, 17 * 18 // 2))
 
 
 @pytest.mark.parametrize("first", [True, False])

@@ -86,7 +86,20 @@ def mat_to_svec(mat: torch.Tensor) -> torch.Tensor:
 
 
 def proj_psd(v: torch.Tensor) -> torch.Tensor:
-    """Π onto the PSD cone in SCS's scaled lower-triangle vectorization, v: (..., rows)."""
+    """Π onto the PSD cone in SCS's scaled lower-triangle vectorization, v: (..., rows): the
+    Triton kernel `cvxlayer_cuda.psd` (sides up to its MAX_SIDE) where
+    `cvxlayer_cuda.backend_for(v)` says so, else the reference below."""
+    if cvxlayer_cuda.backend_for(v) == "triton":
+        from cvxlayer_cuda.psd import MAX_SIDE
+        from cvxlayer_cuda.psd import proj_psd as kernel
+
+        if psd_side(v.shape[-1]) <= MAX_SIDE:
+            return kernel(v)
+    return proj_psd_reference(v)
+
+
+def proj_psd_reference(v: torch.Tensor) -> torch.Tensor:
+    """Π onto the PSD cone (svec blocks v (..., rows)) by torch's batched `eigh`."""
     evals, evecs = torch.linalg.eigh(svec_to_mat(v))
     mat = (evecs * evals.clamp(min=0).unsqueeze(-2)) @ evecs.transpose(-1, -2)
     return mat_to_svec(mat)
