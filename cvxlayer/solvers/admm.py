@@ -13,7 +13,7 @@ and (x, y, s) = (u_x, u_y, rsk_s) / τ. The matrix R + M is factored once per so
 when the adaptive scale changes R_y); every iteration is one solve with the factor, one
 batched cone projection, and vector updates. Data are equilibrated first (Ruiz), each
 element stops on its own residuals (checked every `_CHECK_EVERY` iterations, the loop's main
-host synchronization; the Anderson safeguard and CG read one flag per iteration), and
+host synchronization with direct linear systems; CG reads one flag per inner step), and
 finished elements leave the batch. The vector work of an iteration is one fused update
 (`admm_update`: a Triton kernel on CUDA) followed by the non-elementwise cone projections.
 """
@@ -301,11 +301,11 @@ class _Anderson:
         f = v_out - v_in
         f_norm = f.norm(dim=1)
         # safeguard: the previous accelerated step must not have increased the residual
+        # (no `if rejected.any()`: reading a flag would synchronize with the GPU every step)
         rejected = s.aa_pending & (f_norm > s.aa_norm)
-        if bool(rejected.any()):
-            self.reset(s, rejected)
-            v_out = torch.where(rejected.unsqueeze(1), s.aa_plain, v_out)
-            f = torch.where(rejected.unsqueeze(1), torch.zeros_like(f), f)
+        self.reset(s, rejected)
+        v_out = torch.where(rejected.unsqueeze(1), s.aa_plain, v_out)
+        f = torch.where(rejected.unsqueeze(1), torch.zeros_like(f), f)
         s.aa_pending = torch.zeros_like(s.aa_pending)
         has_prev = s.aa_count > 0
         slot = (s.aa_count - 1) % self.memory
