@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -440,11 +440,15 @@ class _Group:
     family: str
     rows: torch.Tensor
     alpha: torch.Tensor | None = None
+    _alpha_on: dict = field(default_factory=dict)  # (device, dtype) ↦ alpha there, made once
 
     def _call(self, fn, block: torch.Tensor) -> torch.Tensor:
         if self.alpha is None:
             return fn(block)
-        return fn(block, self.alpha.to(block.device, block.dtype))
+        key = (block.device, block.dtype)
+        if key not in self._alpha_on:
+            self._alpha_on[key] = self.alpha.to(block.device, block.dtype)
+        return fn(block, self._alpha_on[key])
 
     def project(self, block: torch.Tensor, dual: bool) -> torch.Tensor:
         fam = _FAMILIES[self.family]
