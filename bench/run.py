@@ -1,6 +1,10 @@
 """Benchmark cvxlayer against its peers on the tasks of design.md §3, in one process.
 
     python bench/run.py [--tasks T1,T2,T5-soc,T5-exp,T5-psd] [--batch 128] [--repeats 3]
+                        [--device cuda] [--systems cvxlayer,cvxlayer[torch],...]
+
+On a GPU: `--device cuda` puts the parameters there (the default mode then runs the torch
+solver with cvxlayer_cuda's kernels; "cvxlayer[torch-refs]" is the same without kernels).
 
 For each task and system: median forward seconds (no grad), median forward+backward seconds
 (loss = ⟨w, x*⟩), the ratio of each system's time to the base system's (default "cvxlayer":
@@ -25,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tasks import TASKS, Task  # noqa: E402
 
+import cvxlayer_cuda  # noqa: E402
 from cvxlayer import CvxpyLayer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -33,12 +38,25 @@ EPS = 1e-6
 Runner = Callable[[list[torch.Tensor]], torch.Tensor]
 
 
-def cvxlayer_system(mode: str, fast_path: bool = False, **args) -> Callable[[Task], Runner]:
+def cvxlayer_system(
+    mode: str, fast_path: bool = False, kernels: str | None = None, **args
+) -> Callable[[Task], Runner]:
+    """cvxlayer in `mode`; `kernels` ("torch"/"triton") forces cvxlayer_cuda's backend."""
+
     def build(task: Task) -> Runner:
         layer = CvxpyLayer(
             task.problem, task.parameters, [task.variable], mode=mode, fast_path=fast_path
         )
-        return lambda vals: layer(*vals, solver_args={"eps": EPS, **args})[0]
+
+        def run(vals):
+            before = cvxlayer_cuda.get_backend()
+            cvxlayer_cuda.set_backend(kernels or before)
+            try:
+                return layer(*vals, solver_args={"eps": EPS, **args})[0]
+            finally:
+                cvxlayer_cuda.set_backend(before)
+
+        return run
 
     return build
 
@@ -125,6 +143,8 @@ def bisection_system(task: Task) -> Runner:
 SYSTEMS: dict[str, Callable[[Task], Runner]] = {
     "cvxlayer": cvxlayer_system("auto", fast_path=True),  # what users get by default
     "cvxlayer[torch]": cvxlayer_system("torch"),
+    # the torch mode with cvxlayer_cuda's kernels off (compare with the above on CUDA)
+    "cvxlayer[torch-refs]": cvxlayer_system("torch", kernels="torch"),
     "cvxlayer[scs]": cvxlayer_system("scs"),
     "cvxlayer[scs+lsqr]": cvxlayer_system("scs", backward="lsqr"),
     "cvxpylayers": cvxpylayers_system(None),
@@ -145,6 +165,8 @@ def _time(fn: Callable[[], object], repeats: int) -> tuple[float, int]:
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         if times[-1] > SLOW_SECONDS:
             break
@@ -157,7 +179,7 @@ def measure(task: Task, runner: Runner, repeats: int) -> dict:
         *task.variable.shape,
         dtype=torch.float64,
         generator=torch.Generator().manual_seed(0),
-    )
+    ).to(task.values[0].device)
 
     def forward():
         with torch.no_grad():
@@ -178,7 +200,7 @@ def measure(task: Task, runner: Runner, repeats: int) -> dict:
         "forward": fwd,
         "forward_backward": fwd_bwd,
         "runs": min(runs, runs_bwd),
-        "solution": solution.detach().reshape(solution.shape[0], -1),
+        "solution": solution.detach().reshape(solution.shape[0], -1).cpu(),
     }
 
 
@@ -190,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
+        "--device", default="cpu", help="where the parameter tensors live (e.g. cuda)"
+    )
+    parser.add_argument(
         "--base", default="cvxlayer", help="system the ratios refer to (the defaults)"
     )
     args = parser.parse_args(argv)
@@ -198,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, notes = [], []
     for task_name in args.tasks.split(","):
         task = TASKS[task_name](batch=args.batch)
+        task.values = [v.to(args.device) for v in task.values]
         print(f"== {task.name}: {task.description}", flush=True)
         results = {}
         for system in args.systems.split(","):
@@ -254,8 +280,8 @@ def write(rows: list[dict], notes: list[str], out: Path, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=2))
     lines = [
-        f"# Benchmarks (batch {args.batch}, float64, eps {EPS:g}, median of up to "
-        f"{args.repeats} runs, a run over {SLOW_SECONDS:g} s not repeated; "
+        f"# Benchmarks (batch {args.batch}, device {args.device}, float64, eps {EPS:g}, "
+        f"median of up to {args.repeats} runs, a run over {SLOW_SECONDS:g} s not repeated; "
         f"{torch.get_num_threads()} threads)",
         "",
         f"Ratio = the system's time / {args.base}'s time (> 1: {args.base} is faster); "
