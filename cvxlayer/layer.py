@@ -235,20 +235,25 @@ class CvxpyLayer(torch.nn.Module):
             adjoint,
             failed_gradient=options.failed_gradient,
         )
-        status = list(solution.status)
-        iterations = solution.iterations.clone()
-        for k, i in enumerate(failed):
-            status[i] = rest.status[k]
-            iterations[i] += rest.iterations[k]
-        merged = Solution(
-            *(
-                full.index_put((index,), part)
-                for full, part in ((solution.x, rest.x), (solution.y, rest.y), (solution.s, rest.s))
-            ),
-            tuple(status),
-            iterations,
-        )
-        return merged, f"{self.fast_path.name}+{mode}"
+        return _put_rows(solution, index, rest), f"{self.fast_path.name}+{mode}"
+
+
+def _put_rows(base: Solution, index: torch.Tensor, part: Solution) -> Solution:
+    """`base` with its rows at `index` replaced by `part`'s (differentiably); their status
+    becomes `part`'s and their iteration counts add up."""
+    status = list(base.status)
+    iterations = base.iterations.clone()
+    for k, i in enumerate(index.tolist()):
+        status[i] = part.status[k]
+        iterations[i] += part.iterations[k]
+    return Solution(
+        *(
+            full.index_put((index,), rows)
+            for full, rows in ((base.x, part.x), (base.y, part.y), (base.s, part.s))
+        ),
+        tuple(status),
+        iterations,
+    )
 
 
 def _concatenate(parts: list[Solution]) -> Solution:
@@ -294,19 +299,15 @@ def _with_invalid_rows(
         nan_rows = nan_rows * sum(
             v[bad].reshape(bad.numel(), -1).sum(1, keepdim=True) for v in values
         )
-    full = []
-    for name, size in (("x", st.n), ("y", st.m), ("s", st.m)):
-        out = values[0].new_zeros(B, size).index_put((bad,), nan_rows.expand(-1, size))
-        if solution is not None:
-            out = out.index_put((keep,), getattr(solution, name))
-        full.append(out)
-    status = [Status.INVALID_INPUT] * B
-    iterations = torch.zeros(B, dtype=torch.long)
-    if solution is not None:
-        for k, i in enumerate(keep.tolist()):
-            status[i] = solution.status[k]
-        iterations[keep.cpu()] = solution.iterations.cpu()
-    return Solution(*full, tuple(status), iterations)
+    reported = Solution(
+        *(
+            values[0].new_zeros(B, size).index_put((bad,), nan_rows.expand(-1, size))
+            for size in (st.n, st.m, st.m)
+        ),
+        (Status.INVALID_INPUT,) * B,
+        torch.zeros(B, dtype=torch.long),
+    )
+    return reported if solution is None else _put_rows(reported, keep, solution)
 
 
 def _raise_on_failure(info: SolveInfo) -> None:
