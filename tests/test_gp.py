@@ -97,3 +97,24 @@ def test_gp_errors():
     not_dgp = cp.Problem(cp.Minimize(x - p), [x >= 1])
     with pytest.raises(ValueError, match="not DGP"):
         CvxpyLayer(not_dgp, [p], [x], gp=True)
+
+
+def test_gp_duals_agree_across_modes():
+    x, y = cp.Variable(pos=True), cp.Variable(pos=True)
+    a, b = cp.Parameter(pos=True), cp.Parameter(pos=True)
+    cons = [a * (x + y) <= b, x * y >= a]
+    prob = cp.Problem(cp.Minimize(1 / (x * y**2)), cons)
+    outputs = [x, y] + [con.dual_variables[0] for con in cons]
+    values = [
+        torch.tensor([1.0, 0.5], dtype=torch.float64),
+        torch.tensor([4.0, 3.0], dtype=torch.float64),
+    ]
+    results = {
+        mode: torch.stack(
+            CvxpyLayer(prob, [a, b], outputs, gp=True, mode=mode)(*values, solver_args=TIGHT)
+        )
+        for mode in ("torch", "scs", "scs-block")
+    }
+    for mode in ("torch", "scs-block"):
+        torch.testing.assert_close(results[mode], results["scs"], atol=1e-6, rtol=1e-6)
+    assert torch.isfinite(results["scs"]).all() and (results["scs"][2:].abs() > 0).any()
