@@ -29,9 +29,13 @@ def _h(r, s, t, rho):
 
 
 @triton.jit
-def _exp_kernel(v_ptr, p_ptr, d_ptr, count, tol, tiny, STEPS: tl.constexpr, BLOCK: tl.constexpr):
+def _exp_kernel(v_ptr, p_ptr, d_ptr, consts_ptr, count, STEPS: tl.constexpr, BLOCK: tl.constexpr):
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < count
+    # (tol, tiny) in the data's dtype: a Python float argument would arrive as float32,
+    # where float64's smallest normal number is 0
+    tol = tl.load(consts_ptr)
+    tiny = tl.load(consts_ptr + 1)
     r = tl.load(v_ptr + 3 * idx, mask=mask, other=0.0)
     s = tl.load(v_ptr + 3 * idx + 1, mask=mask, other=0.0)
     t = tl.load(v_ptr + 3 * idx + 2, mask=mask, other=0.0)
@@ -164,7 +168,7 @@ def proj_exp_primal_polar(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     count = flat.shape[0]
     if count:
         tol = 1e-8 if v.dtype == torch.float64 else 1e-5
-        tiny = torch.finfo(v.dtype).tiny
+        consts = torch.tensor([tol, torch.finfo(v.dtype).tiny], dtype=v.dtype, device=v.device)
         grid = (triton.cdiv(count, _BLOCK),)
-        _exp_kernel[grid](flat, p, d, count, tol, tiny, STEPS=_NEWTON_STEPS, BLOCK=_BLOCK)
+        _exp_kernel[grid](flat, p, d, consts, count, STEPS=_NEWTON_STEPS, BLOCK=_BLOCK)
     return p.reshape(v.shape), d.reshape(v.shape)

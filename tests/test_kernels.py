@@ -68,6 +68,27 @@ def test_exp_cone_kernel_matches_reference(scale, dtype):
         )
 
 
+def test_exp_cone_kernel_edge_points():
+    """Origin, axes, faces, tiny and large coordinates (float64's range ends)."""
+    pts = [
+        [0.0, 0.0, 0.0],
+        [-1.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0],
+        [0.0, 0.0, 1.0],
+        [0.0, 0.0, -1.0],
+        [1.0, 1.0, 1e-200],
+        [1e-200, 1e-200, 1e-200],
+        [-1e-200, 2e-200, -1e-200],
+        [300.0, 1.0, 1.0],
+        [-300.0, 1.0, -1.0],
+        [1e3, -1e3, 1e3],
+        [2.0, -0.5, 1e-300],
+    ]
+    v = torch.tensor(pts, dtype=torch.float64, device=DEVICE)
+    for got, ref in zip(proj_exp_primal_polar(v), proj_exp_primal_polar_reference(v)):
+        torch.testing.assert_close(got, ref, atol=1e-9, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "side, dtype", [(1, torch.float64), (2, torch.float32), (3, torch.float64)]
 )
