@@ -13,18 +13,24 @@ Which implementation runs (`backend_for`): "auto" (default) uses the Triton kern
 tensors when Triton is installed and the torch references otherwise; "triton" forces the
 kernels (CPU tensors need Triton's interpreter, `TRITON_INTERPRET=1`: that is how the tests
 run them without a GPU); "torch" forces the references. Set it with `set_backend(name)` or
-the `CVXLAYER_KERNELS` environment variable.
+the `CVXLAYER_KERNELS` environment variable. Callers go through `dispatch`, which also
+guards "auto" against a kernel that fails on some GPU (see there).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import warnings
+from collections.abc import Callable
 
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
+MAX_PSD_SIDE = 16  # the PSD kernel keeps a matrix in registers: sides up to this
 _state = {"backend": os.environ.get("CVXLAYER_KERNELS", "auto")}
+_failed: set[str] = set()  # kernels that raised under "auto": their references run instead
 
 
 def triton_available() -> bool:
@@ -74,9 +80,38 @@ def backend_for(tensor: torch.Tensor) -> str:
     return "triton"
 
 
+def dispatch(kernel: str, reference: Callable, *args):
+    """`reference(*args)`, or the Triton kernel "module.function" of this package with the
+    same semantics when `backend_for(args[0])` is "triton".
+
+    Under "auto", a kernel that raises (say, Triton cannot compile it for this GPU) is
+    reported once with a warning and replaced by its reference for the rest of the process:
+    the kernels have been checked in Triton's interpreter, and a GPU must not turn that into
+    a crash. A forced "triton" re-raises.
+    """
+    if kernel in _failed or backend_for(args[0]) != "triton":
+        return reference(*args)
+    module, name = kernel.rsplit(".", 1)
+    try:
+        return getattr(importlib.import_module(f"cvxlayer_cuda.{module}"), name)(*args)
+    except Exception as err:
+        if get_backend() == "triton":
+            raise
+        _failed.add(kernel)
+        warnings.warn(
+            f"cvxlayer_cuda kernel {kernel} failed ({type(err).__name__}: {err}); using its "
+            "torch reference from now on",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return reference(*args)
+
+
 __all__ = [
     "BACKENDS",
+    "MAX_PSD_SIDE",
     "backend_for",
+    "dispatch",
     "get_backend",
     "interpreting",
     "set_backend",

@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_SIDE = 16
+from cvxlayer_cuda import MAX_PSD_SIDE as MAX_SIDE
+
 _SWEEPS = 10
 
 

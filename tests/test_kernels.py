@@ -196,3 +196,26 @@ def test_torch_mode_with_exp_cones_agrees_with_kernels(forced):
         forced(backend)
         outputs[backend] = layer(thetas, solver_args={"eps": 1e-8})[0]
     torch.testing.assert_close(outputs["triton"], outputs["torch"], atol=1e-6, rtol=0)
+
+
+def test_a_failing_kernel_falls_back_to_its_reference_under_auto(forced, monkeypatch):
+    """Under "auto" a kernel that raises (e.g. it does not compile on some GPU) warns once and
+    its reference answers from then on; a forced "triton" surfaces the error."""
+    import cvxlayer_cuda.soc
+    from cvxlayer.cones.projections import proj_soc as dispatched_soc
+
+    def broken(z):
+        raise RuntimeError("no kernel for you")
+
+    monkeypatch.setattr(cvxlayer_cuda, "_failed", set())
+    monkeypatch.setattr(cvxlayer_cuda.soc, "proj_soc", broken)
+    z = _randn(4, 3)
+    forced("triton")
+    with pytest.raises(RuntimeError, match="no kernel for you"):
+        dispatched_soc(z)
+    forced("auto")
+    monkeypatch.setattr(cvxlayer_cuda, "backend_for", lambda t: "triton")
+    with pytest.warns(RuntimeWarning, match="soc.proj_soc failed"):
+        torch.testing.assert_close(dispatched_soc(z), proj_soc_reference(z))
+    assert "soc.proj_soc" in cvxlayer_cuda._failed
+    torch.testing.assert_close(dispatched_soc(z), proj_soc_reference(z))  # no second warning

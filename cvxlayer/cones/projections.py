@@ -28,11 +28,7 @@ def proj_soc(z: torch.Tensor) -> torch.Tensor:
     """Π onto {(t, x) : ‖x‖ ≤ t} for z of shape (..., q), t = z[..., 0]: the Triton kernel
     `cvxlayer_cuda.soc.proj_soc` where `cvxlayer_cuda.backend_for(z)` says so, else the
     reference below."""
-    if cvxlayer_cuda.backend_for(z) == "triton":
-        from cvxlayer_cuda.soc import proj_soc as kernel
-
-        return kernel(z)
-    return proj_soc_reference(z)
+    return cvxlayer_cuda.dispatch("soc.proj_soc", proj_soc_reference, z)
 
 
 def proj_soc_reference(z: torch.Tensor) -> torch.Tensor:
@@ -87,15 +83,11 @@ def mat_to_svec(mat: torch.Tensor) -> torch.Tensor:
 
 def proj_psd(v: torch.Tensor) -> torch.Tensor:
     """Π onto the PSD cone in SCS's scaled lower-triangle vectorization, v: (..., rows): the
-    Triton kernel `cvxlayer_cuda.psd` (sides up to its MAX_SIDE) where
+    Triton kernel `cvxlayer_cuda.psd` (sides up to `cvxlayer_cuda.MAX_PSD_SIDE`) where
     `cvxlayer_cuda.backend_for(v)` says so, else the reference below."""
-    if cvxlayer_cuda.backend_for(v) == "triton":
-        from cvxlayer_cuda.psd import MAX_SIDE
-        from cvxlayer_cuda.psd import proj_psd as kernel
-
-        if psd_side(v.shape[-1]) <= MAX_SIDE:
-            return kernel(v)
-    return proj_psd_reference(v)
+    if psd_side(v.shape[-1]) > cvxlayer_cuda.MAX_PSD_SIDE:
+        return proj_psd_reference(v)
+    return cvxlayer_cuda.dispatch("psd.proj_psd", proj_psd_reference, v)
 
 
 def proj_psd_reference(v: torch.Tensor) -> torch.Tensor:
@@ -221,11 +213,9 @@ def proj_exp_primal_polar(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Π_K(v), Π_{K°}(v)) for the exponential cone K, v of shape (..., 3) = (r, s, t): the
     Triton kernel `cvxlayer_cuda.exp_cone` where `cvxlayer_cuda.backend_for(v)` says so,
     else the reference below."""
-    if cvxlayer_cuda.backend_for(v) == "triton":
-        from cvxlayer_cuda.exp_cone import proj_exp_primal_polar as kernel
-
-        return kernel(v)
-    return proj_exp_primal_polar_reference(v)
+    return cvxlayer_cuda.dispatch(
+        "exp_cone.proj_exp_primal_polar", proj_exp_primal_polar_reference, v
+    )
 
 
 def proj_exp_primal_polar_reference(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

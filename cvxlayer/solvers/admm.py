@@ -28,7 +28,7 @@ import torch
 import cvxlayer_cuda
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.program import ConeProgram, SparseOps
-from cvxlayer.solvers.admm_update import CONE, FREE, NONNEG, update_for
+from cvxlayer.solvers.admm_update import CONE, FREE, NONNEG, admm_update
 from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
 from cvxlayer.solvers.linsys import make_linsys
 
@@ -211,7 +211,6 @@ class TorchADMM:
         iterations = torch.full((B,), settings.max_iters, dtype=torch.long)
 
         sqrt_size = math.sqrt(size)
-        update = update_for(b)
         kinds = torch.full((n + m,), FREE, dtype=torch.int8, device=device)
         kinds[n + st.cones.zero : n + st.cones.zero + st.cones.nonneg] = NONNEG
         kinds[n + st.cones.zero + st.cones.nonneg :] = CONE
@@ -225,7 +224,7 @@ class TorchADMM:
             guess = s.u[:, :n] + s.u[:, -1:] * s.g[:, :n]  # ≈ p_x near convergence (for CG)
             p_x, p_y = linsys.solve(r_x * v[:, :n], ry * v[:, n : n + m], guess)
             weights = r_full(ry)
-            ut, u = update(torch.cat([p_x, p_y], 1), v, s.g, weights[:, :-1], kinds, it == 0)
+            ut, u = admm_update(torch.cat([p_x, p_y], 1), v, s.g, weights[:, :-1], kinds, it == 0)
             projector.dual_cones_(u[:, n : n + m])
             s.u = u
 

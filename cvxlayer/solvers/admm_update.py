@@ -12,12 +12,10 @@ the weights R = diag(r_x I, R_y) of the body rows (the last row, τ, has weight 
 
 At the first iteration τ̃ = u_τ = 1. Shapes: p, g, weights (B, N); v, ũ, u (B, N + 1);
 kinds (N,) int8. The torch reference below and the Triton kernel
-`cvxlayer_cuda.admm_update.admm_update` compute the same thing; `update_for` picks one.
+`cvxlayer_cuda.admm_update.admm_update` compute the same thing; `admm_update` picks one.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 
@@ -55,10 +53,16 @@ def admm_update_reference(
     return ut, torch.cat([body, u_tau], 1)
 
 
-def update_for(tensor: torch.Tensor) -> Callable:
-    """The Triton kernel or the torch reference, by `cvxlayer_cuda.backend_for(tensor)`."""
-    if cvxlayer_cuda.backend_for(tensor) == "triton":
-        from cvxlayer_cuda.admm_update import admm_update
-
-        return admm_update
-    return admm_update_reference
+def admm_update(
+    p: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    weights: torch.Tensor,
+    kinds: torch.Tensor,
+    first: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ũ, u): the Triton kernel where `cvxlayer_cuda.backend_for(p)` says so, else the
+    reference above."""
+    return cvxlayer_cuda.dispatch(
+        "admm_update.admm_update", admm_update_reference, p, v, g, weights, kinds, first
+    )
