@@ -92,10 +92,6 @@ class ConeProgram:
             None if self.P is None else self.P.detach(),
         )
 
-    def dense(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A (B, m, n) and the full symmetric P (B, n, n) (or None) as dense tensors."""
-        return SparseOps(self.structure, self.b.device).dense(self.A, self.P)
-
     def to_scipy(self) -> list[tuple[sp.csc_matrix, np.ndarray, np.ndarray, sp.csc_matrix | None]]:
         """Each element as SciPy/NumPy float64 data (A, b, c, P) for a native solver."""
         st = self.structure

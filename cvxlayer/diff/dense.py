@@ -134,6 +134,8 @@ class ResidualMapAdjoint:
         if not active:
             return dA, db, dc, dP
         idx = torch.as_tensor(active, device=program.b.device)
+        ops = SparseOps(st, program.b.device)
+        A, P = program.A[idx], None if program.P is None else program.P[idx]
         x, y, s = solution.x[idx], solution.y[idx], solution.s[idx]
         projector = ConeProjector(st.cones)
         blocks = projector.jacobian_blocks(y - s, dual=True)
@@ -146,32 +148,25 @@ class ResidualMapAdjoint:
         if method == "auto":
             method = "dense" if st.n + st.m <= DENSE_LIMIT else "lsqr"
         if method == "dense":
-            A, P = program.dense()
-            A, P = A[idx], None if P is None else P[idx]
-            Jt = residual_jacobian_t(A, P, projector.jacobian(y - s, dual=True))
+            Jt = residual_jacobian_t(*ops.dense(A, P), projector.jacobian(y - s, dual=True))
             r = solve_transposed_system(Jt, rhs)
         else:  # matrix-free on the sparse data: memory grows with nnz, not with n·m
-            ops = _BoundProducts(
-                SparseOps(st, program.b.device),
-                program.A[idx],
-                None if program.P is None else program.P[idx],
-            )
-            jt, j = _transposed_operator(ops, D, st.n)
+            jt, j = _transposed_operator(_BoundProducts(ops, A, P), D, st.n)
             # min ‖Jᵀ S w − rhs‖ with r = S w, S equilibrating the columns of Jᵀ
             S = _inverse_row_norms(j, rhs)
             w, _ = lsqr(lambda v: jt(S * v), lambda u: S * j(u), rhs)
             r = S * w
         r_u, r_v = r[:, : st.n], r[:, st.n :]
 
-        rows, cols = (torch.as_tensor(a, device=program.b.device) for a in st.a_coords())
+        rows, cols = ops.a_rows, ops.a_cols
         dA[idx] = r_v[:, rows] * x[:, cols] - y[:, rows] * r_u[:, cols]
         db[idx] = -r_v
         dc[idx] = -r_u
         if dP is not None:
-            p_rows, p_cols = (torch.as_tensor(a, device=program.b.device) for a in st.p_coords())
+            p_rows, p_cols = ops.p_rows, ops.p_cols
             # an upper-triangle value stands for P_ij and P_ji: off-diagonal gradients double
             full = -(r_u[:, p_rows] * x[:, p_cols] + x[:, p_rows] * r_u[:, p_cols]) / 2
-            dP[idx] = torch.where(p_rows == p_cols, full, 2 * full)
+            dP[idx] = torch.where(ops.p_on_diagonal, full, 2 * full)
         return dA, db, dc, dP
 
 

@@ -58,7 +58,7 @@ def _limit(norms: torch.Tensor) -> torch.Tensor:
     return torch.where(norms < _NORM_MIN, torch.ones_like(norms), norms.clamp(max=_NORM_MAX))
 
 
-def equilibrate(program: ConeProgram, passes: int = _RUIZ_PASSES):
+def equilibrate(program: ConeProgram, ops: SparseOps, passes: int = _RUIZ_PASSES):
     """Equilibration of [[P, Aᵀ], [A, 0]] as SCS does it: `passes` Ruiz (∞-norm) passes, then
     one 2-norm pass, giving Â = D A E, P̂ = E P E. Row scalings are aggregated within each
     cone (max for Ruiz, mean for the 2-norm pass) so that D⁻¹ K = K. Works on the sparsity
@@ -68,15 +68,13 @@ def equilibrate(program: ConeProgram, passes: int = _RUIZ_PASSES):
         D (B, m), E (B, n).
     """
     st, B = program.structure, program.batch_size
-    device = program.b.device
-    a_rows, a_cols = (torch.as_tensor(t, device=device) for t in st.a_coords())
-    ids = torch.as_tensor(st.cones.block_ids(), device=device)
+    a_rows, a_cols = ops.a_rows, ops.a_cols
+    ids = torch.as_tensor(st.cones.block_ids(), device=program.b.device)
     count = int(ids.max()) + 1 if st.m else 0
     absA = program.A.abs()
     if program.P is not None:
-        p_rows, p_cols = (torch.as_tensor(t, device=device) for t in st.p_coords())
         # each upper-triangle entry of P counts for its row and its column
-        p_idx = torch.cat([p_rows, p_cols])
+        p_idx = torch.cat([ops.p_rows, ops.p_cols])
         absP = program.P.abs().repeat(1, 2)
     D, E = program.b.new_ones(B, st.m), program.b.new_ones(B, st.n)
     for k in range(passes + 1):
@@ -86,13 +84,13 @@ def equilibrate(program: ConeProgram, passes: int = _RUIZ_PASSES):
             row = _reduce(a_hat, a_rows, st.m, "amax")
             col = _reduce(a_hat, a_cols, st.n, "amax")
             if program.P is not None:
-                p_hat = absP * E[:, p_idx] * E[:, p_idx.roll(p_rows.numel())]
+                p_hat = absP * E[:, p_idx] * E[:, p_idx.roll(ops.p_rows.numel())]
                 col = torch.maximum(col, _reduce(p_hat, p_idx, st.n, "amax"))
         else:
             row = _reduce(a_hat.square(), a_rows, st.m, "sum").sqrt()
             col = _reduce(a_hat.square(), a_cols, st.n, "sum")
             if program.P is not None:
-                p_hat = absP * E[:, p_idx] * E[:, p_idx.roll(p_rows.numel())]
+                p_hat = absP * E[:, p_idx] * E[:, p_idx.roll(ops.p_rows.numel())]
                 col = col + _reduce(p_hat.square(), p_idx, st.n, "sum")
             col = col.sqrt()
         if st.m:
@@ -141,7 +139,7 @@ class TorchADMM:
         ops = SparseOps(st, device)
         A, P, b, c = program.A, program.P, program.b, program.c  # A, P: values (B, nnz)
         if settings.normalize:
-            D, E = equilibrate(program)
+            D, E = equilibrate(program, ops)
         else:
             D, E = b.new_ones(B, m), b.new_ones(B, n)
         A_hat = D[:, ops.a_rows] * A * E[:, ops.a_cols]
