@@ -87,7 +87,7 @@ def owning_constraint(problem, var):
     return None
 
 
-def _dual_recovery(problem, var, con, chain, inverse_data, n: int, m: int) -> VariableRecovery:
+def _dual_recovery(var, con, chain, inverse_data, n: int, m: int) -> VariableRecovery:
     """Probe cvxpy's inversion of a cone solution with y = k and y = k² (k = 1 … m): each
     entry of the dual value must be scale·y[index] (checked on a third, random probe)."""
 
@@ -144,7 +144,7 @@ def build_recoveries(
     for var in variables:
         con = owning_constraint(problem, var) if problem is not None else None
         if con is not None:
-            out.append(_dual_recovery(problem, var, con, chain, inverse_data, n, m))
+            out.append(_dual_recovery(var, con, chain, inverse_data, n, m))
             continue
         original = var
         var = (log_vars or {}).get(var, var)

@@ -1,7 +1,8 @@
 """Fast paths: structure-specific solvers with their own backward, chosen at compile time.
 
-Each fast path has a `match(compiled, problem)` that returns a solver object for the
-compiled problem (or None), and that object's `solve(theta, settings, failed_gradient)` returns the
+Each fast path has a `match(compiled, problem, by_name)` that returns a solver object for
+the compiled problem (or None; `by_name`: the user asked for this path by name), and that
+object's `solve(theta, settings, failed_gradient)` returns the
 cone program's `Solution` for the stacked parameters θ̃, with x, y, s differentiable w.r.t.
 θ̃. Elements it does not solve are re-solved by the layer's generic mode.
 """
