@@ -32,7 +32,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # the interpreter evaluates kernels with NumPy, which warns about the inf/NaN that masked-off
 # branches of elementwise `where`s compute (torch computes them silently)
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
-GEN = torch.Generator().manual_seed(0)
 
 
 @pytest.fixture
@@ -43,14 +42,20 @@ def forced():
     cvxlayer_cuda.set_backend(before)
 
 
-def _randn(*shape, dtype=torch.float64):
-    return torch.randn(*shape, generator=GEN, dtype=dtype).to(DEVICE)
+@pytest.fixture
+def gen():
+    """Each test's own random stream."""
+    return torch.Generator().manual_seed(0)
+
+
+def _randn(gen, *shape, dtype=torch.float64):
+    return torch.randn(*shape, generator=gen, dtype=dtype).to(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("size", [1, 2, 5, 33])
-def test_soc_kernel_matches_reference(size, dtype):
-    z = _randn(7, 11, size, dtype=dtype)
+def test_soc_kernel_matches_reference(size, dtype, gen):
+    z = _randn(gen, 7, 11, size, dtype=dtype)
     z[0, 0, 0] = z[0, 0, 1:].norm() + 1  # inside
     z[0, 1, 0] = -z[0, 1, 1:].norm() - 1  # polar
     torch.testing.assert_close(proj_soc(z), proj_soc_reference(z))
@@ -58,9 +63,9 @@ def test_soc_kernel_matches_reference(size, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
-def test_exp_cone_kernel_matches_reference(scale, dtype):
+def test_exp_cone_kernel_matches_reference(scale, dtype, gen):
     """Every region: inside K, in the polar, the heuristic faces, and the Newton root."""
-    v = scale * _randn(600, 3, dtype=dtype)
+    v = scale * _randn(gen, 600, 3, dtype=dtype)
     atol = 1e-9 * max(1.0, scale) if dtype == torch.float64 else 1e-4 * max(1.0, scale)
     for got, ref in zip(proj_exp_primal_polar(v), proj_exp_primal_polar_reference(v)):
         torch.testing.assert_close(
@@ -92,28 +97,28 @@ def test_exp_cone_kernel_edge_points():
 @pytest.mark.parametrize(
     "side, dtype", [(1, torch.float64), (2, torch.float32), (3, torch.float64)]
 )
-def test_psd_kernel_matches_reference(side, dtype):
+def test_psd_kernel_matches_reference(side, dtype, gen):
     """Jacobi sweeps in registers against torch's eigh (the interpreter is slow: small sides
     here; the kernel takes sides up to 16)."""
-    v = _randn(3, side * (side + 1) // 2, dtype=dtype)
+    v = _randn(gen, 3, side * (side + 1) // 2, dtype=dtype)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(proj_psd(v), proj_psd_reference(v), atol=tol, rtol=tol)
 
 
-def test_psd_kernel_rejects_large_sides():
+def test_psd_kernel_rejects_large_sides(gen):
     with pytest.raises(ValueError, match="sides up to 16"):
-        proj_psd(_randn(1, 17 * 18 // 2))
+        proj_psd(_randn(gen, 1, 17 * 18 // 2))
 
 
 @pytest.mark.parametrize("first", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("size", [3, 40, 1500])  # 1500 > one block: the loops run twice
-def test_admm_update_kernel_matches_reference(size, dtype, first):
+def test_admm_update_kernel_matches_reference(size, dtype, first, gen):
     B = 6
-    p, g = _randn(B, size, dtype=dtype), _randn(B, size, dtype=dtype)
-    v = _randn(B, size + 1, dtype=dtype)
-    weights = torch.rand(B, size, generator=GEN, dtype=dtype).to(DEVICE) + 0.1
-    kinds = torch.randint(0, 3, (size,), generator=GEN).to(torch.int8).to(DEVICE)
+    p, g = _randn(gen, B, size, dtype=dtype), _randn(gen, B, size, dtype=dtype)
+    v = _randn(gen, B, size + 1, dtype=dtype)
+    weights = torch.rand(B, size, generator=gen, dtype=dtype).to(DEVICE) + 0.1
+    kinds = torch.randint(0, 3, (size,), generator=gen).to(torch.int8).to(DEVICE)
     for got, ref in zip(
         admm_update(p, v, g, weights, kinds, first),
         admm_update_reference(p, v, g, weights, kinds, first),
@@ -147,16 +152,16 @@ def test_forcing_kernels_without_triton_is_a_clear_error(forced, monkeypatch):
         cvxlayer_cuda.backend_for(torch.zeros(1))
 
 
-def test_projector_uses_the_kernel_when_forced(forced):
+def test_projector_uses_the_kernel_when_forced(forced, gen):
     spec = ConeSpec(nonneg=2, soc=(3, 4, 3))
-    v = _randn(5, spec.size)
+    v = _randn(gen, 5, spec.size)
     forced("torch")
     ref = ConeProjector(spec).dual(v)
     forced("triton")
     torch.testing.assert_close(ConeProjector(spec).dual(v), ref)
 
 
-def test_torch_mode_solves_identically_with_kernels(forced):
+def test_torch_mode_solves_identically_with_kernels(forced, gen):
     """A whole solve (SOC, nonneg and zero rows) with the kernels equals the reference one
     to rounding: same iterations, same solution."""
     import cvxpy as cp
@@ -168,8 +173,8 @@ def test_torch_mode_solves_identically_with_kernels(forced):
         cp.Minimize(cp.sum_squares(y - p)), [cp.norm(F @ y) <= 1, y >= -0.5, cp.sum(y) == 0.1]
     )
     layer = CvxpyLayer(prob, [F, p], [y], mode="torch", fast_path=False)
-    Fv = _randn(3, n, n) + 2 * torch.eye(n, dtype=torch.float64, device=DEVICE)
-    pv = 3 * _randn(3, n)
+    Fv = _randn(gen, 3, n, n) + 2 * torch.eye(n, dtype=torch.float64, device=DEVICE)
+    pv = 3 * _randn(gen, 3, n)
     runs = {}
     for backend in ("torch", "triton"):
         forced(backend)
@@ -181,7 +186,7 @@ def test_torch_mode_solves_identically_with_kernels(forced):
 
 
 @pytest.mark.slow  # ~30 s in Triton's interpreter
-def test_torch_mode_with_exp_cones_agrees_with_kernels(forced):
+def test_torch_mode_with_exp_cones_agrees_with_kernels(forced, gen):
     """An entropy problem (exponential cones) solved with and without the kernels."""
     import cvxpy as cp
 
@@ -190,7 +195,7 @@ def test_torch_mode_with_exp_cones_agrees_with_kernels(forced):
     y = cp.Variable(n)
     prob = cp.Problem(cp.Minimize(-theta @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1, y <= 0.4])
     layer = CvxpyLayer(prob, [theta], [y], mode="torch", fast_path=False)
-    thetas = _randn(2, n)
+    thetas = _randn(gen, 2, n)
     outputs = {}
     for backend in ("torch", "triton"):
         forced(backend)
@@ -198,7 +203,7 @@ def test_torch_mode_with_exp_cones_agrees_with_kernels(forced):
     torch.testing.assert_close(outputs["triton"], outputs["torch"], atol=1e-6, rtol=0)
 
 
-def test_a_failing_kernel_falls_back_to_its_reference_under_auto(forced, monkeypatch):
+def test_a_failing_kernel_falls_back_to_its_reference_under_auto(forced, monkeypatch, gen):
     """Under "auto" a kernel that raises (e.g. it does not compile on some GPU) warns once and
     its reference answers from then on; a forced "triton" surfaces the error."""
     import cvxlayer_cuda.soc
@@ -209,7 +214,7 @@ def test_a_failing_kernel_falls_back_to_its_reference_under_auto(forced, monkeyp
 
     monkeypatch.setattr(cvxlayer_cuda, "_failed", set())
     monkeypatch.setattr(cvxlayer_cuda.soc, "proj_soc", broken)
-    z = _randn(4, 3)
+    z = _randn(gen, 4, 3)
     forced("triton")
     with pytest.raises(RuntimeError, match="no kernel for you"):
         dispatched_soc(z)

@@ -17,8 +17,6 @@ from cvxlayer.cones.projections import (
     svec_to_mat,
 )
 
-GEN = torch.Generator().manual_seed(0)
-
 
 def _in_exp(p, tol):
     r, s, t = p[..., 0], p[..., 1], p[..., 2]
@@ -38,7 +36,8 @@ def _in_exp_dual(d, tol):  # K* = {(u, v, w): u < 0, −u e^{v/u} ≤ e w} ∪ {
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
 def test_exp_cone_moreau(scale):
-    v = scale * torch.randn(20000, 3, generator=GEN, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    v = scale * torch.randn(20000, 3, generator=gen, dtype=torch.float64)
     p, d = proj_exp_primal_polar(v)
     tol = 1e-7 * max(1.0, scale)
     torch.testing.assert_close(p + d, v, atol=tol, rtol=0)
@@ -52,7 +51,8 @@ def test_exp_cone_against_clarabel():
     """Projections of random points equal cvxpy + Clarabel's answer."""
     import cvxpy as cp
 
-    v = 2 * torch.randn(12, 3, generator=GEN, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    v = 2 * torch.randn(12, 3, generator=gen, dtype=torch.float64)
     p, _ = proj_exp_primal_polar(v)
     for vi, pi in zip(v.numpy(), p.numpy()):
         z = cp.Variable(3)
@@ -77,7 +77,8 @@ def test_power_cone_moreau(scale):
     """p = Π_K(v), d = v − p: p ∈ K, −d ∈ K*, pᵀd = 0; several exponents in one projector."""
     alphas = (0.1, 0.5, 0.73)
     proj = ConeProjector(ConeSpec(power=alphas))
-    v = scale * torch.randn(5000, 9, generator=GEN, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    v = scale * torch.randn(5000, 9, generator=gen, dtype=torch.float64)
     p = proj.primal(v)
     d = v - p
     tol = 1e-9 * max(1.0, scale)
@@ -93,7 +94,8 @@ def test_power_cone_moreau(scale):
 def test_power_cone_against_clarabel():
     import cvxpy as cp
 
-    v = 2 * torch.randn(12, 3, generator=GEN, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    v = 2 * torch.randn(12, 3, generator=gen, dtype=torch.float64)
     alpha = 0.35
     p = ConeProjector(ConeSpec(power=(alpha,) * 12)).primal(v.reshape(1, -1)).reshape(-1, 3)
     for vi, pi in zip(v.numpy(), p.numpy()):
@@ -109,7 +111,8 @@ def test_power_cone_against_clarabel():
 
 
 def test_soc_closed_form():
-    v = torch.randn(500, 5, generator=GEN, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(4)
+    v = torch.randn(500, 5, generator=gen, dtype=torch.float64)
     proj = ConeProjector(ConeSpec(soc=(5,)))
     p = proj.primal(v)
     t, x = p[:, 0], p[:, 1:]
@@ -121,7 +124,8 @@ def test_soc_closed_form():
 
 def test_psd_projection_and_vectorization():
     side = 4
-    M = torch.randn(50, side, side, generator=GEN, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    M = torch.randn(50, side, side, generator=gen, dtype=torch.float64)
     S = (M + M.transpose(1, 2)) / 2
     v = mat_to_svec(S)
     torch.testing.assert_close(svec_to_mat(v), S)
@@ -136,7 +140,8 @@ def test_psd_projection_and_vectorization():
 def test_mixed_spec_dual_is_moreau_of_primal():
     spec = ConeSpec(zero=2, nonneg=3, soc=(3, 4, 3), psd=(2, 3), exp=2, exp_dual=1, power=(0.3,))
     proj = ConeProjector(spec)
-    v = torch.randn(64, spec.size, generator=GEN, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(6)
+    v = torch.randn(64, spec.size, generator=gen, dtype=torch.float64)
     # Π_{K*}(v) = v + Π_K(−v)
     torch.testing.assert_close(proj.dual(v), v + proj.primal(-v), atol=1e-7, rtol=0)
     z = proj.dual(v)
@@ -145,17 +150,36 @@ def test_mixed_spec_dual_is_moreau_of_primal():
     torch.testing.assert_close(proj.primal(proj.primal(v)), proj.primal(v), atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("dual", [False, True])
-def test_jacobians_match_finite_differences(dual):
-    """Each cone family's DΠ against central differences of its own projection."""
+def test_jacobians_match_finite_differences(dual, seed):
+    """Each cone family's DΠ against central differences of its own projection.
+
+    A central difference with step h is off from the derivative by at most
+    h²/6 · |f‴| (truncation) + δ/h (δ: the projection's rounding error), so its error is
+    not a constant: near a cone's edge f‴ is large, and where a projection formula cancels
+    (the exponential cone's curved boundary at large ρ) δ reaches ~1e-11. Each difference's
+    error is therefore estimated from the same data: D(h) − D(2h) is 3× the truncation error
+    of D(h) for smooth f and also carries the rounding noise of both, so
+    |DΠ − D(h)| ≤ 1e-7 + 1e-6 |D(h)| + |D(h) − D(2h)| holds wherever the Jacobian is right.
+    The test would pass vacuously if every estimate were loose, so it also asserts that
+    the estimate is below 1e-6 for nearly all entries, which are then checked to 1e-6.
+    """
     spec = ConeSpec(zero=2, nonneg=3, soc=(4, 3), psd=(3,), exp=3, exp_dual=2, power=(0.3, 0.8))
     proj = ConeProjector(spec)
-    v = torch.randn(40, spec.size, generator=GEN, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(40, spec.size, generator=gen, dtype=torch.float64)
     fn = proj.dual if dual else proj.primal
     jac = proj.jacobian(v, dual)
-    h = 1e-6
-    for j in range(spec.size):
-        e = torch.zeros(spec.size, dtype=torch.float64)
-        e[j] = h
-        fd = (fn(v + e) - fn(v - e)) / (2 * h)
-        torch.testing.assert_close(jac[:, :, j], fd, atol=2e-5, rtol=1e-4)
+    h = 1e-5
+    eye = torch.eye(spec.size, dtype=torch.float64)
+
+    def central(step):  # (B, m, m): column j is the difference along e_j
+        return torch.stack([(fn(v + step * e) - fn(v - step * e)) / (2 * step) for e in eye], -1)
+
+    fd = central(h)
+    estimate = (fd - central(2 * h)).abs()
+    bound = 1e-7 + 1e-6 * fd.abs() + estimate
+    worst = ((jac - fd).abs() - bound).max()
+    assert worst <= 0, f"DΠ off its finite difference by {worst:.2e} beyond the error bound"
+    assert (estimate <= 1e-6).double().mean() >= 0.99

@@ -7,10 +7,17 @@ K, 0 when −v ∈ K* (the polar); otherwise the projection is (x(r), y(r), sign
 
     x(r) = ½ (x₀ + √(x₀² + 4α r (r₀ − r))),   y(r) = ½ (y₀ + √(y₀² + 4(1−α) r (r₀ − r)))
 
-and r ∈ (0, r₀) the root of φ(r) = x(r)^α y(r)^(1−α) − r (φ(0) ≥ 0 ≥ φ(r₀) outside K ∪ K°).
-The root is found by Newton's method safeguarded by bisection on that bracket, for all cones
-at once; the derivative is the implicit-function one, taken through one Newton step at the
-root (exact value, dr/dv = −∂φ/∂v / φ′).
+and r ∈ (0, r₀) the root of ψ(r) = α log x(r) + (1−α) log y(r) − log r (ψ > 0 near 0, < 0
+near r₀ outside K ∪ K°).
+
+Accuracy: the root can sit extremely close to 0 or to r₀ (projections onto the cone's edges
+x = 0 or y = 0, where ψ is steep in r). So the unknown is the distance e to the nearer end,
+r = e or r₀ − r = e, with e ∈ (0, r₀/2] (the side is the sign of ψ(r₀/2)), and
+r(r₀ − r) = e(r₀ − e) is formed from e itself: both r and r₀ − r keep full relative
+precision. Newton's method runs on t = log e, where ψ is close to linear near the ends,
+safeguarded by bisection on a bracket in t, for all cones at once and a fixed number of
+steps (no host synchronization). The derivative is the implicit-function one, taken through
+one Newton step at the root (exact value, dt/dv = −∂ψ/∂v / ψ′).
 
 Shapes: blocks v (..., 3) and exponents α broadcastable to v[..., 0].
 """
@@ -19,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-_NEWTON_STEPS = 40
+_NEWTON_STEPS = 30
 
 
 def _floor(t: torch.Tensor) -> float:
@@ -27,27 +34,31 @@ def _floor(t: torch.Tensor) -> float:
     return torch.finfo(t.dtype).tiny
 
 
-def _positive_root(c0: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """½ (c₀ + √(c₀² + 4q)), q ≥ 0, without cancellation when c₀ < 0 (then = 2q / (√· − c₀))."""
+def _positive_root(c0: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w = ½ (c₀ + √(c₀² + 4q)) (the positive root of w² − c₀w − q, q ≥ 0), without
+    cancellation when c₀ < 0 (then w = 2q / (√· − c₀)), and √(c₀² + 4q) = 2w − c₀."""
     root = torch.sqrt(c0 * c0 + 4 * q)
     value = torch.where(c0 >= 0, 0.5 * (c0 + root), 2 * q / (root - c0).clamp(min=_floor(q)))
-    return value.clamp(min=_floor(value))
+    return value.clamp(min=_floor(value)), root
 
 
-def _xy(v: torch.Tensor, alpha: torch.Tensor, r: torch.Tensor):
+def _psi(v: torch.Tensor, alpha: torch.Tensor, e: torch.Tensor, high: torch.Tensor):
+    """ψ at r = e (low side) or r = r₀ − e (`high`), its derivative dψ/dlog e, and the
+    boundary point (x(r), y(r), sign(z₀) r)."""
     x0, y0, r0 = v[..., 0], v[..., 1], v[..., 2].abs()
-    prod = r * (r0 - r)
-    return _positive_root(x0, alpha * prod), _positive_root(y0, (1 - alpha) * prod)
-
-
-def _phi(v: torch.Tensor, alpha: torch.Tensor, r: torch.Tensor):
-    """φ(r) and φ′(r) (the latter from dx/dr = α(r₀ − 2r)/(2x − x₀), likewise for y)."""
-    x0, y0, r0 = v[..., 0], v[..., 1], v[..., 2].abs()
-    x, y = _xy(v, alpha, r)
-    mean = torch.exp(alpha * torch.log(x) + (1 - alpha) * torch.log(y))
-    dx = alpha * (r0 - 2 * r) / (2 * x - x0).clamp(min=_floor(x))
-    dy = (1 - alpha) * (r0 - 2 * r) / (2 * y - y0).clamp(min=_floor(y))
-    return mean - r, mean * (alpha * dx / x + (1 - alpha) * dy / y) - 1
+    other = r0 - e
+    r = torch.where(high, other, e)
+    prod = e * other  # r (r₀ − r), from e whichever side
+    x, root_x = _positive_root(x0, alpha * prod)
+    y, root_y = _positive_root(y0, (1 - alpha) * prod)
+    psi = alpha * torch.log(x) + (1 - alpha) * torch.log(y) - torch.log(r)
+    # x′(r) = α (r₀ − 2r) / √(x₀² + 4α r (r₀ − r)), likewise y′; dr/de = ±1
+    slope = r0 - 2 * r
+    dr = alpha**2 * slope / (root_x.clamp(min=_floor(x)) * x)
+    dr = dr + (1 - alpha) ** 2 * slope / (root_y.clamp(min=_floor(y)) * y) - 1 / r
+    dpsi = e * torch.where(high, -dr, dr)
+    point = torch.stack([x, y, torch.sign(v[..., 2]) * r], -1)
+    return psi, dpsi, point
 
 
 def _regions(v: torch.Tensor, alpha: torch.Tensor):
@@ -62,35 +73,39 @@ def _regions(v: torch.Tensor, alpha: torch.Tensor):
     return inside, polar
 
 
-def _root(v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """r ∈ [0, r₀] with φ(r) = 0 (blocks outside K ∪ K°), fixed number of guarded steps."""
-    r0 = v[..., 2].abs()
-    low, high = torch.zeros_like(r0), r0.clone()
-    r = r0 / 2
+def _root(v: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log e, high) at the root of ψ for blocks outside K ∪ K° (module docstring)."""
+    half = v[..., 2].abs() / 2
+    floor = torch.full_like(half, _floor(half))
+    half = half.clamp(min=floor)
+    psi_half = _psi(v, alpha, half, torch.zeros_like(half, dtype=torch.bool))[0]
+    high = psi_half > 0  # the root lies in (r₀/2, r₀): measure it from r₀
+    sign = torch.where(high, 1.0, -1.0).to(v.dtype)  # sign·ψ increases with t, < 0 at t_lo
+    low_t, high_t = torch.log(floor), torch.log(half)
+    t = high_t - 1
     for _ in range(_NEWTON_STEPS):
-        f, df = _phi(v, alpha, r)
-        low = torch.where(f > 0, r, low)
-        high = torch.where(f > 0, high, r)
-        newton = r - f / torch.where(df < 0, df, -torch.ones_like(df))
-        ok = (df < 0) & (newton > low) & (newton < high)
-        r = torch.where(ok, newton, (low + high) / 2)
-    return r
+        psi, dpsi, _ = _psi(v, alpha, torch.exp(t), high)
+        g, dg = sign * psi, sign * dpsi
+        low_t = torch.where(g < 0, t, low_t)
+        high_t = torch.where(g < 0, high_t, t)
+        newton = t - g / torch.where(dg > 0, dg, torch.ones_like(dg))
+        ok = (dg > 0) & (newton >= low_t) & (newton <= high_t)
+        t = torch.where(ok, newton, (low_t + high_t) / 2)
+    return t, high
 
 
-def _boundary_point(v: torch.Tensor, alpha: torch.Tensor, r_root: torch.Tensor) -> torch.Tensor:
-    """(x(r), y(r), sign(z₀) r) after one Newton step from the root (a function of v)."""
-    f, df = _phi(v, alpha, r_root)
-    r = r_root - f / df
-    x, y = _xy(v, alpha, r)
-    return torch.stack([x, y, torch.sign(v[..., 2]) * r], -1)
+def _boundary_point(v: torch.Tensor, alpha: torch.Tensor, t_root, high) -> torch.Tensor:
+    """The projection onto the curved boundary after one Newton step in t from the root, as
+    a function of v (for its implicit derivative)."""
+    psi, dpsi, _ = _psi(v, alpha, torch.exp(t_root), high)
+    return _psi(v, alpha, torch.exp(t_root - psi / dpsi), high)[2]
 
 
 def proj_pow(v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Π_{K_α}(v) for blocks v (..., 3)."""
     inside, polar = _regions(v, alpha)
-    r = _root(v, alpha)
-    x, y = _xy(v, alpha, r)
-    boundary = torch.stack([x, y, torch.sign(v[..., 2]) * r], -1)
+    t, high = _root(v, alpha)
+    boundary = _psi(v, alpha, torch.exp(t), high)[2]
     out = torch.where(polar.unsqueeze(-1), torch.zeros_like(v), boundary)
     return torch.where(inside.unsqueeze(-1), v, out)
 
@@ -111,7 +126,8 @@ def d_pow(v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     curved = ~inside & ~polar
     if bool(curved.any()):
         vc, ac = flat[curved], a[curved]
-        jac[curved] = torch.func.vmap(torch.func.jacrev(_boundary_point))(vc, ac, _root(vc, ac))
+        t, high = _root(vc, ac)
+        jac[curved] = torch.func.vmap(torch.func.jacrev(_boundary_point))(vc, ac, t, high)
     return jac.reshape(*v.shape, 3)
 
 
