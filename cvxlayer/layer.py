@@ -339,6 +339,7 @@ def _prepare_parameters(
     slots = compiled.parameters
     if len(params) != len(slots):
         raise ValueError(
+            "A tensor must be provided for each CVXPY parameter; "
             f"expected {len(slots)} parameter tensor(s) ({', '.join(s.name for s in slots)}), "
             f"got {len(params)}"
         )
@@ -357,13 +358,15 @@ def _prepare_parameters(
         if value.dim() == len(slot.shape) + 1 and tuple(value.shape[1:]) == slot.shape:
             batch_sizes[k] = value.shape[0]
             continue
+        kind = "shape" if value.dim() - len(slot.shape) in (0, 1) else "dimensionality"
         raise ValueError(
-            f"parameter '{slot.name}' has shape {tuple(value.shape)}; expected {slot.shape} "
-            f"(shared by the batch) or {('batch',) + slot.shape} (batched)"
+            f"Invalid parameter {kind} for parameter '{slot.name}': it has shape "
+            f"{tuple(value.shape)}; expected {slot.shape} (shared by the batch) or "
+            f"{('batch',) + slot.shape} (batched)"
         )
     if len(set(batch_sizes.values())) > 1:
         sizes = ", ".join(f"'{slots[k].name}': {b}" for k, b in batch_sizes.items())
-        raise ValueError(f"inconsistent batch sizes across parameters: {sizes}")
+        raise ValueError(f"Inconsistent batch sizes across parameters: {sizes}")
     devices = {value.device for value in params}
     if len(devices) > 1:
         raise ValueError(f"parameters are on different devices: {sorted(map(str, devices))}")

@@ -36,30 +36,66 @@ def test_non_dpp_problem_is_rejected_naming_the_constraint():
     assert "constraint 0" in str(err.value)
 
 
+# cvxpylayers' phrases (code written against it matches on them) and the culprit's name
+MATCH = "The layer's parameters must exactly match problem.parameters"
+SUBSET = "must be a subset of problem.variables"
+
+
 def test_missing_parameter(relu):
     prob, x, y = relu
-    with pytest.raises(ValueError, match="missing: parameter 'x'"):
+    with pytest.raises(ValueError, match=f"{MATCH}.*missing: parameter 'x'"):
         CvxpyLayer(prob, [], [y])
 
 
 def test_repeated_parameter(relu):
     prob, x, y = relu
-    with pytest.raises(ValueError, match="'x'.*more than once"):
+    with pytest.raises(ValueError, match=f"{MATCH}.*'x'.*more than once"):
         CvxpyLayer(prob, [x, x], [y])
 
 
 def test_parameter_not_in_problem(relu):
     prob, x, y = relu
     other = cp.Parameter(2, name="other")
-    with pytest.raises(ValueError, match="does not use: parameter 'other'"):
+    with pytest.raises(ValueError, match=f"{MATCH}.*does not use: parameter 'other'"):
         CvxpyLayer(prob, [x, other], [y])
+
+
+def test_parameter_list_holding_a_variable(relu):
+    prob, x, y = relu
+    with pytest.raises(ValueError, match=f"{MATCH}.*Variable, not a cvxpy Parameter"):
+        CvxpyLayer(prob, [x, y], [y])
 
 
 def test_variable_not_in_problem(relu):
     prob, x, y = relu
     z = cp.Variable(3, name="z")
-    with pytest.raises(ValueError, match="variable 'z'.*neither a variable of the problem"):
+    with pytest.raises(ValueError, match=f"variable 'z'.*{SUBSET}.*neither a variable"):
         CvxpyLayer(prob, [x], [z])
+
+
+def test_variables_list_holding_a_parameter(relu):
+    prob, x, y = relu
+    with pytest.raises(ValueError, match=f"{SUBSET}.*Parameter, not a cvxpy Variable"):
+        CvxpyLayer(prob, [x], [x])
+    with pytest.raises(ValueError, match="at least one"):
+        CvxpyLayer(prob, [x], [])
+
+
+def test_dual_variable_of_another_problems_constraint(relu):
+    prob, x, y = relu
+    other = y <= 1  # not a constraint of prob
+    with pytest.raises(ValueError, match=f"{SUBSET}.*dual variable"):
+        CvxpyLayer(prob, [x], [other.dual_variables[0]])
+
+
+def test_parametric_quad_form_in_a_constraint_is_rejected():
+    P = cp.Parameter((2, 2), PSD=True, name="P")
+    q = cp.Parameter(2, name="q")
+    y = cp.Variable(2, name="y")
+    prob = cp.Problem(cp.Minimize(q @ y), [cp.quad_form(y, P) <= 1])
+    with pytest.raises(ValueError, match="only supported in the objective") as err:
+        CvxpyLayer(prob, [P, q], [y])
+    assert "constraint 0" in str(err.value)
 
 
 def test_unknown_mode_and_solver(relu):
@@ -84,8 +120,9 @@ def test_unknown_solver_args_key_lists_accepted(relu):
 @pytest.mark.parametrize(
     "value, match",
     [
-        (torch.ones(4), r"'x' has shape \(4,\); expected \(3,\)"),
-        (torch.ones(2, 2, 3), r"'x' has shape \(2, 2, 3\)"),
+        (torch.ones(4), r"Invalid parameter shape .*'x'.*shape \(4,\); expected \(3,\)"),
+        (torch.ones(2, 4), r"Invalid parameter shape .*'x'.*shape \(2, 4\)"),
+        (torch.ones(2, 2, 3), r"Invalid parameter dimensionality .*'x'.*shape \(2, 2, 3\)"),
         (torch.ones(3, dtype=torch.int64), "'x' has dtype torch.int64"),
         (torch.ones(3, dtype=torch.float16), "'x' has dtype torch.float16"),
         (torch.tensor([1.0, float("nan"), 0.0]), "'x' contains NaN or inf"),
@@ -103,8 +140,11 @@ def test_bad_parameter_values(relu, value, match):
 def test_wrong_number_of_parameters(relu):
     prob, x, y = relu
     layer = CvxpyLayer(prob, [x], [y])
-    with pytest.raises(ValueError, match="expected 1 parameter tensor"):
+    message = "A tensor must be provided for each CVXPY parameter.*expected 1 parameter tensor"
+    with pytest.raises(ValueError, match=message):
         layer(torch.ones(3), torch.ones(3))
+    with pytest.raises(ValueError, match=message):
+        layer()
 
 
 def test_inconsistent_batch_sizes():
@@ -113,7 +153,7 @@ def test_inconsistent_batch_sizes():
     y = cp.Variable(2)
     prob = cp.Problem(cp.Minimize(cp.sum_squares(y - a)), [y >= b])
     layer = CvxpyLayer(prob, [a, b], [y])
-    with pytest.raises(ValueError, match="inconsistent batch sizes.*'a': 2.*'b': 3"):
+    with pytest.raises(ValueError, match="Inconsistent batch sizes.*'a': 2.*'b': 3"):
         layer(torch.ones(2, 2), torch.ones(3, 2))
 
 

@@ -103,7 +103,7 @@ def test_solve_qp_errors():
     Q, q, G, h, A, b = _random_qp(np.random.default_rng(4))
     with pytest.raises(ValueError, match="G with h"):
         solve_qp(Q, q, G)
-    with pytest.raises(ValueError, match="inconsistent batch"):
+    with pytest.raises(ValueError, match="Inconsistent batch sizes"):
         solve_qp(Q[:2], q, G, h)
     with pytest.raises(ValueError, match="G has shape"):
         solve_qp(Q, q, G[:, :, :-1], h)

@@ -203,7 +203,12 @@ def _compile(problem, parameters, variables, canon_backend, quad_obj, gp) -> Com
     check_problem(problem, gp, quad_obj)
     check_parameters(problem, parameters)
     check_variables(problem, variables)
-    data, chain, inverse_data = problem.get_problem_data(
+    # A new Problem over the same expressions: cvxpy caches its last canonicalization on the
+    # problem object and, asked again with the same options, refreshes it from the current
+    # parameter values (a GP takes their logarithms: a parameter without a value then
+    # fails). The compilation must not depend on what was done with the user's problem.
+    fresh = cp.Problem(problem.objective, problem.constraints)
+    data, chain, inverse_data = fresh.get_problem_data(
         cp.SCS,
         gp=gp,
         solver_opts={"use_quad_obj": quad_obj},

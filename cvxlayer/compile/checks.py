@@ -7,6 +7,13 @@ from collections.abc import Sequence
 
 import cvxpy as cp
 
+# cvxpylayers' phrases, kept in our messages so that code matching on them keeps working
+MATCH_PARAMETERS = "The layer's parameters must exactly match problem.parameters"
+SUBSET_VARIABLES = "must be a subset of problem.variables or a constraint dual variable"
+QUAD_FORM_OBJECTIVE = (
+    "quad_form(x, P) with parametric P is only supported in the objective, not in constraints"
+)
+
 
 def _name(leaf) -> str:
     return f"{type(leaf).__name__.lower()} '{leaf.name()}' (shape {leaf.shape})"
@@ -15,10 +22,19 @@ def _name(leaf) -> str:
 def _cvxpy_diagnosis(problem: cp.Problem) -> str:
     """cvxpy's own error message for this problem, from its solving chain."""
     try:
-        problem.get_problem_data(cp.SCS, enforce_dpp=True)
+        cp.Problem(problem.objective, problem.constraints).get_problem_data(
+            cp.SCS, enforce_dpp=True
+        )
     except (cp.error.DCPError, cp.error.DPPError) as err:
         return str(err)
     return ""
+
+
+def _has_parametric_quad_form(expr) -> bool:
+    """Whether `expr` holds quad_form(x, P) with a parameter in P."""
+    if isinstance(expr, cp.atoms.QuadForm) and expr.args[1].parameters():
+        return True
+    return any(_has_parametric_quad_form(arg) for arg in expr.args)
 
 
 def check_problem(problem: cp.Problem, gp: bool = False, quad_obj: bool = True) -> None:
@@ -49,6 +65,17 @@ def check_problem(problem: cp.Problem, gp: bool = False, quad_obj: bool = True) 
             "Not DCP:\n" + "\n".join(bad) + "\ncvxpy says: " + _cvxpy_diagnosis(problem)
         )
     bad = [f"  {label}: {expr}" for label, expr in parts if not expr.is_dcp(dpp=True)]
+    quad_form = [
+        f"  constraint {i}: {con}"
+        for i, con in enumerate(problem.constraints)
+        if _has_parametric_quad_form(con)
+    ]
+    if quad_form:
+        raise ValueError(
+            f"the problem is not DPP: {QUAD_FORM_OBJECTIVE}. Write the "
+            "constraint with sum_squares(L @ x) and a parameter L (P = LᵀL) instead.\n"
+            + "\n".join(quad_form)
+        )
     raise ValueError(
         "the problem is DCP but not DPP (disciplined parametrized), so its solution map "
         "cannot be compiled once and differentiated. Typical causes: a product of two "
@@ -66,24 +93,26 @@ def check_parameters(problem: cp.Problem, parameters: Sequence[cp.Parameter]) ->
     parameters = list(parameters)
     for p in parameters:
         if not isinstance(p, cp.Parameter):
-            raise ValueError(f"parameters must be cvxpy Parameters; got {type(p).__name__}: {p}")
+            raise ValueError(
+                f"{MATCH_PARAMETERS}; it holds a {type(p).__name__}, not a cvxpy Parameter: {p}"
+            )
     seen = set()
     for p in parameters:
         if p.id in seen:
-            raise ValueError(f"{_name(p)} appears more than once in the parameters list")
+            raise ValueError(f"{MATCH_PARAMETERS}; {_name(p)} appears more than once")
         seen.add(p.id)
     in_problem = {p.id: p for p in problem.parameters()}
     extra = [p for p in parameters if p.id not in in_problem]
     if extra:
         raise ValueError(
-            "parameters list holds parameters the problem does not use: "
+            f"{MATCH_PARAMETERS}; the list holds parameters the problem does not use: "
             + ", ".join(_name(p) for p in extra)
         )
     missing = [p for pid, p in in_problem.items() if pid not in seen]
     if missing:
         raise ValueError(
-            "the parameters list must hold every parameter of the problem; missing: "
-            + ", ".join(_name(p) for p in missing)
+            f"{MATCH_PARAMETERS}; the list must hold every parameter of the problem, "
+            "missing: " + ", ".join(_name(p) for p in missing)
         )
 
 
@@ -97,9 +126,11 @@ def check_variables(problem: cp.Problem, variables: Sequence[cp.Variable]) -> No
     duals = {dv.id for con in problem.constraints for dv in con.dual_variables}
     for v in variables:
         if not isinstance(v, cp.Variable):
-            raise ValueError(f"variables must be cvxpy Variables; got {type(v).__name__}: {v}")
+            raise ValueError(
+                f"variables {SUBSET_VARIABLES}; got a {type(v).__name__}, not a cvxpy Variable: {v}"
+            )
         if v.id not in in_problem and v.id not in duals:
             raise ValueError(
-                f"{_name(v)} is neither a variable of the problem nor the dual variable of "
-                "one of its constraints"
+                f"{_name(v)} {SUBSET_VARIABLES}: it is neither a variable of the problem nor "
+                "the dual variable of one of its constraints"
             )

@@ -31,7 +31,7 @@ def broadcast_batch(
                 f"got shape {tuple(t.shape)}"
             )
     if len(set(sizes.values())) > 1:
-        raise ValueError(f"inconsistent batch sizes: {sizes}")
+        raise ValueError(f"Inconsistent batch sizes: {sizes}")
     B = next(iter(sizes.values()), 1)
     out = {
         name: t if name in sizes else t.unsqueeze(0).expand(B, *t.shape)
