@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from cvxlayer.errors import SolverError
 from cvxlayer.fastpaths import match_fast_path
 from cvxlayer.options import CallOptions, parse_solver_args
 from cvxlayer.solvers import Solution, SolveSettings, Status, get_solver
+from cvxlayer.solvers.base import put_rows
 
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
 # mode="auto": the batched torch solver on CUDA; native SCS on the CPU, where it is faster
@@ -110,7 +112,7 @@ class CvxpyLayer(torch.nn.Module):
         self.mode = mode
         self.solvers = {
             m: get_solver(m) for m in ((AUTO_CPU, AUTO_CUDA) if mode == "auto" else (mode,))
-        }
+        }  # a call may name another mode (diffcp's solve_method): added when first used
         self.defaults: CallOptions = parse_solver_args(
             solver_args, CallOptions(SolveSettings(verbose=verbose), "auto")
         )
@@ -151,9 +153,13 @@ class CvxpyLayer(torch.nn.Module):
                 `linsys`, `scale`, `alpha`, `normalize`, …), `backward` ("auto", "dense",
                 "lsqr", "diffcp"), `failed_gradient` ("zero", "nan") and `max_batch` (solve
                 the batch in chunks of at most this many elements: bounds peak memory).
-                Unknown keys raise `ValueError`.
-            return_status: if True, return `(solutions, SolveInfo)` and do not raise for
-                elements that were not solved; their gradients are zero (or NaN with
+                The keys cvxpylayers passes to diffcp (`mode`, `solve_method`,
+                `n_jobs_forward`, …, and those of SCS, ECOS, Clarabel) are accepted: mapped
+                where they have a meaning here, else ignored with a warning. Other keys raise
+                `ValueError`.
+            return_status: if True, return `(solutions, SolveInfo)` and neither raise nor
+                warn for elements that were not solved accurately. Elements not solved at all
+                (infeasible, unbounded, failed) get zero gradients (or NaN with
                 `solver_args={"failed_gradient": "nan"}`).
 
         Returns:
@@ -163,14 +169,23 @@ class CvxpyLayer(torch.nn.Module):
 
         Raises:
             ValueError / TypeError: wrong number, shape, dtype, device of parameters; NaN/inf.
-            SolverError: some element was not solved accurately (unless `return_status`).
+            SolverError: some element is infeasible or unbounded, or its solve failed
+                (unless `return_status`).
+
+        Warns:
+            UserWarning ("Solved/Inaccurate"): some element reached only an inaccurate
+                solution (status solved_inaccurate, or max_iters with a finite iterate), even
+                after a retry without Anderson acceleration; as in cvxpylayers, its iterate
+                is returned and differentiated (unless `return_status`).
         """
         values, batched = _prepare_parameters(self.compiled, params, allow_invalid=return_status)
         options = parse_solver_args(solver_args, self.defaults)
         adjoint = get_adjoint(options.backward)
         if torch.is_grad_enabled() and any(v.requires_grad for v in values):
             adjoint.check(self.compiled.structure)  # fail before solving, not in backward
-        mode = self.mode
+        mode = options.generic_mode or self.mode
+        if mode not in self.solvers and mode != "auto":
+            self.solvers[mode] = get_solver(mode)
         if mode == "auto":
             mode = AUTO_CUDA if values[0].is_cuda else AUTO_CPU
         # with return_status, invalid elements are reported instead of raising (`_valid_rows`)
@@ -235,25 +250,7 @@ class CvxpyLayer(torch.nn.Module):
             adjoint,
             failed_gradient=options.failed_gradient,
         )
-        return _put_rows(solution, index, rest), f"{self.fast_path.name}+{mode}"
-
-
-def _put_rows(base: Solution, index: torch.Tensor, part: Solution) -> Solution:
-    """`base` with its rows at `index` replaced by `part`'s (differentiably); their status
-    becomes `part`'s and their iteration counts add up."""
-    status = list(base.status)
-    iterations = base.iterations.clone()
-    for k, i in enumerate(index.tolist()):
-        status[i] = part.status[k]
-        iterations[i] += part.iterations[k]
-    return Solution(
-        *(
-            full.index_put((index,), rows)
-            for full, rows in ((base.x, part.x), (base.y, part.y), (base.s, part.s))
-        ),
-        tuple(status),
-        iterations,
-    )
+        return put_rows(solution, index, rest), f"{self.fast_path.name}+{mode}"
 
 
 def _concatenate(parts: list[Solution]) -> Solution:
@@ -307,23 +304,37 @@ def _with_invalid_rows(
         (Status.INVALID_INPUT,) * B,
         torch.zeros(B, dtype=torch.long),
     )
-    return reported if solution is None else _put_rows(reported, keep, solution)
+    return reported if solution is None else put_rows(reported, keep, solution)
+
+
+def _listed(info: SolveInfo, elements: list[int]) -> str:
+    shown = ", ".join(f"element {i}: {info.status[i].value}" for i in elements[:10])
+    return shown + (f" (and {len(elements) - 10} more)" if len(elements) > 10 else "")
 
 
 def _raise_on_failure(info: SolveInfo) -> None:
-    failed = [i for i, s in enumerate(info.status) if not s.ok]
-    if not failed:
-        return
-    shown = ", ".join(f"element {i}: {info.status[i].value}" for i in failed[:10])
-    more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
-    raise SolverError(
-        f"{len(failed)} of {len(info.status)} batch element(s) were not solved accurately by "
-        f"mode {info.mode!r}: {shown}{more}. Check the parameters of those elements for "
-        "infeasibility or unboundedness, loosen solver_args (eps, max_iters), or call with "
-        "return_status=True to get per-element status instead of this error.",
-        tuple(s.value for s in info.status),
-        failed,
-    )
+    """Raise for elements without a usable answer (infeasible, unbounded, failed); warn for
+    those returned with an inaccurate one (as cvxpylayers/diffcp do)."""
+    failed = [i for i, s in enumerate(info.status) if not s.usable]
+    if failed:
+        raise SolverError(
+            f"{len(failed)} of {len(info.status)} batch element(s) were not solved by mode "
+            f"{info.mode!r}: {_listed(info, failed)}. Check the parameters of those elements "
+            "for infeasibility or unboundedness, or call with return_status=True to get "
+            "per-element status instead of this error.",
+            tuple(s.value for s in info.status),
+            failed,
+        )
+    inaccurate = [i for i, s in enumerate(info.status) if not s.ok]
+    if inaccurate:
+        warnings.warn(
+            f"Solved/Inaccurate: {len(inaccurate)} of {len(info.status)} batch element(s) "
+            f"did not reach the tolerance in mode {info.mode!r} ({_listed(info, inaccurate)}); "
+            "their last iterates are returned and differentiated. Raise "
+            "solver_args['max_iters'] or loosen 'eps'; return_status=True reports the status.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _prepare_parameters(

@@ -83,6 +83,16 @@ class ConeProgram:
     def batch_size(self) -> int:
         return self.b.shape[0]
 
+    def select(self, index: torch.Tensor) -> ConeProgram:
+        """The programs of the elements at `index` (B',)."""
+        return ConeProgram(
+            self.structure,
+            self.A[index],
+            self.b[index],
+            self.c[index],
+            None if self.P is None else self.P[index],
+        )
+
     def detach(self) -> ConeProgram:
         return ConeProgram(
             self.structure,

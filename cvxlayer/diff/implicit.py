@@ -5,9 +5,10 @@ product of the solution map (A, b, c, P) ↦ (x, y, s) at the solution. The solv
 it is differentiated, and the adjoint never knows which solver ran (cf. jaxopt's
 `custom_root`): a new solver mode or a new backward method plugs in without touching this.
 
-Elements whose status is not "solved" get a zero gradient, or NaN with
-`failed_gradient="nan"` (they are only ever returned when the caller asked for per-element
-status; otherwise the layer raises before any backward).
+Elements solved only inaccurately (a finite iterate, `Status.usable`) are differentiated at
+their iterate, as diffcp does. The others (infeasible, unbounded, failed) get a zero
+gradient, or NaN with `failed_gradient="nan"` (they are only ever returned when the caller
+asked for per-element status; otherwise the layer raises before any backward).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Protocol
 import torch
 
 from cvxlayer.program import ConeProgram, ConeStructure
-from cvxlayer.solvers.base import Solution, Solver, SolveSettings
+from cvxlayer.solvers.base import Solution, Solver, SolveSettings, solve_with_retry
 
 
 class Adjoint(Protocol):
@@ -46,7 +47,7 @@ class _ConeSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, b, c, P, structure, solver, settings, adjoint, warm_start, options):
         program = ConeProgram(structure, A, b, c, P).detach()
-        solution = solver.solve(program, settings, warm_start)
+        solution = solve_with_retry(solver, program, settings, warm_start)
         options["solution"] = solution
         ctx.program, ctx.solution, ctx.adjoint = program, solution, adjoint
         ctx.failed_gradient = options["failed_gradient"]
@@ -55,9 +56,9 @@ class _ConeSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dx, dy, ds):
         solution = ctx.solution
-        active = [i for i, st in enumerate(solution.status) if st.ok]
+        active = [i for i, st in enumerate(solution.status) if st.usable]
         grads = ctx.adjoint.vjp(ctx.program, solution, dx, dy, ds, active)
-        failed = [i for i, st in enumerate(solution.status) if not st.ok]
+        failed = [i for i, st in enumerate(solution.status) if not st.usable]
         if failed and ctx.failed_gradient == "nan":
             for g in grads:
                 if g is not None:

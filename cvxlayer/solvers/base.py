@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -38,6 +38,15 @@ class Status(str, enum.Enum):
         """True only for an accurate solution."""
         return self is Status.SOLVED
 
+    @property
+    def usable(self) -> bool:
+        """An accurate solution, or an inaccurate one with a finite iterate, which is
+        returned (with a warning) and differentiated, as cvxpylayers (diffcp) does."""
+        return self in _USABLE
+
+
+_USABLE = (Status.SOLVED, Status.SOLVED_INACCURATE, Status.MAX_ITERS)
+
 
 @dataclass(frozen=True)
 class SolveSettings:
@@ -60,6 +69,8 @@ class SolveSettings:
             matrices are small, else CG), "cholesky", "lu" or "cg" (the native SCS modes map
             "cg" to SCS's indirect solver, the others to its direct one).
         time_limit_secs: wall-clock limit per native SCS solve (0: none).
+        threads: worker threads of mode "scs" (one element per thread at a time); -1: as
+            many as torch uses (`torch.get_num_threads()`).
     """
 
     eps_abs: float = 1e-6
@@ -76,6 +87,7 @@ class SolveSettings:
     normalize: bool = True
     linsys: str = "auto"
     time_limit_secs: float = 0.0
+    threads: int = -1
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +109,18 @@ class Solution:
     iterations: torch.Tensor
 
 
+def select_rows(solution: Solution, index: torch.Tensor) -> Solution:
+    """The solution of the elements at `index` (B',)."""
+    picked = [solution.status[i] for i in index.tolist()]
+    return Solution(
+        solution.x[index],
+        solution.y[index],
+        solution.s[index],
+        tuple(picked),
+        solution.iterations[index.cpu()],
+    )
+
+
 class Solver(Protocol):
     """A batched cone-program solver: one mode of the layer's forward pass.
 
@@ -109,3 +133,51 @@ class Solver(Protocol):
     def solve(
         self, program: ConeProgram, settings: SolveSettings, warm_start: Solution | None = None
     ) -> Solution: ...
+
+
+def solve_with_retry(
+    solver: Solver,
+    program: ConeProgram,
+    settings: SolveSettings,
+    warm_start: Solution | None = None,
+) -> Solution:
+    """`solver.solve`, with diffcp's policy for inaccurate elements: those are solved once
+    more without Anderson acceleration (sometimes unstable), and the retry's answer is kept
+    where it is accurate. An iterate with NaN or inf is a failure, whatever the solver said.
+    """
+    solution = solver.solve(program, settings, warm_start)
+    inaccurate = [i for i, st in enumerate(solution.status) if st.usable and not st.ok]
+    if inaccurate and settings.acceleration_lookback != 0:
+        index = torch.tensor(inaccurate, device=program.b.device)
+        warm = None if warm_start is None else select_rows(warm_start, index)
+        again = solver.solve(
+            program.select(index), replace(settings, acceleration_lookback=0), warm
+        )
+        better = [k for k, st in enumerate(again.status) if st.ok]
+        if better:
+            solution = put_rows(solution, index[better], select_rows(again, torch.tensor(better)))
+    finite = torch.isfinite(torch.cat([solution.x, solution.y, solution.s], 1)).all(1).tolist()
+    if not all(finite):
+        status = tuple(
+            st if ok or not st.usable else Status.FAILURE for st, ok in zip(solution.status, finite)
+        )
+        solution = Solution(solution.x, solution.y, solution.s, status, solution.iterations)
+    return solution
+
+
+def put_rows(base: Solution, index: torch.Tensor, part: Solution) -> Solution:
+    """`base` with its rows at `index` replaced by `part`'s (differentiably); their status
+    becomes `part`'s and their iteration counts add up."""
+    status = list(base.status)
+    iterations = base.iterations.clone()
+    for k, i in enumerate(index.tolist()):
+        status[i] = part.status[k]
+        iterations[i] += part.iterations[k]
+    return Solution(
+        *(
+            full.index_put((index,), rows)
+            for full, rows in ((base.x, part.x), (base.y, part.y), (base.s, part.s))
+        ),
+        tuple(status),
+        iterations,
+    )

@@ -33,6 +33,7 @@ def _scs_settings(settings: SolveSettings) -> dict:
     """SCS's own keyword arguments: the same names, `linsys` mapped to `linear_solver`."""
     opts = asdict(settings)
     opts["linear_solver"] = "cpu_indirect" if opts.pop("linsys") == "cg" else "auto"
+    del opts["threads"]
     return opts
 
 
@@ -67,8 +68,8 @@ def _warm_arrays(warm_start: Solution | None) -> list | None:
 class ScsSerial:
     """Mode "scs": native SCS on each batch element separately; per-element status.
 
-    Elements are spread over `torch.get_num_threads()` threads (SCS releases the GIL while
-    it iterates); one thread when `verbose`, so that SCS's log stays readable.
+    Elements are spread over `settings.threads` threads (SCS releases the GIL while it
+    iterates); one thread when `verbose`, so that SCS's log stays readable.
     """
 
     name = "scs"
@@ -86,7 +87,8 @@ class ScsSerial:
             return _solve_one(A, b, c, P, cones, opts, w)
 
         elements = list(enumerate(program.to_scipy()))
-        workers = 1 if settings.verbose else min(len(elements), torch.get_num_threads())
+        threads = torch.get_num_threads() if settings.threads == -1 else settings.threads
+        workers = 1 if settings.verbose else min(len(elements), threads)
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 sols = list(pool.map(one, elements))
