@@ -238,7 +238,9 @@ class CvxpyLayer(torch.nn.Module):
 
     def _solve_fast(self, theta: torch.Tensor, options: CallOptions, adjoint, mode: str):
         """The fast path, then the generic `mode` for the elements it did not solve."""
-        solution = self.fast_path.solve(theta, options.settings, options.failed_gradient)
+        # the elements it does not solve are solved again below: their gradient is that
+        # solve's, so the fast path gives them none (not NaN, whatever failed_gradient says)
+        solution = self.fast_path.solve(theta, options.settings, "zero")
         failed = [i for i, st in enumerate(solution.status) if not st.ok]
         if not failed:
             return solution, self.fast_path.name

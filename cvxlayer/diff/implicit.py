@@ -44,18 +44,23 @@ class Adjoint(Protocol):
 
 
 class _ConeSolve(torch.autograd.Function):
+    # The outputs go through save_for_backward, never onto ctx: an output held by its own
+    # node would be a reference cycle through the autograd graph, which Python's garbage
+    # collector cannot see, and every call's tensors would stay alive.
     @staticmethod
     def forward(ctx, A, b, c, P, structure, solver, settings, adjoint, warm_start, options):
         program = ConeProgram(structure, A, b, c, P).detach()
         solution = solve_with_retry(solver, program, settings, warm_start)
         options["solution"] = solution
-        ctx.program, ctx.solution, ctx.adjoint = program, solution, adjoint
+        ctx.program, ctx.adjoint = program, adjoint
+        ctx.status, ctx.iterations = solution.status, solution.iterations
         ctx.failed_gradient = options["failed_gradient"]
+        ctx.save_for_backward(solution.x, solution.y, solution.s)
         return solution.x, solution.y, solution.s
 
     @staticmethod
     def backward(ctx, dx, dy, ds):
-        solution = ctx.solution
+        solution = Solution(*ctx.saved_tensors, ctx.status, ctx.iterations)
         active = [i for i, st in enumerate(solution.status) if st.usable]
         grads = ctx.adjoint.vjp(ctx.program, solution, dx, dy, ds, active)
         failed = [i for i, st in enumerate(solution.status) if not st.usable]

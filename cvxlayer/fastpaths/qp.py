@@ -57,6 +57,9 @@ _D_POLISH = {torch.float64: 1e8, torch.float32: 1e3}
 _REFINE_STEPS = 3
 _IPM_EPS = {torch.float64: 1e-8, torch.float32: 1e-4}
 _RETRY = 1e-3  # an element whose polish fails iterates on until its gap is this much smaller
+# an element that meets the user's tolerance ends at its best iterate once it has not
+# improved for _STALL iterations, or got _DIVERGED times worse
+_STALL, _DIVERGED = 5, 1e3
 
 
 @dataclass(frozen=True, eq=False)
@@ -274,7 +277,21 @@ class _Iterate:
         self.mu = self.gap / m if m else torch.zeros_like(self.gap)
 
     def converged(self, qp: QPData, eps_abs: float, eps_rel: float) -> torch.Tensor:
-        """(B,) SCS's stopping rule on the primal and dual residuals and the gap sᵀλ."""
+        """(B,) SCS's stopping rule on the primal and dual residuals and the gap sᵀλ:
+        each at most eps_abs + eps_rel · (its scale)."""
+        (res_pri, scale_pri), (res_dual, scale_dual), (gap, scale_gap) = self._measures(qp)
+        return (
+            (res_pri <= eps_abs + eps_rel * scale_pri)
+            & (res_dual <= eps_abs + eps_rel * scale_dual)
+            & (gap <= eps_abs + eps_rel * scale_gap)
+        )
+
+    def merit(self, qp: QPData) -> torch.Tensor:
+        """(B,) the smallest eps with `converged(eps, eps)`: max of residual / (1 + scale)."""
+        return torch.stack([r / (1 + scale) for r, scale in self._measures(qp)]).amax(0)
+
+    def _measures(self, qp: QPData):
+        """(residual, scale) of the primal, dual and gap conditions, each (B,)."""
         n = _inf_norm
         res_pri = torch.maximum(n(self.r_ineq), n(self.r_eq))
         scale_pri = torch.stack([n(self.Gz), n(self.s), n(qp.h), n(self.Az), n(qp.b)]).amax(0)
@@ -283,11 +300,7 @@ class _Iterate:
         qz = (qp.q * self.z).sum(1)
         dual_obj = (qp.h * self.lam).sum(1) + (qp.b * self.nu).sum(1)
         scale_gap = torch.stack([zQz.abs(), qz.abs(), dual_obj.abs()]).amax(0)
-        return (
-            (res_pri <= eps_abs + eps_rel * scale_pri)
-            & (n(self.r_dual) <= eps_abs + eps_rel * scale_dual)
-            & (self.gap <= eps_abs + eps_rel * scale_gap)
-        )
+        return (res_pri, scale_pri), (n(self.r_dual), scale_dual), (self.gap, scale_gap)
 
 
 def _direction(qp, it: _Iterate, kkt: KKTFactor, r_comp: torch.Tensor):
@@ -337,6 +350,12 @@ def pdipm(
     device = qp.Q.device
     z, s, lam, nu = _initial_point(qp)
     out = [t.clone() for t in (z, s, lam, nu)]
+    # each element's best iterate that meets the user's tolerance, kept for when the
+    # iteration to the tighter internal one stalls or breaks down (rounding on degenerate
+    # problems): the element then ends there instead of failing
+    best = [t.clone() for t in (z, s, lam, nu)]
+    best_merit = torch.full((B,), float("inf"), dtype=qp.Q.dtype, device=device)
+    best_k = torch.zeros(B, dtype=torch.long, device=device)
     polished: list[tuple[torch.Tensor, AdjointSystem]] = []  # (rows, their active-set system)
     codes = torch.full((B,), -1, dtype=torch.long)  # -1 running, else index into _CODES
     iterations = torch.full((B,), max_iters, dtype=torch.long)
@@ -345,22 +364,36 @@ def pdipm(
     data = qp
     for k in range(max_iters + 1):
         it = _Iterate(data, z, s, lam, nu)
-        done = it.converged(data, ipm_abs, ipm_rel)
         result = [z, s, lam, nu]
-        if m and bool(done.any()):
+        finite = torch.isfinite(torch.cat(result, 1)).all(1) & ~broken
+        done = it.converged(data, ipm_abs, ipm_rel) & finite
+        merit = it.merit(data)
+        better = finite & (merit < best_merit) & it.converged(data, eps_abs, eps_rel)
+        for t_best, t in zip(best, result):
+            t_best[better] = t[better]
+        best_merit = torch.where(better, merit, best_merit)
+        best_k = torch.where(better, k, best_k)
+        stalled = torch.isfinite(best_merit) & ~done
+        stalled &= ~finite | (merit > _DIVERGED * best_merit) | (k - best_k >= _STALL)
+        stalled |= torch.isfinite(best_merit) & ~done & (k == max_iters)
+        if bool(stalled.any()):  # back to the best iterate; it is polished like the others
+            for t, t_best in zip(result, best):
+                t[stalled] = t_best[stalled]
+        if m and bool((done | stalled).any()):
             # polish the newly converged; an element whose polish fails iterates on, unless
-            # its gap is already far below the tolerance
-            sub = done.nonzero().flatten()
+            # its gap is already far below the tolerance (or it stalled: it ends unpolished)
+            sub = (done | stalled).nonzero().flatten()
             *pol, ok, system = _polish(
                 _select(data, sub), *(t[sub] for t in result), eps_abs, eps_rel
             )
             tiny = it.converged(data, ipm_abs * _RETRY, ipm_rel * _RETRY)[sub]
-            done[sub] = ok | tiny
+            done[sub] = ok | tiny | stalled[sub]
             for t, p_t in zip(result, pol):
                 t[sub[ok]] = p_t[ok]
             if bool(ok.any()):
                 polished.append((index[sub[ok]], system.select(ok)))
-        failed = broken | ~torch.isfinite(torch.cat(result, 1)).all(1)
+        done |= stalled
+        failed = ~finite & ~done
         stop = done | failed | (k == max_iters)
         if bool(stop.any()):
             rows = index[stop]
@@ -373,6 +406,8 @@ def pdipm(
             if not bool(keep.any()):
                 break
             index, z, s, lam, nu, broken = (t[keep] for t in (index, z, s, lam, nu, broken))
+            best = [t[keep] for t in best]
+            best_merit, best_k = best_merit[keep], best_k[keep]
             data, it = _select(data, keep), _select(it, keep)
         if verbose:
             print(
@@ -398,6 +433,12 @@ def pdipm(
         alpha = torch.where(broken.unsqueeze(1), 0.0, alpha)
         z, s, lam, nu = z + alpha * dz, s + alpha * ds, lam + alpha * dlam, nu + alpha * dnu
     z, s, lam, nu = out
+    # a failed element's iterate is reported, not used; where it is not finite it is
+    # replaced by a harmless point, so that no NaN reaches the computations (and their
+    # gradients) downstream of the solve, which the caller re-solves another way
+    finite = torch.isfinite(torch.cat(out, 1)).all(1, keepdim=True)
+    z, nu = (torch.where(finite, t, 0.0) for t in (z, nu))
+    s, lam = (torch.where(finite, t, 1.0) for t in (s, lam))
     system = _adjoint_system(qp, s, lam, polished)
     codes[(codes == 0) & ~system.kkt.ok.cpu()] = 2  # solved, but no factor for the backward
     status = tuple(_CODES[c] for c in codes.tolist())
@@ -487,20 +528,27 @@ def qp_vjp(qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu) -> tuple[torch.Tensor
 
 
 class _QPSolve(torch.autograd.Function):
+    # The outputs go through save_for_backward, never onto ctx: an output held by its own
+    # node would be a reference cycle through the autograd graph, which Python's garbage
+    # collector cannot see, and every call's tensors would stay alive.
     @staticmethod
     def forward(ctx, Q, q, G, h, A, b, settings, out):
         tensors = (t.detach() for t in (Q, q, G, h, A, b))
         qp = QPData(*tensors, out["G_pattern"])
         sol = pdipm(qp, *settings)
         out["result"] = sol
-        ctx.qp, ctx.sol, ctx.failed_nan = qp, sol, out["failed_gradient"] == "nan"
+        ctx.qp, ctx.failed_nan = qp, out["failed_gradient"] == "nan"
+        ctx.rest = (sol.s, sol.status, sol.iterations, sol.system)
+        ctx.save_for_backward(sol.z, sol.lam, sol.nu)
         return sol.z, sol.lam, sol.nu
 
     @staticmethod
     def backward(ctx, g_z, g_lam, g_nu):
-        sol = ctx.sol
+        z, lam, nu = ctx.saved_tensors
+        s, status, iterations, system = ctx.rest
+        sol = PDIPMResult(z, s, lam, nu, status, iterations, system)
         grads = qp_vjp(ctx.qp, sol, g_z, g_lam, g_nu)
-        failed = torch.tensor([not st.ok for st in sol.status], device=g_z.device)
+        failed = torch.tensor([not st.ok for st in status], device=g_z.device)
         fill = float("nan") if ctx.failed_nan else 0.0
         grads = tuple(torch.where(failed.view(-1, *([1] * (g.dim() - 1))), fill, g) for g in grads)
         return (*grads, None, None)
