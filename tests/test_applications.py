@@ -314,3 +314,36 @@ def test_training_memory_stays_flat(fast_path):
         rss.append(_rss_mb())
     assert tensors[-1] == tensors[1], f"live tensors grew from {tensors[1]} to {tensors[-1]}"
     assert rss[-1] <= 1.1 * rss[1], f"resident memory grew from {rss[1]:.0f} to {rss[-1]:.0f} MB"
+
+
+def test_relu_network_with_a_pinned_weight_variable_is_a_small_qp():
+    """z = argmin ‖z − W̃x − b‖² s.t. z ≥ 0, W̃ = W (a variable W̃ keeps W̃x DPP): the 100
+    entries of W̃ are eliminated at compile time, leaving a 10-variable QP, and two stacked
+    layers equal relu(W₂ relu(W₁x + b₁) + b₂) in value and gradient."""
+    n, B = 10, 16
+
+    def layer():
+        x, W, b = cp.Parameter(n), cp.Parameter((n, n)), cp.Parameter(n)
+        W_var, z = cp.Variable((n, n)), cp.Variable(n)
+        prob = cp.Problem(cp.Minimize(cp.sum_squares(z - W_var @ x - b)), [z >= 0, W_var == W])
+        return CvxpyLayer(prob, [x, W, b], [z])
+
+    first, second = layer(), layer()
+    assert first.fast_path.keep.size == n and "100 pinned" in first.fast_path.describe()
+    gen = torch.Generator().manual_seed(4)
+    X = torch.randn(B, n, generator=gen, dtype=torch.float64)
+    params = [torch.randn(*s, generator=gen, dtype=torch.float64) * 0.5 for s in [(n, n), (n,)] * 2]
+    results = []
+    for use_layers in (True, False):
+        leaves = [p.clone().requires_grad_() for p in params]
+        W1, b1, W2, b2 = leaves
+        if use_layers:
+            (h,) = first(X, W1.expand(B, n, n), b1.expand(B, n), solver_args={"eps": 1e-10})
+            (out,) = second(h, W2.expand(B, n, n), b2.expand(B, n), solver_args={"eps": 1e-10})
+        else:
+            out = torch.relu(torch.relu(X @ W1.T + b1) @ W2.T + b2)
+        (out**2).sum().backward()
+        results.append((out.detach(), [leaf.grad for leaf in leaves]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-8, rtol=0)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

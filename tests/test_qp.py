@@ -316,3 +316,43 @@ def test_large_sparse_qp_stays_on_the_sparse_generic_path_unless_asked():
     prob = cp.Problem(cp.Minimize(c @ x + 0.5 * cp.sum_squares(x)), [G @ x <= h])
     assert CvxpyLayer(prob, [c, h], [x]).fast_path is None
     assert CvxpyLayer(prob, [c, h], [x], fast_path="qp").fast_path.name == "qp"
+
+
+def _pinned_problem(n=4):
+    """A QP whose variable W̃ is pinned to a parameter (W̃ = W keeps W̃ x DPP) and appears in
+    an inequality and an equality besides: z = argmin ‖z − W̃x − b‖² s.t. 1ᵀz + ΣW̃ ≤ 3,
+    z₀ + W̃₀₀ = c, z ≥ −1."""
+    x, W, b, c = cp.Parameter(n), cp.Parameter((n, n)), cp.Parameter(n), cp.Parameter()
+    W_var, z = cp.Variable((n, n)), cp.Variable(n)
+    cons = [W_var == W, cp.sum(z) + cp.sum(W_var) <= 3, z[0] + W_var[0, 0] == c, z >= -1]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(z - W_var @ x - b)), cons)
+    return prob, [x, W, b, c], [z, W_var] + [con.dual_variables[0] for con in cons]
+
+
+def test_pinned_variables_are_eliminated_and_match_the_generic_path():
+    prob, params, outputs = _pinned_problem()
+    fast = CvxpyLayer(prob, params, outputs)
+    assert isinstance(fast.fast_path, QPForm) and fast.fast_path.pinned == 16
+    assert fast.fast_path.keep.size == 4  # only z remains: the 16 entries of W̃ are gone
+    generic = CvxpyLayer(prob, params, outputs, fast_path=False)
+    gen = torch.Generator().manual_seed(3)
+    W = 0.2 * torch.randn(3, 4, 4, generator=gen, dtype=torch.float64)
+    values = [
+        torch.randn(3, 4, generator=gen, dtype=torch.float64),
+        W,
+        torch.randn(3, 4, generator=gen, dtype=torch.float64),
+        W[:, 0, 0] + torch.rand(3, generator=gen, dtype=torch.float64),  # feasible: z₀ ∈ [0, 1]
+    ]
+    weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in fast(*values)]
+    results = []
+    for layer in (fast, generic):
+        leaves = [v.clone().requires_grad_() for v in values]
+        outs = layer(*leaves, solver_args={"eps": 1e-10})
+        sum((w * o).sum() for w, o in zip(weights, outs)).backward()
+        results.append((outs, [leaf.grad for leaf in leaves]))
+    (fast_out, fast_grad), (gen_out, gen_grad) = results
+    # both solve to 1e-10 (the QP path polishes to its active set's exact solution)
+    for a, b in zip(fast_out, gen_out):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    for a, b in zip(fast_grad, gen_grad):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

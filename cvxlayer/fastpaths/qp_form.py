@@ -9,16 +9,24 @@ with a parameter L becomes ½‖t‖² with a new variable t and the equality t 
 variables are eliminated again before the interior-point solve, so that the QP has the
 user's variables only (for sum_squares(L @ x): Q = LᵀL, the form qpth takes):
 
-A variable column e is *eliminated* when it has a single nonzero in A, in a zero row r, and
-that coefficient a_e is a constant (no parameter). Row r then reads a_e x_e + A_rK x_K = b_r,
-so x_E = T x_K + u with T = −A_RK / a_E and u = b_R / a_E, and with K the kept columns
+A variable column e is *eliminated* with a zero row r whose coefficient a_e is a constant (no
+parameter) in two cases. *Lifted*: e has no other nonzero in A; row r reads
+a_e x_e + A_rK x_K + A_rP x_P = b_r. *Pinned*: row r has no other nonzero, so x_e = b_r / a_e
+is fixed by the parameters (a constraint such as `W_var == W`); e may appear in other rows.
+With P the pinned columns, L the lifted ones, E = P ∪ L, and K the kept columns,
 
-    Q = P_KK + P_KE T + Tᵀ P_EK + Tᵀ P_EE T,    q = c_K + Tᵀ c_E + (P_KE + Tᵀ P_EE) u.
+    x_E = T x_K + u,  T = −A_RK / a_E (zero on pinned rows),
+    u_P = b_R / a_P,  u_L = (b_R − A_RP u_P) / a_L,
 
-The duals of the eliminated rows follow from stationarity in x_E:
-y_R = −((P x)_E + c_E) / a_E. The dense blocks of the QP are read straight from θ̃ by
-one sparse linear map (the parametric map's rows for those entries); every step is a torch
-operation, so autograd carries the QP's gradients back to the parameters.
+    Q = P_KK + P_KE T + Tᵀ P_EK + Tᵀ P_EE T,    q = c_K + Tᵀ c_E + (P_KE + Tᵀ P_EE) u,
+
+and the other rows read G x_K ≤ h − G_P u_P, A_eq x_K = b_eq − A_eq,P u_P (the products of
+parameters that make this no longer DPP are formed in torch). The duals of the eliminated
+rows follow from stationarity in x_E, lifted rows first:
+y_L = −((P x)_L + c_L) / a_L,  y_P = −((P x)_P + c_P + A_LPᵀ y_L + G_Pᵀ λ + A_eq,Pᵀ ν) / a_P.
+The dense blocks of the QP are read straight from θ̃ by one sparse linear map (the
+parametric map's rows for those entries); every step is a torch operation, so autograd
+carries the QP's gradients back to the parameters.
 """
 
 from __future__ import annotations
@@ -49,6 +57,12 @@ def _constant_entries(matrix, rows: np.ndarray, num_params: int) -> np.ndarray:
         cols = sub.indices[sub.indptr[i] : sub.indptr[i + 1]]
         depends[i] = bool((cols < num_params).any())
     return ~depends
+
+
+def _one_per(entries: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """The first of `entries` for each distinct `owner[entries]` (a row or a column)."""
+    _, first = np.unique(owner[entries], return_index=True)
+    return entries[np.sort(first)]
 
 
 def pair_positions(pattern, shape, r, c, symmetric: bool = False) -> np.ndarray:
@@ -102,10 +116,11 @@ class QPForm:
     Attributes:
         structure: the compiled cone structure.
         keep: kept columns K (the QP's variables z).
-        elim: eliminated columns E; elim_rows: their zero rows R (same order).
+        elim: eliminated columns E, pinned ones first; elim_rows: their zero rows R.
         eq_rows: the other zero rows (the QP's Az = b); ineq_rows: nonneg rows (Gz ≤ h).
-        shapes: the pieces θ̃ is mapped to, in order: c, b, a_E, A_RK, G, A_eq, and for a
-            quadratic objective P_KK, P_KE (if nonzero), P_EE (or P_EE_diag if diagonal).
+        shapes: the pieces θ̃ is mapped to, in order: c, b, a_E, A_RK, G, A_eq, with pinned
+            columns A_LP, G_P, A_eq_P, and for a quadratic objective P_KK, P_KE (if
+            nonzero), P_EE (or P_EE_diag if diagonal).
         linear: θ̃ ↦ those pieces, flattened and concatenated.
         g_pattern: G's structural nonzeros when G is sparse (e.g. bounds), else None.
     """
@@ -119,6 +134,7 @@ class QPForm:
     shapes: dict
     linear: SparseLinear
     g_pattern: GPattern | None = None
+    pinned: int = 0  # the first `pinned` of `elim` are pinned, the others lifted
 
     name = "qp"
 
@@ -135,19 +151,25 @@ class QPForm:
             return None
         n, m, zero = structure.n, structure.m, cones.zero
         rows, cols = structure.a_coords()
-        counts = np.bincount(cols, minlength=n)
-        entry = np.flatnonzero((counts[cols] == 1) & (rows < zero))  # candidates' entries
-        entry = entry[_constant_entries(matrix, n + entry, param_map.num_params)]
+        constant = _constant_entries(matrix, n + np.arange(rows.size), param_map.num_params)
+        allowed = constant & (rows < zero)
         if protected is not None:
-            entry = entry[~np.isin(cols[entry], protected)]
-        _, first = np.unique(rows[entry], return_index=True)  # one column per row
-        entry = entry[first]
+            allowed &= ~np.isin(cols, protected)
+        # pinned: the entry is alone in its row; lifted: alone in its column
+        row_counts = np.bincount(rows, minlength=m)
+        pinned = _one_per(np.flatnonzero(allowed & (row_counts[rows] == 1)), cols)
+        taken_cols = np.isin(cols, cols[pinned])
+        col_counts = np.bincount(cols, minlength=n)
+        lifted = np.flatnonzero(allowed & (col_counts[cols] == 1) & ~taken_cols)
+        lifted = _one_per(lifted, rows)
+        entry = np.concatenate([pinned, lifted])
         elim, elim_rows = cols[entry].astype(np.int64), rows[entry].astype(np.int64)
         keep = np.setdiff1d(np.arange(n), elim)
         if keep.size == 0:
             return None
         eq_rows = np.setdiff1d(np.arange(zero), elim_rows)
         ineq_rows = np.arange(zero, m)
+        pinned_cols = elim[: pinned.size]
 
         # rows of the parametric map M: c, A's pattern, b, P's pattern
         a_off, b_off, p_off = n, n + structure.a_nnz, n + structure.a_nnz + m
@@ -160,9 +182,14 @@ class QPForm:
             "G": _positions(*a, ineq_rows, keep),
             "A_eq": _positions(*a, eq_rows, keep),
         }
+        if pinned.size:
+            pieces["A_LP"] = _positions(*a, elim_rows[pinned.size :], pinned_cols)
+            pieces["G_P"] = _positions(*a, ineq_rows, pinned_cols)
+            pieces["A_eq_P"] = _positions(*a, eq_rows, pinned_cols)
         g_pattern = GPattern.from_mask(pieces["G"] >= 0)
-        for key in ("A_RK", "G", "A_eq"):
-            pieces[key] = np.where(pieces[key] < 0, -1, a_off + pieces[key])
+        for key in ("A_RK", "G", "A_eq", "A_LP", "G_P", "A_eq_P"):
+            if key in pieces:
+                pieces[key] = np.where(pieces[key] < 0, -1, a_off + pieces[key])
         if structure.p_indices is not None:
             p = (structure.p_coords(), (n, n))
             blocks = {"P_KK": _positions(*p, keep, keep, symmetric=True)}
@@ -178,12 +205,16 @@ class QPForm:
                 pieces[key] = np.where(pos < 0, -1, p_off + pos)
         shapes = {key: pos.shape for key, pos in pieces.items()}
         linear = param_map.linear.restrict(np.concatenate([v.ravel() for v in pieces.values()]))
-        return cls(structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear, g_pattern)
+        return cls(
+            structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear, g_pattern,
+            int(pinned.size),
+        )  # fmt: skip
 
     def describe(self) -> str:
         return (
             f"QP with {self.keep.size} variables, {self.eq_rows.size} equalities, "
-            f"{self.ineq_rows.size} inequalities ({self.elim.size} lifted variables eliminated)"
+            f"{self.ineq_rows.size} inequalities ({self.elim.size - self.pinned} lifted and "
+            f"{self.pinned} pinned variables eliminated)"
         )
 
     def solve(
@@ -197,10 +228,15 @@ class QPForm:
             torch.as_tensor(ix, device=dev)
             for ix in (self.keep, self.elim, self.elim_rows, self.eq_rows, self.ineq_rows)
         )
-        b, c = d["b"], d["c"]
-        # x_E = T x_K + u
-        T = -d["A_RK"] / d["a_E"].unsqueeze(-1)
-        u = b[:, R] / d["a_E"]
+        b, c, a_E, npin = d["b"], d["c"], d["a_E"], self.pinned
+        h, b_eq = b[:, ineq], b[:, eq]
+        # x_E = T x_K + u (pinned rows of A_RK are empty: T is zero there)
+        T = -d["A_RK"] / a_E.unsqueeze(-1)
+        u = b[:, R] / a_E
+        if npin:
+            u_P = u[:, :npin]
+            u = torch.cat([u_P, u[:, npin:] - mv(d["A_LP"], u_P) / a_E[:, npin:]], 1)
+            h, b_eq = h - mv(d["G_P"], u_P), b_eq - mv(d["A_eq_P"], u_P)
         c_E = c[:, E]
         q = c[:, K] + mtv(T, c_E)
         if "P_KK" in d:
@@ -214,7 +250,7 @@ class QPForm:
                 q = q + mv(d["P_KE"], u)
         else:
             Q = b.new_zeros(b.shape[0], K.numel(), K.numel())
-        qp = QPData(Q, q, d["G"], b[:, ineq], d["A_eq"], b[:, eq], self.g_pattern)
+        qp = QPData(Q, q, d["G"], h, d["A_eq"], b_eq, self.g_pattern)
         z, lam, nu, result = qp_solve_differentiable(
             qp,
             settings.eps_abs,
@@ -233,7 +269,13 @@ class QPForm:
             grad_E = grad_E + mv(d["P_EE"], x_E)
         if "P_KE" in d:
             grad_E = grad_E + mtv(d["P_KE"], z)
-        y = torch.cat([-grad_E / d["a_E"], nu, lam], 1)
+        y_R = -grad_E / a_E
+        if npin:  # a pinned column's other rows enter its stationarity
+            y_L = y_R[:, npin:]
+            grad_P = grad_E[:, :npin] + mtv(d["A_LP"], y_L)
+            grad_P = grad_P + mtv(d["G_P"], lam) + mtv(d["A_eq_P"], nu)
+            y_R = torch.cat([-grad_P / a_E[:, :npin], y_L], 1)
+        y = torch.cat([y_R, nu, lam], 1)
         y = y[:, _order(self.elim_rows, self.eq_rows, self.ineq_rows, device=dev)]
         s_ineq = qp.h - mv(qp.G, z)
         s = torch.cat([s_ineq.new_zeros(s_ineq.shape[0], self.structure.cones.zero), s_ineq], 1)
