@@ -74,7 +74,9 @@ class CvxpyLayer(torch.nn.Module):
         fast_path: True (default): solve with a structure-specific method when the compiled
             problem has that structure (QPs: only equality and inequality constraints with
             a linear or convex quadratic objective, by a batched interior-point method);
-            elements it does not solve are re-solved with `mode`. False: always `mode`.
+            elements it does not solve are re-solved with `mode`. On the CPU, the QP path
+            takes batches of 24 elements or more (smaller ones are cheaper one by one with
+            native SCS). False: always `mode`.
             A name ("qp"): that fast path, or `ValueError` if the problem does not fit it.
             The chosen path is `layer.fast_path` (None for none) and shows in `repr`.
 
@@ -126,6 +128,7 @@ class CvxpyLayer(torch.nn.Module):
             gp=gp,
         )
         self.fast_path = match_fast_path(self.compiled, problem, fast_path)
+        self._fast_path_named = isinstance(fast_path, str)
 
     def extra_repr(self) -> str:
         st = self.compiled.structure
@@ -225,7 +228,10 @@ class CvxpyLayer(torch.nn.Module):
 
     def _solve(self, theta: torch.Tensor, options: CallOptions, adjoint, mode: str):
         """(Solution, mode that ran) for a batch of θ̃ (B, d)."""
-        if self.fast_path is not None:
+        path = self.fast_path
+        if path is not None and (
+            self._fast_path_named or path.pays_off(theta.shape[0], theta.device)
+        ):
             return self._solve_fast(theta, options, adjoint, mode)
         solution = solve_and_differentiate(
             self.compiled.param_map.apply(theta),

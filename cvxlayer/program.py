@@ -12,6 +12,8 @@ dimension first (`ConeProgram`).
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +43,25 @@ class ConeStructure:
     a_indptr: np.ndarray
     p_indices: np.ndarray | None = None
     p_indptr: np.ndarray | None = None
+
+    @functools.cached_property
+    def csc_templates(self) -> tuple[sp.csc_matrix, sp.csc_matrix | None]:
+        """SciPy CSC matrices with A's (and P's) pattern, checked once, to be shallow-copied
+        with each element's values: building and validating a matrix per element costs
+        more than the small solves it feeds."""
+        a = sp.csc_matrix(
+            (np.zeros(self.a_nnz), self.a_indices.astype(np.int32), self.a_indptr.astype(np.int32)),
+            shape=(self.m, self.n),
+        )
+        a.has_sorted_indices = True
+        if self.p_indices is None:
+            return a, None
+        p = sp.csc_matrix(
+            (np.zeros(self.p_nnz), self.p_indices.astype(np.int32), self.p_indptr.astype(np.int32)),
+            shape=(self.n, self.n),
+        )
+        p.has_sorted_indices = True
+        return a, p
 
     @property
     def a_nnz(self) -> int:
@@ -109,14 +130,19 @@ class ConeProgram:
         b = self.b.detach().cpu().double().numpy()
         c = self.c.detach().cpu().double().numpy()
         P = None if self.P is None else self.P.detach().cpu().double().numpy()
+        a_template, p_template = st.csc_templates
         out = []
         for i in range(self.batch_size):
-            Ai = sp.csc_matrix((A[i], st.a_indices, st.a_indptr), shape=(st.m, st.n))
-            Pi = None
-            if P is not None:
-                Pi = sp.csc_matrix((P[i], st.p_indices, st.p_indptr), shape=(st.n, st.n))
-            out.append((Ai, b[i], c[i], Pi))
+            Pi = None if P is None else _with_values(p_template, P[i])
+            out.append((_with_values(a_template, A[i]), b[i], c[i], Pi))
         return out
+
+
+def _with_values(template: sp.csc_matrix, values: np.ndarray) -> sp.csc_matrix:
+    """A matrix sharing `template`'s (read-only) index arrays, with these values."""
+    matrix = copy.copy(template)
+    matrix.data = values
+    return matrix
 
 
 class SparseOps:
@@ -126,6 +152,12 @@ class SparseOps:
     index tensors live on `device`, built once. Every product costs O(B · nnz) time and
     memory: nothing m × n is formed except by `dense`.
     """
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def of(structure: ConeStructure, device: torch.device) -> SparseOps:
+        """The products of a structure on a device, built once per pair."""
+        return SparseOps(structure, device)
 
     def __init__(self, structure: ConeStructure, device: torch.device | str) -> None:
         self.m, self.n = structure.m, structure.n

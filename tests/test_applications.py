@@ -146,7 +146,7 @@ def _supply_chain_cost(u, x, P_sqrt, q):
 
 
 def test_degenerate_supply_chain_states_are_solved_on_the_qp_path():
-    layer = _supply_chain_policy()
+    layer = _supply_chain_policy(fast_path="qp")
     args = _split(DEGENERATE)
     (u,), info = layer(*args, return_status=True, solver_args={"acceleration_lookback": 0})
     assert info.mode == "qp" and all(s.ok for s in info.status)
@@ -249,7 +249,7 @@ def test_markowitz_policy_trains_to_finite_parameters():
 def test_a_failed_fast_path_element_does_not_reach_the_gradient(monkeypatch, failed_gradient):
     """Element 1's interior point is made to produce NaN; the generic mode solves it again.
     Outputs and gradients equal those of a run where nothing failed."""
-    layer = _supply_chain_policy()
+    layer = _supply_chain_policy(fast_path="qp")
     args = [a.clone().requires_grad_() for a in _split(DEGENERATE)]
     solver_args = {"failed_gradient": failed_gradient, "eps": 1e-9}
     (reference,) = layer(*args, solver_args=solver_args)

@@ -8,6 +8,7 @@ from problems import CASES, solve_reference
 
 from cvxlayer import CvxpyLayer, SolverError, Status, solve_qp
 from cvxlayer.fastpaths import QPForm
+from cvxlayer.fastpaths.qp_form import QP_MIN_BATCH
 
 TIGHT = {"eps": 1e-9, "max_iters": 200_000}
 
@@ -193,7 +194,7 @@ def test_qp_path_matches_generic_path_and_clarabel(form):
         if prm.name() == "h" or prm.shape == (3,):
             v = np.abs(v) + 0.5
         values.append(torch.tensor(v))
-    fast = CvxpyLayer(prob, params, prob.variables())
+    fast = CvxpyLayer(prob, params, prob.variables(), fast_path="qp")
     generic = CvxpyLayer(prob, params, prob.variables(), fast_path=False, mode="scs")
     leaves = [[v.clone().requires_grad_() for v in values] for _ in range(2)]
     (x_fast,), info = fast(*leaves[0], solver_args=TIGHT, return_status=True)
@@ -226,7 +227,7 @@ def test_unsolved_elements_fall_back_to_the_generic_mode():
     n = 3
     x, lo = cp.Variable(n), cp.Parameter(n)
     prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, x <= 1])
-    layer = CvxpyLayer(prob, [lo], [x])
+    layer = CvxpyLayer(prob, [lo], [x], fast_path="qp")
     lo_v = torch.tensor([[0.5, 0.2, -1.0], [2.0, 0.0, 0.0], [-1.0, -1.0, 0.3]], dtype=torch.float64)
     lo_v.requires_grad_()
     (sol,), info = layer(lo_v, return_status=True)
@@ -356,3 +357,19 @@ def test_pinned_variables_are_eliminated_and_match_the_generic_path():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     for a, b in zip(fast_grad, gen_grad):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_takes_the_qp_path_for_large_cpu_batches_only():
+    """On the CPU, small batches are cheaper one element at a time with native SCS; from
+    QP_MIN_BATCH elements the batched interior point wins (bench/overhead.py). Both answer
+    the same."""
+    n = 3
+    x, lo = cp.Variable(n), cp.Parameter(n)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, x <= 1])
+    layer = CvxpyLayer(prob, [lo], [x])
+    gen = torch.Generator().manual_seed(5)
+    for batch, mode in ((QP_MIN_BATCH - 1, "scs"), (QP_MIN_BATCH, "qp")):
+        lo_v = torch.rand(batch, n, generator=gen, dtype=torch.float64) - 0.5
+        (sol,), info = layer(lo_v, return_status=True)
+        assert info.mode == mode
+        torch.testing.assert_close(sol, lo_v.clamp(min=0), atol=1e-5, rtol=0)

@@ -10,6 +10,7 @@ Moreau: z = Π_K(z) + Π_{K°}(z) with K° = −K*, hence Π_{K*}(z) = z + Π_K(
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -483,6 +484,12 @@ class ConeProjector:
             self.groups.append(_Group("power", rows, alpha))
         self._device_cache: dict = {}
 
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def of(cones: ConeSpec) -> ConeProjector:
+        """The projector of a cone, built once (it holds index tensors per device)."""
+        return ConeProjector(cones)
+
     def _rows(self, group: _Group, device: torch.device) -> torch.Tensor:
         key = (id(group), device)
         if key not in self._device_cache:
@@ -520,12 +527,17 @@ class ConeProjector:
 
     def jacobian(self, z: torch.Tensor, dual: bool) -> torch.Tensor:
         """(B, m, m) block-diagonal Jacobian of Π_K (or Π_{K*} if `dual`) at z (B, m)."""
-        jac = z.new_zeros(z.shape[0], z.shape[1], z.shape[1])
-        for rows, blocks in self.jacobian_blocks(z, dual):
-            if blocks.dim() == 3:  # a diagonal
-                jac[:, rows, rows] = blocks
+        return self.dense(self.jacobian_blocks(z, dual), z)
+
+    @staticmethod
+    def dense(blocks: list, like: torch.Tensor) -> torch.Tensor:
+        """The (B, m, m) matrix of `jacobian_blocks`' output (`like`: any (B, m) tensor)."""
+        jac = like.new_zeros(like.shape[0], like.shape[1], like.shape[1])
+        for rows, block in blocks:
+            if block.dim() == 3:  # a diagonal
+                jac[:, rows, rows] = block
             else:
-                jac[:, rows.unsqueeze(-1), rows.unsqueeze(-2)] = blocks
+                jac[:, rows.unsqueeze(-1), rows.unsqueeze(-2)] = block
         return jac
 
     @staticmethod

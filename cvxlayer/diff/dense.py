@@ -115,7 +115,7 @@ class ResidualMapAdjoint:
         self.name = method
 
     def check(self, structure: ConeStructure) -> None:
-        ConeProjector(structure.cones)  # raises for cones without a torch derivative
+        ConeProjector.of(structure.cones)  # raises for cones without a torch derivative
 
     def vjp(
         self,
@@ -127,28 +127,31 @@ class ResidualMapAdjoint:
         active: list[int],
     ):
         st = program.structure
-        dA = program.A.new_zeros(program.A.shape)
-        db = program.b.new_zeros(program.b.shape)
-        dc = program.c.new_zeros(program.c.shape)
-        dP = None if program.P is None else program.P.new_zeros(program.P.shape)
         if not active:
-            return dA, db, dc, dP
-        idx = torch.as_tensor(active, device=program.b.device)
-        ops = SparseOps(st, program.b.device)
-        A, P = program.A[idx], None if program.P is None else program.P[idx]
-        x, y, s = solution.x[idx], solution.y[idx], solution.s[idx]
-        projector = ConeProjector(st.cones)
+            zeros = (t.new_zeros(t.shape) for t in (program.A, program.b, program.c))
+            return (*zeros, None if program.P is None else program.P.new_zeros(program.P.shape))
+        everyone = len(active) == program.batch_size
+        idx = None if everyone else torch.as_tensor(active, device=program.b.device)
+
+        def rows_of(t):  # the active elements' rows (all of them: no copy)
+            return t if everyone or t is None else t[idx]
+
+        ops = SparseOps.of(st, program.b.device)
+        A, P = rows_of(program.A), rows_of(program.P)
+        x, y, s = rows_of(solution.x), rows_of(solution.y), rows_of(solution.s)
+        projector = ConeProjector.of(st.cones)
         blocks = projector.jacobian_blocks(y - s, dual=True)
 
         def D(w):
             return projector.apply_blocks(blocks, w)
 
-        rhs = torch.cat([dx[idx], D(dy[idx] + ds[idx]) - ds[idx]], 1)
+        ds_active = rows_of(ds)
+        rhs = torch.cat([rows_of(dx), D(rows_of(dy) + ds_active) - ds_active], 1)
         method = self.method
         if method == "auto":
             method = "dense" if st.n + st.m <= DENSE_LIMIT else "lsqr"
         if method == "dense":
-            Jt = residual_jacobian_t(*ops.dense(A, P), projector.jacobian(y - s, dual=True))
+            Jt = residual_jacobian_t(*ops.dense(A, P), projector.dense(blocks, rhs[:, st.n :]))
             r = solve_transposed_system(Jt, rhs)
         else:  # matrix-free on the sparse data: memory grows with nnz, not with n·m
             jt, j = _transposed_operator(_BoundProducts(ops, A, P), D, st.n)
@@ -159,15 +162,21 @@ class ResidualMapAdjoint:
         r_u, r_v = r[:, : st.n], r[:, st.n :]
 
         rows, cols = ops.a_rows, ops.a_cols
-        dA[idx] = r_v[:, rows] * x[:, cols] - y[:, rows] * r_u[:, cols]
-        db[idx] = -r_v
-        dc[idx] = -r_u
-        if dP is not None:
+        grads = [r_v[:, rows] * x[:, cols] - y[:, rows] * r_u[:, cols], -r_v, -r_u]
+        if P is not None:
             p_rows, p_cols = ops.p_rows, ops.p_cols
             # an upper-triangle value stands for P_ij and P_ji: off-diagonal gradients double
             full = -(r_u[:, p_rows] * x[:, p_cols] + x[:, p_rows] * r_u[:, p_cols]) / 2
-            dP[idx] = torch.where(ops.p_on_diagonal, full, 2 * full)
-        return dA, db, dc, dP
+            grads.append(torch.where(ops.p_on_diagonal, full, 2 * full))
+        else:
+            grads.append(None)
+        if everyone:
+            return tuple(grads)
+        totals = (program.A, program.b, program.c, program.P)
+        return tuple(
+            None if g is None else t.new_zeros(t.shape).index_copy_(0, idx, g)
+            for t, g in zip(totals, grads)
+        )
 
 
 class _BoundProducts:

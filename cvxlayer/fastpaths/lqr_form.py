@@ -185,6 +185,10 @@ class LQRForm:
         linear = compiled.param_map.linear.restrict(flat)
         return cls(st, n, m, T, x_cols, e_cols, e_rows, init_rows, dyn_rows, shapes, linear)
 
+    def pays_off(self, batch: int, device: torch.device) -> bool:
+        """Always: a closed form or a recursion costs less than any generic solve."""
+        return True
+
     def describe(self) -> str:
         return f"LQR with {self.n} states, {self.m} controls, horizon {self.T} (Riccati)"
 

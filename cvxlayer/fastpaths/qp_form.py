@@ -109,6 +109,11 @@ def piece_rows(linear: SparseLinear, shapes: dict, key: str):
     raise KeyError(key)
 
 
+# CPU batches from this size go to the QP path (measured crossover: 16–32 elements at
+# n = 10–50 on 2 cores, bench/overhead.py)
+QP_MIN_BATCH = 24
+
+
 @dataclass(frozen=True, eq=False)
 class QPForm:
     """The reduction of one compiled problem, found once at compile time.
@@ -209,6 +214,12 @@ class QPForm:
             structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear, g_pattern,
             int(pinned.size),
         )  # fmt: skip
+
+    def pays_off(self, batch: int, device: torch.device) -> bool:
+        """Whether the batched interior point beats the generic mode: on the CPU only from
+        `QP_MIN_BATCH` elements (below, native SCS one element at a time costs less than the
+        interior point's hundreds of small batched operations; bench/overhead.py)."""
+        return device.type != "cpu" or batch >= QP_MIN_BATCH
 
     def describe(self) -> str:
         return (

@@ -135,8 +135,8 @@ class TorchADMM:
             eps_rel=floor_tolerance(settings.eps_rel, dtype),
             eps_infeas=floor_tolerance(settings.eps_infeas, dtype),
         )
-        projector = ConeProjector(st.cones)
-        ops = SparseOps(st, device)
+        projector = ConeProjector.of(st.cones)
+        ops = SparseOps.of(st, device)
         A, P, b, c = program.A, program.P, program.b, program.c  # A, P: values (B, nnz)
         if settings.normalize:
             D, E = equilibrate(program, ops)

@@ -7,6 +7,7 @@ elements is contiguous, as SCS requires (all zero rows, then all nonneg rows, â€
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -30,11 +31,17 @@ _SCS_STATUS = {
 
 
 def _scs_settings(settings: SolveSettings) -> dict:
-    """SCS's own keyword arguments: the same names, `linsys` mapped to `linear_solver`."""
+    """SCS's own keyword arguments: the same names, `linsys` mapped to `linear_solver` (a new
+    dict each time: SCS consumes some of its keys)."""
+    return dict(_scs_settings_of(settings))
+
+
+@functools.lru_cache(maxsize=32)
+def _scs_settings_of(settings: SolveSettings) -> tuple:
     opts = asdict(settings)
     opts["linear_solver"] = "cpu_indirect" if opts.pop("linsys") == "cg" else "auto"
     del opts["threads"]
-    return opts
+    return tuple(opts.items())
 
 
 def _solve_one(A, b, c, P, cones: dict, settings: dict, warm: tuple | None) -> dict:
