@@ -1,0 +1,171 @@
+"""Fixed cost of one call on a small problem (issue 20): applications call a layer on one
+problem (or a handful) thousands of times, so what a call costs beyond the solve matters.
+
+    python bench/overhead.py [--calls 200] [--batches 1,8] [--sizes 10,50]
+
+Problems, with n variables and parameters x (n) and M (n × n):
+  QP:   min ‖y − x‖²  s.t.  M y ≤ 1
+  SOCP: min ‖y − x‖²  s.t.  ‖M y‖₂ ≤ 1
+Systems: cvxlayer (its defaults), cvxpylayers 1.2 (default diffcp/SCS) and
+cvxpylayers[MOREAU], each timed in this process on the same tensors: the median over
+`--calls` calls (after warm-up calls) of a forward under no_grad and of a forward+backward.
+Writes bench/results/overhead/results.md, results.json and results.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cvxpy as cp
+import torch
+
+from cvxlayer import CvxpyLayer
+
+OUT = Path(__file__).parent / "results" / "overhead"
+WARMUP = 10
+
+
+def problem(kind: str, n: int) -> tuple[cp.Problem, list[cp.Parameter], cp.Variable]:
+    x, M, y = cp.Parameter(n), cp.Parameter((n, n)), cp.Variable(n)
+    constraint = M @ y <= 1 if kind == "QP" else cp.norm(M @ y) <= 1
+    return cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [constraint]), [x, M], y
+
+
+def values(n: int, batch: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(n * 1000 + batch)
+    x = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    M = torch.eye(n, dtype=torch.float64) + 0.3 * torch.randn(
+        batch, n, n, generator=gen, dtype=torch.float64
+    )
+    return [x, M]
+
+
+def build(system: str, kind: str, n: int) -> Callable:
+    prob, params, y = problem(kind, n)
+    if system == "cvxlayer":
+        layer = CvxpyLayer(prob, params, [y])
+    else:
+        from cvxpylayers.torch import CvxpyLayer as PeerLayer
+
+        layer = PeerLayer(prob, params, [y], solver="MOREAU" if "MOREAU" in system else None)
+    return lambda vals: layer(*vals)[0]
+
+
+def median_seconds(fn: Callable[[], object], calls: int) -> float:
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(run: Callable, vals: list[torch.Tensor], calls: int) -> tuple[float, float]:
+    leaves = [v.clone().requires_grad_() for v in vals]
+
+    def forward():
+        with torch.no_grad():
+            run(vals)
+
+    def forward_backward():
+        run(leaves).sum().backward()
+
+    return median_seconds(forward, calls), median_seconds(forward_backward, calls)
+
+
+SYSTEMS = ("cvxlayer", "cvxpylayers", "cvxpylayers[MOREAU]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--sizes", default="10,50")
+    args = parser.parse_args(argv)
+    rows = []
+    for kind in ("QP", "SOCP"):
+        for n in map(int, args.sizes.split(",")):
+            for batch in map(int, args.batches.split(",")):
+                vals = values(n, batch)
+                row = {"problem": kind, "n": n, "batch": batch}
+                for system in SYSTEMS:
+                    try:
+                        fwd, both = measure(build(system, kind, n), vals, args.calls)
+                    except ImportError as err:
+                        print(f"  {system}: not installed ({err})")
+                        fwd = both = float("nan")
+                    row[system] = {"forward": fwd, "forward+backward": both}
+                rows.append(row)
+                print(
+                    f"{kind:4s} n={n:3d} B={batch:2d}: "
+                    + ", ".join(
+                        f"{s} {1e3 * row[s]['forward']:.2f}/{1e3 * row[s]['forward+backward']:.2f}"
+                        " ms"
+                        for s in SYSTEMS
+                    ),
+                    flush=True,
+                )
+    write(rows, args)
+
+
+def write(rows: list[dict], args) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(rows, indent=1))
+    lines = [
+        "# Fixed cost of a call on small problems (ms per call, median of "
+        f"{args.calls} calls)",
+        "",
+        "Forward (no grad) / forward+backward; ratio = peer's time ÷ cvxlayer's (> 1: "
+        "cvxlayer is faster). QP: min ‖y − x‖² s.t. M y ≤ 1; SOCP: the same with ‖M y‖ ≤ 1.",
+        "",
+        "| problem | n | B | cvxlayer | cvxpylayers | ratio | cvxpylayers[MOREAU] | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ours = r["cvxlayer"]
+        cells = [r["problem"], str(r["n"]), str(r["batch"])]
+        cells.append(f"{1e3 * ours['forward']:.2f} / {1e3 * ours['forward+backward']:.2f}")
+        for peer in SYSTEMS[1:]:
+            t = r[peer]
+            cells.append(f"{1e3 * t['forward']:.2f} / {1e3 * t['forward+backward']:.2f}")
+            cells.append(
+                f"{t['forward'] / ours['forward']:.1f}× / "
+                f"{t['forward+backward'] / ours['forward+backward']:.1f}×"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    (OUT / "results.md").write_text("\n".join(lines) + "\n")
+    plot(rows)
+    print("\n".join(lines))
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    labels = [f"{r['problem']} n={r['n']} B={r['batch']}" for r in rows]
+    for ax, phase in zip(axes, ("forward", "forward+backward")):
+        width = 0.27
+        for k, system in enumerate(SYSTEMS):
+            heights = [1e3 * r[system][phase] for r in rows]
+            ax.bar([i + (k - 1) * width for i in range(len(rows))], heights, width, label=system)
+        ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(phase)
+    axes[0].set_ylabel("ms per call")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "results.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
