@@ -1,6 +1,6 @@
 """Triton kernel: (Π_K(v), Π_{K°}(v)) for exponential cones K, each program a block of cones.
 
-Same algorithm and semantics as `cvxlayer.cones.projections.proj_exp_primal_polar_reference`
+Same algorithm and semantics as `cvxlayer.cones.exp.proj_exp_primal_polar_reference`
 (Friberg 2021): the cheap heuristic projections first, then, where they do not settle the
 answer, a bracketed and safeguarded Newton search for the root ρ of h. The kernel runs a
 fixed number of Newton steps on every cone of its block (the reference stops when no

@@ -1,6 +1,6 @@
 """Triton kernel: Π onto small PSD cones in SCS's scaled lower-triangle vectorization.
 
-Same semantics as `cvxlayer.cones.projections.proj_psd_reference` (eigendecomposition,
+Same semantics as `cvxlayer.cones.psd.proj_psd_reference` (eigendecomposition,
 negative eigenvalues set to zero, back to svec). One program per matrix: the k × k matrix
 (k ≤ `MAX_SIDE`, padded to a power of two) lives in registers and is diagonalized by cyclic
 Jacobi rotations, a fixed number of sweeps (Jacobi converges quadratically: 10 sweeps reach

@@ -1,6 +1,6 @@
 """Triton kernel: Π onto second-order cones {(t, x) : ‖x‖ ≤ t}, one program per cone.
 
-Same semantics as `cvxlayer.cones.projections.proj_soc` (its torch reference): z itself
+Same semantics as `cvxlayer.cones.soc.proj_soc` (its torch reference): z itself
 inside the cone, 0 in the polar cone (‖x‖ ≤ −t), else ((t + ‖x‖)/2) (1, x/‖x‖).
 """
 

@@ -6,9 +6,11 @@ by its `mode=` name; the layer never branches on modes itself.
 
 from cvxlayer.solvers.admm import TorchADMM
 from cvxlayer.solvers.base import Solution, Solver, SolveSettings, Status
+from cvxlayer.solvers.ipm import InteriorPoint
 from cvxlayer.solvers.scs_native import ScsBlock, ScsSerial
 
 SOLVERS: dict[str, type] = {
+    InteriorPoint.name: InteriorPoint,
     TorchADMM.name: TorchADMM,
     ScsSerial.name: ScsSerial,
     ScsBlock.name: ScsBlock,

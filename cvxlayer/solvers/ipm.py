@@ -1,0 +1,492 @@
+"""Mode "ipm": a batched primal-dual interior-point method on the homogeneous embedding.
+
+For each element, the cone program  min ½xᵀPx + cᵀx  s.t.  Ax + s = b, s ∈ K  (dual z ∈ K*)
+is embedded as in Clarabel (Goulart & Chen 2024): find (x, z, s, τ, κ), s ∈ K, z ∈ K*,
+τ, κ ≥ 0, with
+
+    r_x = Px + Aᵀz + cτ = 0,   r_z = Ax + s − bτ = 0,   r_τ = κ + cᵀx + bᵀz + xᵀPx/τ = 0.
+
+A solution with τ > 0 gives (x, z, s)/τ; one with κ > 0 a certificate of infeasibility
+(bᵀz < 0, Aᵀz = 0) or unboundedness (cᵀx < 0, Ax + s = 0, Px = 0). Each iteration
+linearizes these and the complementarity s ∘ z = μe, τκ = μ in the Nesterov–Todd scaled
+form (λ = W z = W⁻ᵀ s): with H = WᵀW,
+
+    [P  Aᵀ] [Δx]   [r₁]         Δs = −Wᵀ(λ \\ d_s + W Δz),
+    [A −H ] [Δz] = [r₂],        Δκ = −(d_κ + κΔτ)/τ,
+
+solved once for the constant right side (−c, b) and once per direction, Δτ from the
+remaining scalar equation. Mehrotra's predictor-corrector (σ = (1 − α_aff)³, second-order
+correction (W⁻ᵀΔs_aff) ∘ (W Δz_aff)) uses one factorization per iteration: the zero cone's
+rows are equalities (H = 0) and the others are eliminated, M = P + Σ_k (W_k⁻ᵀA_k)ᵀ(W_k⁻ᵀA_k)
++ δI, factored by Cholesky, the equalities through the Schur complement A_eq M⁻¹ A_eqᵀ + δI.
+The static regularization δ never changes the answer: each solve is refined against the
+unregularized system. Everything about one cone family (its scaling, Jordan algebra, step
+to the boundary) sits in that family's module (`cvxlayer.cones.nonneg`, `.soc`, `.psd`);
+this engine loops over the families of the cone and never branches on them.
+
+Data are equilibrated first (Ruiz, as the torch mode does); each element stops on its own
+residuals (SCS's rule on eps_abs/eps_rel, certificates on eps_infeas) and leaves the batch.
+It iterates to min(eps, 1e-8) (superlinear convergence makes that cheap) and keeps each
+element's best iterate within the caller's tolerance for when rounding stalls the iteration
+on a degenerate element.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cvxlayer.cones import nonneg, psd, soc
+from cvxlayer.cones.projections import ConeProjector
+from cvxlayer.program import ConeProgram, SparseOps
+from cvxlayer.solvers.admm import equilibrate
+from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
+
+# the cone families the engine handles, by the projector's family names (the zero cone's
+# rows are equalities)
+FAMILIES = {"nonneg": nonneg, "soc": soc, "psd": psd}
+MAX_ITERS = 100
+_STEP_FRACTION = 0.99
+_INNER_EPS = {torch.float64: 1e-13, torch.float32: 1e-6}  # floors of the inner tolerance
+_REG = {torch.float64: 1e-9, torch.float32: 1e-5}
+_REFINE = 10
+_REFINE_TOL = 1e-13
+_DYNAMIC_TRIES = 6
+_STALL, _DIVERGED = 5, 1e3
+
+
+def supports(cones) -> bool:
+    """Whether the engine handles every cone of a `ConeSpec`."""
+    return all(g.family in FAMILIES or g.family == "zero" for g in ConeProjector.of(cones).groups)
+
+
+class _Data:
+    """The equilibrated, dense data of the elements still running (batch first)."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        self.__dict__.update(tensors)
+
+    def select(self, keep: torch.Tensor) -> _Data:
+        return _Data(**{k: v[keep] for k, v in self.__dict__.items()})
+
+
+class _Cones:
+    """The rows of each family of K (equality rows apart) and the operations on them."""
+
+    def __init__(self, cones, device: torch.device) -> None:
+        self.groups, eq = [], []
+        for group in ConeProjector.of(cones).groups:
+            rows = group.rows.to(device)
+            if group.family == "zero":
+                eq.append(rows.reshape(-1))
+            else:
+                self.groups.append((FAMILIES[group.family], rows))
+        self.eq = torch.cat(eq) if eq else torch.zeros(0, dtype=torch.long, device=device)
+        self.degree = sum(fam.degree(rows.shape[1]) * rows.shape[0] for fam, rows in self.groups)
+
+    def scalings(self, s: torch.Tensor, z: torch.Tensor) -> list:
+        return [fam.Scaling(s[:, rows], z[:, rows]) for fam, rows in self.groups]
+
+    def unit(self, like: torch.Tensor) -> torch.Tensor:
+        """e on the cone rows, 0 on the equality rows: (B, m)."""
+        e = torch.zeros_like(like)
+        for fam, rows in self.groups:
+            e[:, rows] = fam.unit(like[:, rows])
+        return e
+
+    def margin(self, v: torch.Tensor) -> torch.Tensor:
+        """(B,) the largest t with v − t e ∈ K over every cone (inf without cones)."""
+        margins = [fam.margin(v[:, rows]).amin(1) for fam, rows in self.groups]
+        if not margins:
+            return v.new_full((v.shape[0],), float("inf"))
+        return torch.stack(margins).amin(0)
+
+
+def _apply(cones: _Cones, scalings: list, v: torch.Tensor, op: str) -> torch.Tensor:
+    """One scaling operator ("W", "WT", "Winv", "WinvT", "div") on the cone rows of v (B, m);
+    the equality rows are left 0."""
+    out = torch.zeros_like(v)
+    for (_, rows), sc in zip(cones.groups, scalings):
+        out[:, rows] = getattr(sc, op)(v[:, rows])
+    return out
+
+
+def _jordan(cones: _Cones, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(u)
+    for fam, rows in cones.groups:
+        out[:, rows] = fam.jordan(u[:, rows], v[:, rows])
+    return out
+
+
+def _max_step(cones: _Cones, scalings: list, d: torch.Tensor) -> torch.Tensor:
+    """(B,) the largest α with λ + α d ∈ K (d in scaled coordinates)."""
+    steps = [sc.step(d[:, rows]).amin(1) for (_, rows), sc in zip(cones.groups, scalings)]
+    if not steps:
+        return d.new_full((d.shape[0],), float("inf"))
+    return torch.stack(steps).amin(0)
+
+
+class _KKT:
+    """A factorization of K = [[P, Aᵀ], [A, −H]] (H = WᵀW on cone rows, 0 on equality
+    rows), regularized by δ, and solves against the unregularized K (module docstring)."""
+
+    def __init__(self, data: _Data, cones: _Cones, scalings: list, reg: float) -> None:
+        self.data, self.cones, self.scalings, self.reg = data, cones, scalings, reg
+        A = data.A
+        n = A.shape[2]
+        M = data.P
+        for (_, rows), sc in zip(cones.groups, scalings):
+            # W⁻ᵀ applied to each column of the rows' block of A: (B, n, count, size)
+            C = sc.WinvT(A[:, rows].permute(0, 3, 1, 2)).flatten(2)  # (B, n, rows)
+            M = M + C @ C.transpose(1, 2)
+        # regularization: static (δ, and machine precision relative to M's largest entry:
+        # near the solution H⁻¹ spans 1/μ to μ), raised ×100 for elements whose Cholesky
+        # factorization still breaks down; refinement against the exact K removes its effect
+        diag = M.diagonal(dim1=1, dim2=2)
+        tiny = torch.finfo(M.dtype).eps * diag.abs().amax(1, keepdim=True)
+        shift = reg + tiny
+        self.L, info = torch.linalg.cholesky_ex(
+            M + shift.unsqueeze(-1) * torch.eye(n, dtype=M.dtype, device=M.device)
+        )
+        for _ in range(_DYNAMIC_TRIES):
+            bad = info != 0
+            if not bool(bad.any()):
+                break
+            shift = torch.where(bad.unsqueeze(1), 100 * shift, shift)
+            L, info_bad = torch.linalg.cholesky_ex(
+                M[bad] + shift[bad].unsqueeze(-1) * torch.eye(n, dtype=M.dtype, device=M.device)
+            )
+            self.L[bad], info[bad] = L, info_bad
+        self.ok = info == 0
+        self.A_eq = A[:, cones.eq]
+        if self.A_eq.shape[1]:
+            self.MinvAt = torch.cholesky_solve(self.A_eq.transpose(1, 2), self.L)
+            S = self.A_eq @ self.MinvAt
+            S.diagonal(dim1=1, dim2=2).add_(reg)
+            self.LS, info = torch.linalg.cholesky_ex(S)
+            self.ok &= info == 0
+
+    def _hinv(self, v: torch.Tensor) -> torch.Tensor:
+        """H⁻¹ v on the cone rows (0 on equality rows)."""
+        scaled = _apply(self.cones, self.scalings, v, "WinvT")
+        return _apply(self.cones, self.scalings, scaled, "Winv")
+
+    def _solve_once(self, r1: torch.Tensor, r2: torch.Tensor):
+        A, eq = self.data.A, self.cones.eq
+        hinv_r2 = self._hinv(r2)
+        rhs = r1 + (A.transpose(1, 2) @ hinv_r2.unsqueeze(-1)).squeeze(-1)
+        dx = torch.cholesky_solve(rhs.unsqueeze(-1), self.L).squeeze(-1)
+        dz = torch.zeros_like(r2)
+        if eq.numel():
+            y = (self.A_eq @ dx.unsqueeze(-1)).squeeze(-1) - r2[:, eq]
+            y = torch.cholesky_solve(y.unsqueeze(-1), self.LS).squeeze(-1)
+            dx = dx - (self.MinvAt @ y.unsqueeze(-1)).squeeze(-1)
+            dz[:, eq] = y
+        Adx = (A @ dx.unsqueeze(-1)).squeeze(-1)
+        return dx, dz + self._hinv(Adx) - hinv_r2
+
+    def solve(self, r1: torch.Tensor, r2: torch.Tensor):
+        """(Δx, Δz) with P Δx + AᵀΔz = r1, A Δx − H Δz = r2: a solve with the regularized
+        factor, then refinement against the exact K until the residual stops falling (up to
+        `_REFINE` steps; near the solution the factor of the reduced system loses digits)."""
+        A, P = self.data.A, self.data.P
+        dx, dz = self._solve_once(r1, r2)
+        size = torch.maximum(_inf_norm(r1), _inf_norm(r2)).clamp(min=torch.finfo(r1.dtype).tiny)
+        previous = None
+        for _ in range(_REFINE):
+            h_dz = _apply(
+                self.cones, self.scalings, _apply(self.cones, self.scalings, dz, "W"), "WT"
+            )
+            e1 = r1 - _matvec(P, dx) - _matvec(A.transpose(1, 2), dz)
+            e2 = r2 - _matvec(A, dx) + h_dz
+            error = torch.maximum(_inf_norm(e1), _inf_norm(e2)) / size
+            worst = float(error.max())
+            if worst <= _REFINE_TOL or (previous is not None and worst > 0.5 * previous):
+                break
+            previous = worst
+            cx, cz = self._solve_once(e1, e2)
+            dx, dz = dx + cx, dz + cz
+        return dx, dz
+
+
+class InteriorPoint:
+    """Mode "ipm": the batched homogeneous interior-point method (module docstring) on the
+    program's device and dtype, for zero, nonnegative, second-order and PSD cones."""
+
+    name = "ipm"
+
+    def solve(
+        self, program: ConeProgram, settings: SolveSettings, warm_start: Solution | None = None
+    ) -> Solution:
+        if not supports(program.structure.cones):
+            raise NotImplementedError(
+                "mode 'ipm' handles zero, nonnegative, second-order and PSD cones; this "
+                f"program has {program.structure.cones.describe()}"
+            )
+        return _solve(program, settings)
+
+
+def _matvec(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _inf_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])
+
+
+def _prepare(program: ConeProgram, normalize: bool) -> _Data:
+    """Equilibrate (Â = D A E, P̂ = E P E, b̂ = D b, ĉ = E c) and densify."""
+    st, B = program.structure, program.batch_size
+    ops = SparseOps.of(st, program.b.device)
+    if normalize:
+        D, E = equilibrate(program, ops)
+    else:
+        D, E = program.b.new_ones(B, st.m), program.b.new_ones(B, st.n)
+    A_vals = program.A * D[:, ops.a_rows] * E[:, ops.a_cols]
+    P_vals = None if program.P is None else program.P * E[:, ops.p_rows] * E[:, ops.p_cols]
+    A, P = ops.dense(A_vals, P_vals)
+    P = A.new_zeros(B, st.n, st.n) if P is None else P
+    return _Data(A=A, P=P, b=program.b * D, c=program.c * E, D=D, E=E)
+
+
+def _start(data: _Data, cones: _Cones, reg: float):
+    """(x, z, s, τ, κ) (Vandenberghe 2010, §5.3): the KKT solution with H = I, then s and z
+    shifted into their cones by a multiple of e."""
+    e = cones.unit(data.b)
+    x, _ = _KKT(data, cones, cones.scalings(e, e), reg).solve(-data.c, data.b)
+    s = data.b - _matvec(data.A, x)
+    s[:, cones.eq] = 0
+    z = -s
+    for v in (s, z):
+        v += (1 - cones.margin(v)).clamp(min=0).unsqueeze(1) * e
+    ones = data.b.new_ones(data.b.shape[0])
+    return x, z, s, ones, ones.clone()
+
+
+class _Iterate:
+    """An iterate (x, z, s, τ, κ) of the running elements, its residuals r_x, r_z, r_τ and
+    the measures of SCS's stopping rule on the unscaled (x, z, s)/τ."""
+
+    def __init__(self, data: _Data, x, z, s, tau, kappa) -> None:
+        self.x, self.z, self.s, self.tau, self.kappa = x, z, s, tau, kappa
+        Px, Ax, Atz = _matvec(data.P, x), _matvec(data.A, x), _matvec(data.A.transpose(1, 2), z)
+        xPx = (x * Px).sum(1)
+        self.cx, self.bz = (data.c * x).sum(1), (data.b * z).sum(1)
+        t = tau.unsqueeze(1)
+        self.r_x = Px + Atz + data.c * t
+        self.r_z = Ax + s - data.b * t
+        self.r_tau = kappa + self.cx + self.bz + xPx / tau
+        Dinv, Einv = 1 / data.D, 1 / data.E
+        n = _inf_norm
+        # (residual, scale) of the primal, dual and gap conditions, all divided by τ
+        self.measures = [
+            (n(Dinv * self.r_z), torch.stack([n(Dinv * Ax), n(Dinv * s), n(Dinv * data.b * t)])),
+            (n(Einv * self.r_x), torch.stack([n(Einv * Px), n(Einv * Atz), n(Einv * data.c * t)])),
+            (
+                (xPx / tau + self.cx + self.bz).abs(),
+                torch.stack([xPx.abs() / tau, self.cx.abs(), self.bz.abs()]),
+            ),
+        ]
+        self.measures = [(r / tau, scale.amax(0) / tau) for r, scale in self.measures]
+        self.norm_Atz, self.norm_Px = n(Einv * Atz), n(Einv * Px)
+        self.norm_Axs = n(Dinv * (Ax + s))
+
+    def meets(self, eps_abs: float, eps_rel: float) -> torch.Tensor:
+        return torch.stack([r <= eps_abs + eps_rel * scale for r, scale in self.measures]).all(0)
+
+    def merit(self) -> torch.Tensor:
+        """(B,) the smallest eps with `meets(eps, eps)`."""
+        return torch.stack([r / (1 + scale) for r, scale in self.measures]).amax(0)
+
+    def infeasible(self, eps: float) -> torch.Tensor:
+        """A certificate of primal infeasibility: bᵀz < 0, ‖Aᵀz‖ ≤ eps · (−bᵀz)."""
+        return (self.bz < 0) & (self.norm_Atz <= -eps * self.bz)
+
+    def unbounded(self, eps: float) -> torch.Tensor:
+        """A certificate of unboundedness: cᵀx < 0, ‖Ax + s‖, ‖Px‖ ≤ eps · (−cᵀx)."""
+        bound = -eps * self.cx
+        return (self.cx < 0) & (self.norm_Axs <= bound) & (self.norm_Px <= bound)
+
+
+class _Newton:
+    """The linearized embedding at an iterate: one factorization, then a direction for any
+    right-hand side (d_x, d_z, d_τ, d_s, d_κ) (module docstring)."""
+
+    def __init__(self, data: _Data, cones: _Cones, it: _Iterate, reg: float) -> None:
+        self.data, self.cones, self.it = data, cones, it
+        self.scalings = cones.scalings(it.s, it.z)
+        self.kkt = _KKT(data, cones, self.scalings, reg)
+        self.lam = torch.zeros_like(it.s)
+        for (_, rows), sc in zip(cones.groups, self.scalings):
+            self.lam[:, rows] = sc.lam
+        self.mu = ((it.s * it.z).sum(1) + it.tau * it.kappa) / (cones.degree + 1)
+        xi = it.x / it.tau.unsqueeze(1)
+        Pxi = _matvec(data.P, xi)
+        self.c2 = data.c + 2 * Pxi  # ∂r_τ/∂x
+        self.x1, self.z1 = self.kkt.solve(-data.c, data.b)
+        self.denominator = (
+            -it.kappa / it.tau
+            + (self.c2 * self.x1).sum(1)
+            + (data.b * self.z1).sum(1)
+            - (xi * Pxi).sum(1)
+        )
+
+    def apply(self, v: torch.Tensor, op: str) -> torch.Tensor:
+        return _apply(self.cones, self.scalings, v, op)
+
+    def direction(self, d_x, d_z, d_tau, d_s, d_kappa):
+        """(Δx, Δz, Δs, Δτ, Δκ, W Δz, W⁻ᵀ Δs)."""
+        it, data = self.it, self.data
+        lam_div = self.apply(d_s, "div")
+        x2, z2 = self.kkt.solve(-d_x, -d_z + self.apply(lam_div, "WT"))
+        numerator = -d_tau + d_kappa / it.tau - (self.c2 * x2).sum(1) - (data.b * z2).sum(1)
+        dtau = numerator / self.denominator
+        dx = x2 + dtau.unsqueeze(1) * self.x1
+        dz = z2 + dtau.unsqueeze(1) * self.z1
+        w_dz = self.apply(dz, "W")
+        # Δs from the primal equation A Δx + Δs − bΔτ = −d_z itself rather than from
+        # −Wᵀ(λ \ d_s + W Δz), the same in exact arithmetic: near the solution W is badly
+        # conditioned and that product would feed its rounding into the primal residual
+        ds = -d_z - _matvec(data.A, dx) + data.b * dtau.unsqueeze(1)
+        ds[:, self.cones.eq] = 0
+        winv_ds = self.apply(ds, "WinvT")
+        dkappa = -(d_kappa + it.kappa * dtau) / it.tau
+        return dx, dz, ds, dtau, dkappa, w_dz, winv_ds
+
+    def max_step(self, step) -> torch.Tensor:
+        """(B,) the largest α ≤ ∞ that keeps s, z, τ, κ in their cones along `step`."""
+        _, _, _, dtau, dkappa, w_dz, winv_ds = step
+        alpha = torch.minimum(
+            _max_step(self.cones, self.scalings, w_dz),
+            _max_step(self.cones, self.scalings, winv_ds),
+        )
+        for v, dv in ((self.it.tau, dtau), (self.it.kappa, dkappa)):
+            alpha = torch.minimum(alpha, torch.where(dv < 0, -v / dv, float("inf")))
+        return alpha
+
+    def predictor_corrector(self):
+        """Mehrotra's step: the affine direction, then the centered and corrected one."""
+        it, cones = self.it, self.cones
+        d_s = _jordan(cones, self.lam, self.lam)
+        affine = self.direction(it.r_x, it.r_z, it.r_tau, d_s, it.tau * it.kappa)
+        sigma = (1 - self.max_step(affine).clamp(max=1)) ** 3
+        target = sigma * self.mu
+        d_s = d_s + _jordan(cones, affine[6], affine[5]) - target.unsqueeze(1) * cones.unit(it.s)
+        d_kappa = it.tau * it.kappa + affine[3] * affine[4] - target
+        keep = (1 - sigma).unsqueeze(1)
+        step = self.direction(keep * it.r_x, keep * it.r_z, keep[:, 0] * it.r_tau, d_s, d_kappa)
+        alpha = (_STEP_FRACTION * self.max_step(step)).clamp(max=1)
+        alpha = torch.where(self.kkt.ok, alpha, 0.0)  # a failed factorization: no step
+        a = alpha.unsqueeze(1)
+        dx, dz, ds, dtau, dkappa = (torch.nan_to_num(t) for t in step[:5])
+        return (
+            it.x + a * dx,
+            it.z + a * dz,
+            it.s + a * ds,
+            it.tau + alpha * dtau,
+            it.kappa + alpha * dkappa,
+        )
+
+
+def _unscale(data: _Data, x, z, s, tau, code):
+    """The program's (x, y, s) from equilibrated iterates: the solution (x, z, s)/τ where
+    solved or at max_iters; the certificate, normalized to bᵀy = −1 (infeasible: x, s NaN)
+    or cᵀx = −1 (unbounded: y NaN); NaN where the iteration failed."""
+    nan = torch.full_like(tau, float("nan"))
+    iterate = torch.where((code == _SOLVED) | (code == _MAX_ITERS), 1 / tau, nan)
+    primal = torch.where(code == _UNBOUNDED, -1 / (data.c * x).sum(1), iterate).unsqueeze(1)
+    dual = torch.where(code == _INFEASIBLE, -1 / (data.b * z).sum(1), iterate).unsqueeze(1)
+    return data.E * x * primal, data.D * z * dual, s / data.D * primal
+
+
+_SOLVED, _INFEASIBLE, _UNBOUNDED, _FAILED, _MAX_ITERS = range(5)
+_STATUS = (Status.SOLVED, Status.INFEASIBLE, Status.UNBOUNDED, Status.FAILURE, Status.MAX_ITERS)
+
+
+def _solve(program: ConeProgram, settings: SolveSettings) -> Solution:
+    st, B = program.structure, program.batch_size
+    dtype, device = program.b.dtype, program.b.device
+    eps_abs = floor_tolerance(settings.eps_abs, dtype)
+    eps_rel = floor_tolerance(settings.eps_rel, dtype)
+    eps_inf = floor_tolerance(settings.eps_infeas, dtype)
+    # the interior point is inside the cones by O(μ): a gap of eps moves x by up to ~√eps,
+    # so the iteration aims at eps² (a few more of its superlinear steps) for solutions as
+    # accurate as a projection method's at eps
+    inner_abs, inner_rel = (max(eps * eps, _INNER_EPS[dtype]) for eps in (eps_abs, eps_rel))
+    max_iters = min(settings.max_iters, MAX_ITERS)
+    cones = _Cones(st.cones, device)
+    data = _prepare(program, settings.normalize)
+    reg = _REG[dtype]
+    state = _start(data, cones, reg)
+
+    out = [data.b.new_full((B, size), float("nan")) for size in (st.n, st.m, st.m)]
+    codes = torch.full((B,), _FAILED, dtype=torch.long)
+    iterations = torch.full((B,), max_iters, dtype=torch.long)
+    index = torch.arange(B, device=device)
+    # each element's best iterate (x, z, s, τ) within the caller's tolerance: where rounding
+    # stalls the iteration on the way to the tighter inner one, the element ends there
+    best = [t.clone() for t in state[:4]]
+    best_merit = data.b.new_full((B,), float("inf"))
+    best_k = torch.zeros(B, dtype=torch.long, device=device)
+    ok = torch.ones(B, dtype=torch.bool, device=device)
+    for k in range(max_iters + 1):
+        it = _Iterate(data, *state)
+        merit = it.merit()
+        finite = torch.isfinite(merit) & ok
+        done = it.meets(inner_abs, inner_rel) & finite
+        infeasible = it.infeasible(eps_inf) & finite & ~done
+        unbounded = it.unbounded(eps_inf) & finite & ~done & ~infeasible
+        better = finite & (merit < best_merit)
+        for t_best, t in zip(best, state):
+            t_best[better] = t[better]
+        best_merit = torch.where(better, merit, best_merit)
+        best_k = torch.where(better, k, best_k)
+        # broken down, far worse than before, or (once within the caller's tolerance) no
+        # progress for a while: back to the best iterate, which is solved if it meets the
+        # caller's tolerance (max_iters otherwise)
+        good_enough = best_merit <= min(eps_abs, eps_rel)
+        stalled = torch.isfinite(best_merit) & ~done & ~infeasible & ~unbounded
+        stalled &= (
+            ~finite
+            | (merit > _DIVERGED * best_merit)
+            | (good_enough & (k - best_k >= _STALL))
+            | (k == max_iters)
+        )
+        stop = done | stalled | infeasible | unbounded | ~finite | (k == max_iters)
+        if settings.verbose:
+            (rp, _), (rd, _), (gap, _) = it.measures
+            print(
+                f"[ipm] iter {k:2d}: {len(index):4d} running, max res_pri "
+                f"{rp.max().item():.2e}, res_dual {rd.max().item():.2e}, gap {gap.max().item():.2e}"
+            )
+        if bool(stop.any()):
+            code = torch.full_like(index, _MAX_ITERS)
+            code = torch.where(~finite, _FAILED, code)
+            code = torch.where(unbounded, _UNBOUNDED, code)
+            code = torch.where(infeasible, _INFEASIBLE, code)
+            code = torch.where(stalled, _MAX_ITERS, code)
+            code = torch.where(
+                done | (stalled & (best_merit <= min(eps_abs, eps_rel))), _SOLVED, code
+            )
+            code = code[stop]
+            picked = [
+                torch.where(stalled.view(-1, *[1] * (t.dim() - 1)), t_best, t)[stop]
+                for t, t_best in zip(state, best)
+            ]
+            rows = index[stop]
+            for t_out, value in zip(out, _unscale(data.select(stop), *picked, code)):
+                t_out[rows] = value
+            codes[rows.cpu()] = code.cpu()
+            iterations[rows.cpu()] = k
+            keep = ~stop
+            if not bool(keep.any()):
+                break
+            index, data = index[keep], data.select(keep)
+            state = tuple(t[keep] for t in state)
+            best = [t[keep] for t in best]
+            best_merit, best_k = best_merit[keep], best_k[keep]
+            it = _Iterate(data, *state)
+        newton = _Newton(data, cones, it, reg)
+        ok = newton.kkt.ok
+        state = newton.predictor_corrector()
+    status = tuple(_STATUS[c] for c in codes.tolist())
+    return Solution(*out, status, iterations)
