@@ -119,8 +119,7 @@ def write(rows: list[dict], args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(rows, indent=1))
     lines = [
-        "# Fixed cost of a call on small problems (ms per call, median of "
-        f"{args.calls} calls)",
+        f"# Fixed cost of a call on small problems (ms per call, median of {args.calls} calls)",
         "",
         "Forward (no grad) / forward+backward; ratio = peer's time ÷ cvxlayer's (> 1: "
         "cvxlayer is faster). QP: min ‖y − x‖² s.t. M y ≤ 1; SOCP: the same with ‖M y‖ ≤ 1.",

@@ -15,6 +15,8 @@ IPM_CASES = ("qp", "socp", "psd")
 def _skip_unsupported(name, mode):
     if mode == "ipm" and name not in IPM_CASES:
         pytest.skip("mode 'ipm' does not take exponential and power cones yet")
+
+
 TIGHT = {"eps": 1e-9, "max_iters": 200_000}
 
 
