@@ -142,6 +142,7 @@ def bisection_system(task: Task) -> Runner:
 
 SYSTEMS: dict[str, Callable[[Task], Runner]] = {
     "cvxlayer": cvxlayer_system("auto", fast_path=True),  # what users get by default
+    "cvxlayer[ipm]": cvxlayer_system("ipm"),
     "cvxlayer[torch]": cvxlayer_system("torch"),
     # the torch mode with cvxlayer_cuda's kernels off (compare with the above on CUDA)
     "cvxlayer[torch-refs]": cvxlayer_system("torch", kernels="torch"),

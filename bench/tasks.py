@@ -133,6 +133,31 @@ def ellipsoid_projection(batch: int = 128, n: int = 50, seed: int = 2) -> Task:
     )
 
 
+def soc_projection(batch: int = 128, n: int = 40, m: int = 30, seed: int = 7) -> Task:
+    """T5a: min ‖y − x‖²  s.t. ‖A y − b‖₂ ≤ 1 (one second-order cone), A (m × n) and b shared,
+    x batched."""
+    gen = _gen(seed)
+    x, A, b = cp.Parameter(n), cp.Parameter((m, n)), cp.Parameter(m)
+    y = cp.Variable(n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [cp.norm(A @ y - b) <= 1])
+    Av = torch.randn(m, n, generator=gen, dtype=torch.float64) / m**0.5
+    bv = 0.1 * torch.randn(m, generator=gen, dtype=torch.float64)
+    xv = 2 * torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    return Task("T5a", f"SOC projection n={n} m={m} B={batch}", problem, [x, A, b], y, [xv, Av, bv])
+
+
+def psd_projection(batch: int = 128, k: int = 10, seed: int = 8) -> Task:
+    """T5c: the nearest PSD matrix to a symmetric C: min ‖X − C‖_F²  s.t. X ⪰ 0 (side k)."""
+    gen = _gen(seed)
+    C = cp.Parameter((k, k), symmetric=True)
+    X = cp.Variable((k, k), symmetric=True)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(X - C)), [X >> 0])
+    M = torch.randn(batch, k, k, generator=gen, dtype=torch.float64)
+    return Task(
+        "T5c", f"nearest PSD k={k} B={batch}", problem, [C], X, [(M + M.transpose(1, 2)) / 2]
+    )
+
+
 def softmax(batch: int = 128, d: int = 50, seed: int = 3) -> Task:
     """T5-exp: softmax as argmin −xᵀy − H(y) s.t. 1ᵀy = 1 (exponential cones)."""
     gen = _gen(seed)
@@ -202,6 +227,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "T1": dense_qp,
     "T2": box_qp,
     "T5-soc": ellipsoid_projection,
+    "T5a": soc_projection,
+    "T5c": psd_projection,
     "T5-exp": softmax,
     "T5-psd": nearest_psd,
     "T3": lqr_control,

@@ -3,6 +3,7 @@ self-dual): svec helpers, projection, its Jacobian, and the interior-point opera
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -12,41 +13,47 @@ import cvxlayer_cuda
 _SQRT2 = math.sqrt(2.0)
 
 
-def _tril_index(side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of the lower triangle, column by column (SCS's vectorization order)."""
-    rows, cols = [], []
-    for j in range(side):
-        for i in range(j, side):
-            rows.append(i)
-            cols.append(j)
-    return torch.tensor(rows), torch.tensor(cols)
-
-
 def psd_side(rows: int) -> int:
     """Matrix side k of a vectorized PSD cone with k(k+1)/2 rows."""
     return (math.isqrt(8 * rows + 1) - 1) // 2
 
 
+@functools.lru_cache(maxsize=64)
+def _svec_maps(side: int, device: torch.device, dtype: torch.dtype):
+    """Gathers between svec and flattened matrices, built once per side/device/dtype:
+    (svec position of each matrix entry, its factor 1/√2 or 1) and (matrix position of each
+    svec entry, its factor √2 or 1). svec is the lower triangle column by column."""
+    position = torch.empty(side, side, dtype=torch.long)
+    k = 0
+    for j in range(side):
+        for i in range(j, side):
+            position[i, j] = position[j, i] = k
+            k += 1
+    off = ~torch.eye(side, dtype=torch.bool)
+    one = torch.ones((), dtype=torch.float64)  # factors in double, then cast: exact √2 scaling
+    to_mat = torch.where(off, one / _SQRT2, one).flatten()
+    rows, cols = torch.tril_indices(side, side)
+    order = torch.argsort(cols * side + rows)  # column by column
+    tri = (rows * side + cols)[order]
+    to_vec = torch.where(rows != cols, one * _SQRT2, one)[order]
+    return tuple(
+        t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+        for t in (position.flatten(), to_mat, tri, to_vec)
+    )
+
+
 def svec_to_mat(v: torch.Tensor) -> torch.Tensor:
     """(..., k(k+1)/2) scaled lower-triangle vectors ↦ (..., k, k) symmetric matrices."""
     side = psd_side(v.shape[-1])
-    rows, cols = _tril_index(side)
-    rows, cols = rows.to(v.device), cols.to(v.device)
-    off = (rows != cols).to(v.dtype)
-    vals = v / (1 + off * (_SQRT2 - 1))
-    mat = v.new_zeros(*v.shape[:-1], side, side)
-    mat[..., rows, cols] = vals
-    mat[..., cols, rows] = vals
-    return mat
+    position, factor, _, _ = _svec_maps(side, v.device, v.dtype)
+    return (v[..., position] * factor).reshape(*v.shape[:-1], side, side)
 
 
 def mat_to_svec(mat: torch.Tensor) -> torch.Tensor:
     """Inverse of `svec_to_mat`: off-diagonal entries scaled by √2."""
     side = mat.shape[-1]
-    rows, cols = _tril_index(side)
-    rows, cols = rows.to(mat.device), cols.to(mat.device)
-    off = (rows != cols).to(mat.dtype)
-    return mat[..., rows, cols] * (1 + off * (_SQRT2 - 1))
+    _, _, tri, factor = _svec_maps(side, mat.device, mat.dtype)
+    return mat.flatten(-2)[..., tri] * factor
 
 
 def proj_psd(v: torch.Tensor) -> torch.Tensor:

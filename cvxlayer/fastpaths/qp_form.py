@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from cvxlayer.compile.parametric import ParametricMap, SparseLinear
+from cvxlayer.elimination import eliminated_gradient, reduced_objective
 from cvxlayer.fastpaths.qp import (
     MAX_ITERS,
     GPattern,
@@ -249,18 +250,8 @@ class QPForm:
             u = torch.cat([u_P, u[:, npin:] - mv(d["A_LP"], u_P) / a_E[:, npin:]], 1)
             h, b_eq = h - mv(d["G_P"], u_P), b_eq - mv(d["A_eq_P"], u_P)
         c_E = c[:, E]
-        q = c[:, K] + mtv(T, c_E)
-        if "P_KK" in d:
-            # P_EE T: (B, |E|, |K|)
-            PT = d["P_EE_diag"].unsqueeze(-1) * T if "P_EE_diag" in d else d["P_EE"] @ T
-            Q = d["P_KK"] + T.transpose(1, 2) @ PT
-            q = q + mtv(PT, u)
-            if "P_KE" in d:
-                P_KE_T = d["P_KE"] @ T
-                Q = Q + P_KE_T + P_KE_T.transpose(1, 2)
-                q = q + mv(d["P_KE"], u)
-        else:
-            Q = b.new_zeros(b.shape[0], K.numel(), K.numel())
+        P_KE, P_EE = d.get("P_KE"), d.get("P_EE", d.get("P_EE_diag"))
+        Q, q = reduced_objective(d.get("P_KK"), P_KE, P_EE, c[:, K], c_E, T, u)
         qp = QPData(Q, q, d["G"], h, d["A_eq"], b_eq, self.g_pattern)
         z, lam, nu, result = qp_solve_differentiable(
             qp,
@@ -273,13 +264,7 @@ class QPForm:
         # back to the cone program: x = (z, x_E), y = (y_R, ν, λ), s = (0, h − Gz)
         x_E = mv(T, z) + u
         x = torch.cat([z, x_E], 1)[:, _order(self.keep, self.elim, device=dev)]
-        grad_E = c_E  # (P x)_E + c_E = P_EK z + P_EE x_E + c_E
-        if "P_EE_diag" in d:
-            grad_E = grad_E + d["P_EE_diag"] * x_E
-        elif "P_EE" in d:
-            grad_E = grad_E + mv(d["P_EE"], x_E)
-        if "P_KE" in d:
-            grad_E = grad_E + mtv(d["P_KE"], z)
+        grad_E = eliminated_gradient(P_KE, P_EE, c_E, z, x_E)
         y_R = -grad_E / a_E
         if npin:  # a pinned column's other rows enter its stationarity
             y_L = y_R[:, npin:]

@@ -33,11 +33,16 @@ on a degenerate element.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
+
+import numpy as np
 import torch
 
-from cvxlayer.cones import nonneg, psd, soc
+from cvxlayer.cones import ConeSpec, nonneg, psd, soc
 from cvxlayer.cones.projections import ConeProjector
-from cvxlayer.program import ConeProgram, SparseOps
+from cvxlayer.elimination import eliminated_gradient, reduced_objective
+from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.admm import equilibrate
 from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
 
@@ -49,7 +54,7 @@ _STEP_FRACTION = 0.99
 _INNER_EPS = {torch.float64: 1e-13, torch.float32: 1e-6}  # floors of the inner tolerance
 _REG = {torch.float64: 1e-9, torch.float32: 1e-5}
 _REFINE = 10
-_REFINE_TOL = 1e-13
+_REFINE_TOL = 1e-10
 _DYNAMIC_TRIES = 6
 _STALL, _DIVERGED = 5, 1e3
 
@@ -65,8 +70,12 @@ class _Data:
     def __init__(self, **tensors: torch.Tensor) -> None:
         self.__dict__.update(tensors)
 
+    layout = None  # (keep, cols, other, rows) when lifted variables were eliminated
+
     def select(self, keep: torch.Tensor) -> _Data:
-        return _Data(**{k: v[keep] for k, v in self.__dict__.items()})
+        picked = _Data(**{k: v[keep] for k, v in self.__dict__.items() if k != "layout"})
+        picked.layout = self.layout
+        return picked
 
 
 class _Cones:
@@ -233,8 +242,10 @@ def _inf_norm(t: torch.Tensor) -> torch.Tensor:
     return t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])
 
 
-def _prepare(program: ConeProgram, normalize: bool) -> _Data:
-    """Equilibrate (Â = D A E, P̂ = E P E, b̂ = D b, ĉ = E c) and densify."""
+def _prepare(program: ConeProgram, normalize: bool) -> tuple[_Data, ConeSpec]:
+    """Equilibrate (Â = D A E, P̂ = E P E, b̂ = D b, ĉ = E c), densify, and eliminate the
+    lifted variables (`_lifted_columns`): x_E = T x_K + u. Returns the data of the reduced
+    program (with what `_restore` and `_unscale` need) and its cone."""
     st, B = program.structure, program.batch_size
     ops = SparseOps.of(st, program.b.device)
     if normalize:
@@ -244,8 +255,63 @@ def _prepare(program: ConeProgram, normalize: bool) -> _Data:
     A_vals = program.A * D[:, ops.a_rows] * E[:, ops.a_cols]
     P_vals = None if program.P is None else program.P * E[:, ops.p_rows] * E[:, ops.p_cols]
     A, P = ops.dense(A_vals, P_vals)
-    P = A.new_zeros(B, st.n, st.n) if P is None else P
-    return _Data(A=A, P=P, b=program.b * D, c=program.c * E, D=D, E=E)
+    b, c = program.b * D, program.c * E
+    full = {"D": D, "E": E, "b_full": b, "c_full": c}  # for `_unscale`
+    cols, rows = _lifted_columns(st)
+    a = A[:, rows, cols]
+    if cols.size == 0 or not bool((a != 0).all()):  # a zero coefficient: nothing eliminated
+        P = A.new_zeros(B, st.n, st.n) if P is None else P
+        return _Data(A=A, P=P, b=b, c=c, row_scale=D, col_scale=E, **full), st.cones
+    keep = np.setdiff1d(np.arange(st.n), cols)
+    other = np.setdiff1d(np.arange(st.m), rows)
+    T = -A[:, rows][:, :, keep] / a.unsqueeze(-1)
+    u = b[:, rows] / a
+    lifted = {"T": T, "u": u, "a": a, "c_E": c[:, cols]}
+    if P is not None:
+        lifted["P_KE"], lifted["P_EE"] = P[:, keep][:, :, cols], P[:, cols][:, :, cols]
+    Q, q = reduced_objective(
+        None if P is None else P[:, keep][:, :, keep],
+        lifted.get("P_KE"),
+        lifted.get("P_EE"),
+        c[:, keep],
+        lifted["c_E"],
+        T,
+        u,
+    )
+    reduced = {"A": A[:, other][:, :, keep], "P": Q, "b": b[:, other], "c": q}
+    scales = {"row_scale": D[:, other], "col_scale": E[:, keep]}
+    data = _Data(**reduced, **scales, **full, **lifted)
+    data.layout = (keep, cols, other, rows)
+    return data, replace(st.cones, zero=st.cones.zero - cols.size)
+
+
+@functools.lru_cache(maxsize=64)
+def _lifted_columns(structure: ConeStructure) -> tuple[np.ndarray, np.ndarray]:
+    """(columns E, rows R): variables whose only nonzero in A sits in an equality row (one per
+    row), e.g. the t = L x that cvxpy introduces for sum_squares(L @ x)."""
+    rows, cols = structure.a_coords()
+    counts = np.bincount(cols, minlength=structure.n)
+    entry = np.flatnonzero((counts[cols] == 1) & (rows < structure.cones.zero))
+    _, first = np.unique(rows[entry], return_index=True)
+    entry = entry[first]
+    return cols[entry].astype(np.int64), rows[entry].astype(np.int64)
+
+
+def _restore(data: _Data, x, z, s, tau):
+    """The full program's iterate from the reduced one (homogeneous: x_E = T x_K + u τ, and
+    z_R from stationarity in x_E, (P x)_E + a z_R + c_E τ = 0; s_R = 0)."""
+    if data.layout is None:
+        return x, z, s
+    keep, cols, other, rows = data.layout
+    x_E = _matvec(data.T, x) + data.u * tau.unsqueeze(1)
+    P_KE, P_EE = (getattr(data, key, None) for key in ("P_KE", "P_EE"))
+    grad = eliminated_gradient(P_KE, P_EE, data.c_E * tau.unsqueeze(1), x, x_E)
+    B, n, m = x.shape[0], keep.size + cols.size, other.size + rows.size
+    x_full, z_full, s_full = x.new_empty(B, n), z.new_empty(B, m), s.new_zeros(B, m)
+    x_full[:, keep], x_full[:, cols] = x, x_E
+    z_full[:, other], z_full[:, rows] = z, -grad / data.a
+    s_full[:, other] = s
+    return x_full, z_full, s_full
 
 
 def _start(data: _Data, cones: _Cones, reg: float):
@@ -275,7 +341,7 @@ class _Iterate:
         self.r_x = Px + Atz + data.c * t
         self.r_z = Ax + s - data.b * t
         self.r_tau = kappa + self.cx + self.bz + xPx / tau
-        Dinv, Einv = 1 / data.D, 1 / data.E
+        Dinv, Einv = 1 / data.row_scale, 1 / data.col_scale
         n = _inf_norm
         # (residual, scale) of the primal, dual and gap conditions, all divided by τ
         self.measures = [
@@ -388,13 +454,15 @@ class _Newton:
 
 
 def _unscale(data: _Data, x, z, s, tau, code):
-    """The program's (x, y, s) from equilibrated iterates: the solution (x, z, s)/τ where
-    solved or at max_iters; the certificate, normalized to bᵀy = −1 (infeasible: x, s NaN)
-    or cᵀx = −1 (unbounded: y NaN); NaN where the iteration failed."""
+    """The program's (x, y, s) from equilibrated iterates of the reduced program: the
+    solution (x, z, s)/τ where solved or at max_iters; the certificate, normalized to
+    bᵀy = −1 (infeasible: x, s NaN) or cᵀx = −1 (unbounded: y NaN); NaN where the iteration
+    failed."""
+    x, z, s = _restore(data, x, z, s, tau)
     nan = torch.full_like(tau, float("nan"))
     iterate = torch.where((code == _SOLVED) | (code == _MAX_ITERS), 1 / tau, nan)
-    primal = torch.where(code == _UNBOUNDED, -1 / (data.c * x).sum(1), iterate).unsqueeze(1)
-    dual = torch.where(code == _INFEASIBLE, -1 / (data.b * z).sum(1), iterate).unsqueeze(1)
+    primal = torch.where(code == _UNBOUNDED, -1 / (data.c_full * x).sum(1), iterate).unsqueeze(1)
+    dual = torch.where(code == _INFEASIBLE, -1 / (data.b_full * z).sum(1), iterate).unsqueeze(1)
     return data.E * x * primal, data.D * z * dual, s / data.D * primal
 
 
@@ -413,8 +481,8 @@ def _solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     # accurate as a projection method's at eps
     inner_abs, inner_rel = (max(eps * eps, _INNER_EPS[dtype]) for eps in (eps_abs, eps_rel))
     max_iters = min(settings.max_iters, MAX_ITERS)
-    cones = _Cones(st.cones, device)
-    data = _prepare(program, settings.normalize)
+    data, cone_spec = _prepare(program, settings.normalize)
+    cones = _Cones(cone_spec, device)
     reg = _REG[dtype]
     state = _start(data, cones, reg)
 
