@@ -145,7 +145,7 @@ class CvxpyLayer(torch.nn.Module):
         *params: torch.Tensor,
         solver_args: Mapping | None = None,
         return_status: bool = False,
-    ):
+    ) -> tuple:
         """Solve for a batch of parameter values.
 
         Args:

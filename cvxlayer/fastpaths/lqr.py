@@ -125,7 +125,8 @@ def lqr(
     F: torch.Tensor,
     f: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Differentiable batched LQR (cf. mpc.pytorch's LQR, batch dimension first).
+    """Differentiable batched LQR (cf. mpc.pytorch's LQR, batch dimension first). Each
+    argument may omit the batch dimension (then it is shared by the batch).
 
     Args:
         x_init: (B, n) initial states.
@@ -134,7 +135,6 @@ def lqr(
         c: (B, T, N) linear costs.
         F: (B, T − 1, n, N) dynamics x_{t+1} = F_t τ_t + f_t.
         f: (B, T − 1, n).
-        Each may omit the batch dimension (shared by the batch).
 
     Returns:
         x (B, T, n), u (B, T, m), and the dynamics' multipliers λ (B, T, n) (λ_0 that of

@@ -589,7 +589,7 @@ def solve_qp(
     verbose: bool = False,
     return_status: bool = False,
     failed_gradient: str = "zero",
-):
+) -> torch.Tensor | tuple:
     """Differentiable batched QP: z* = argmin ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b (cf. qpth's
     `QPFunction`).
 
@@ -598,9 +598,12 @@ def solve_qp(
     tensor argument.
 
     Args:
-        Q, q: objective, (B, n, n) and (B, n).
-        G, h: inequalities Gz ≤ h, (B, m, n) and (B, m); omit both for none.
-        A, b: equalities Az = b, (B, p, n) and (B, p); omit both for none.
+        Q: objective's quadratic term, (B, n, n).
+        q: objective's linear term, (B, n).
+        G: inequalities Gz ≤ h, (B, m, n); omit G and h for none.
+        h: (B, m).
+        A: equalities Az = b, (B, p, n); omit A and b for none.
+        b: (B, p).
         eps: tolerance on the residuals and the gap (absolute and relative).
         max_iters: interior-point iteration limit.
         return_status: also return per-element `Status` and iteration counts instead of
