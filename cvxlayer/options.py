@@ -21,8 +21,9 @@ OWN = frozenset({"eps", "backward", "failed_gradient", "max_batch"}) | _SETTINGS
 # diffcp's derivative modes ↦ our backward (the LPGD modes have no counterpart: ignored)
 _DIFFCP_MODES = {"dense": "dense", "lsqr": "lsqr", "lsmr": "lsqr"}
 _LPGD_MODES = ("lpgd", "lpgd_right", "lpgd_left")
-# diffcp's forward solvers ↦ the generic mode closest to them
-_SOLVE_METHODS = {"SCS": "scs", "ECOS": "scs", "CLARABEL": "scs"}
+# diffcp's forward solvers ↦ the generic mode closest to them (ECOS and Clarabel are
+# interior-point methods; the layer uses native SCS where the cones need it)
+_SOLVE_METHODS = {"SCS": "scs", "ECOS": "ipm", "CLARABEL": "ipm"}
 
 
 def _translate(key: str, value, args: dict) -> None:

@@ -27,8 +27,8 @@ def projection():
         ({"mode": "lsqr"}, "backward", "lsqr"),
         ({"mode": "lsmr"}, "backward", "lsqr"),
         ({"solve_method": "SCS"}, "generic_mode", "scs"),
-        ({"solve_method": "Clarabel"}, "generic_mode", "scs"),
-        ({"solve_method": "ECOS"}, "generic_mode", "scs"),
+        ({"solve_method": "Clarabel"}, "generic_mode", "ipm"),
+        ({"solve_method": "ECOS"}, "generic_mode", "ipm"),
         ({"n_jobs_forward": 1}, "threads", 1),
         ({"n_jobs_forward": -1}, "threads", -1),
         ({"use_indirect": True}, "linsys", "cg"),
@@ -102,3 +102,17 @@ def test_a_cvxpylayers_call_runs_unchanged(projection):
     torch.testing.assert_close(
         x_t.grad, torch.tensor([0.5, -0.5, 0.0], dtype=torch.float64), atol=1e-6, rtol=0
     )
+
+
+def test_an_interior_point_solve_method_falls_back_where_its_cones_are_missing():
+    """solve_method="Clarabel" runs the interior point; on exponential cones (which it does
+    not take yet) native SCS."""
+    x = cp.Parameter(3)
+    y = cp.Variable(3)
+    ball = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [cp.norm(y) <= 1])
+    softmax = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1])
+    x_t = torch.tensor([0.5, -2.0, 1.0], dtype=torch.float64)
+    for prob, mode in ((ball, "ipm"), (softmax, "scs")):
+        layer = CvxpyLayer(prob, [x], [y], fast_path=False)
+        _, info = layer(x_t, solver_args={"solve_method": "Clarabel"}, return_status=True)
+        assert info.mode == mode and info.status[0].ok
