@@ -184,27 +184,30 @@ def test_diffcp_adjoint_matches_diffcp_public_api():
     np.testing.assert_allclose(c.grad[0].numpy(), dc_ref, atol=1e-6)
 
 
+def _weighted_gradients(case, backward: str, mode: str = "auto") -> list[torch.Tensor]:
+    """Gradients of Σ w ⊙ x* (w = 0, 1, 2, …) w.r.t. every parameter, 3 elements, seed 6."""
+    layer = CvxpyLayer(
+        case.problem,
+        case.parameters,
+        case.variables,
+        mode=mode,
+        solver_args={"backward": backward},
+        fast_path=False,
+    )
+    leaves = [v.clone().requires_grad_() for v in _batch(case, seed=6, size=3)]
+    (x,) = layer(*leaves, solver_args=TIGHT)
+    w = torch.arange(x[0].numel(), dtype=torch.float64).reshape(x[0].shape)
+    (x * w).sum().backward()
+    return [leaf.grad for leaf in leaves]
+
+
 @pytest.mark.parametrize("name", IPM_CASES)
 def test_interior_point_gradients_match_diffcp(name):
     """The interior point's solutions (inside the cones by O(μ)) differentiated by our dense
     backward give diffcp's gradients (on SCS's solution, diffcp's own dense derivative)."""
     case = CASES[name]
-    grads = []
-    for mode, backward in (("ipm", "dense"), ("scs", "diffcp")):
-        layer = CvxpyLayer(
-            case.problem,
-            case.parameters,
-            case.variables,
-            mode=mode,
-            solver_args={"backward": backward},
-            fast_path=False,
-        )
-        leaves = [v.clone().requires_grad_() for v in _batch(case, seed=6, size=3)]
-        (x,) = layer(*leaves, solver_args=TIGHT)
-        w = torch.arange(x[0].numel(), dtype=torch.float64).reshape(x[0].shape)
-        (x * w).sum().backward()
-        grads.append([leaf.grad for leaf in leaves])
-    for got, ref in zip(*grads):
+    ours = _weighted_gradients(case, "dense", mode="ipm")
+    for got, ref in zip(ours, _weighted_gradients(case, "diffcp", mode="scs")):
         torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
 
 
@@ -214,21 +217,10 @@ def test_own_backwards_match_diffcp(name):
     diffcp supports (for power cones, dense and LSQR against each other; finite differences
     check them above)."""
     case = CASES[name]
-    grads = {}
     reference = "dense" if name == "pow" else "diffcp"
-    for backward in {"dense", "lsqr", reference}:
-        layer = CvxpyLayer(
-            case.problem,
-            case.parameters,
-            case.variables,
-            solver_args={"backward": backward},
-            fast_path=False,
-        )
-        leaves = [v.clone().requires_grad_() for v in _batch(case, seed=6, size=3)]
-        (x,) = layer(*leaves, solver_args=TIGHT)
-        w = torch.arange(x[0].numel(), dtype=torch.float64).reshape(x[0].shape)
-        (x * w).sum().backward()
-        grads[backward] = [leaf.grad for leaf in leaves]
+    grads = {
+        backward: _weighted_gradients(case, backward) for backward in {"dense", "lsqr", reference}
+    }
     for ours in ("dense", "lsqr"):
         for got, ref in zip(grads[ours], grads[reference]):
             torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)

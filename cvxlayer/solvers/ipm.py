@@ -111,11 +111,11 @@ class _Cones:
 
 
 def _apply(cones: _Cones, scalings: list, v: torch.Tensor, op: str) -> torch.Tensor:
-    """One scaling operator ("W", "WT", "Winv", "WinvT", "div") on the cone rows of v, (B, m)
-    or (B, k, m) for k vectors per element; the equality rows are left 0."""
+    """One scaling operator ("W", "WT", "Winv", "WinvT", "div") on the cone rows of v (B, m);
+    the equality rows are left 0."""
     out = torch.zeros_like(v)
     for (_, rows), sc in zip(cones.groups, scalings):
-        out[..., rows] = getattr(sc, op)(v[..., rows])
+        out[:, rows] = getattr(sc, op)(v[:, rows])
     return out
 
 
@@ -180,36 +180,34 @@ class _KKT:
         return _apply(self.cones, self.scalings, scaled, "Winv")
 
     def _solve_once(self, r1: torch.Tensor, r2: torch.Tensor):
-        """The regularized solve for k right-hand sides: r1 (B, k, n), r2 (B, k, m)."""
         A, eq = self.data.A, self.cones.eq
         hinv_r2 = self._hinv(r2)
-        rhs = r1 + hinv_r2 @ A
-        dx = torch.cholesky_solve(rhs.transpose(1, 2), self.L).transpose(1, 2)
+        rhs = r1 + (A.transpose(1, 2) @ hinv_r2.unsqueeze(-1)).squeeze(-1)
+        dx = torch.cholesky_solve(rhs.unsqueeze(-1), self.L).squeeze(-1)
         dz = torch.zeros_like(r2)
         if eq.numel():
-            y = dx @ self.A_eq.transpose(1, 2) - r2[..., eq]
-            y = torch.cholesky_solve(y.transpose(1, 2), self.LS).transpose(1, 2)
-            dx = dx - y @ self.MinvAt.transpose(1, 2)
-            dz[..., eq] = y
-        return dx, dz + self._hinv(dx @ A.transpose(1, 2)) - hinv_r2
+            y = (self.A_eq @ dx.unsqueeze(-1)).squeeze(-1) - r2[:, eq]
+            y = torch.cholesky_solve(y.unsqueeze(-1), self.LS).squeeze(-1)
+            dx = dx - (self.MinvAt @ y.unsqueeze(-1)).squeeze(-1)
+            dz[:, eq] = y
+        Adx = (A @ dx.unsqueeze(-1)).squeeze(-1)
+        return dx, dz + self._hinv(Adx) - hinv_r2
 
     def solve(self, r1: torch.Tensor, r2: torch.Tensor):
-        """(Δx, Δz) with P Δx + AᵀΔz = r1, A Δx − H Δz = r2 for k right-hand sides at once,
-        r1 (B, k, n), r2 (B, k, m): a solve with the regularized factor, then refinement
-        against the exact K until the residual stops falling (up to `_REFINE` steps; near
-        the solution the factor of the reduced system loses digits)."""
+        """(Δx, Δz) with P Δx + AᵀΔz = r1, A Δx − H Δz = r2: a solve with the regularized
+        factor, then refinement against the exact K until the residual stops falling (up to
+        `_REFINE` steps; near the solution the factor of the reduced system loses digits)."""
         A, P = self.data.A, self.data.P
         dx, dz = self._solve_once(r1, r2)
-        size = torch.maximum(r1.abs().amax(-1), r2.abs().amax(-1))
-        size = size.clamp(min=torch.finfo(r1.dtype).tiny)
+        size = torch.maximum(_inf_norm(r1), _inf_norm(r2)).clamp(min=torch.finfo(r1.dtype).tiny)
         previous = None
         for _ in range(_REFINE):
             h_dz = _apply(
                 self.cones, self.scalings, _apply(self.cones, self.scalings, dz, "W"), "WT"
             )
-            e1 = r1 - dx @ P - dz @ A
-            e2 = r2 - dx @ A.transpose(1, 2) + h_dz
-            error = torch.maximum(e1.abs().amax(-1), e2.abs().amax(-1)) / size
+            e1 = r1 - _matvec(P, dx) - _matvec(A.transpose(1, 2), dz)
+            e2 = r2 - _matvec(A, dx) + h_dz
+            error = torch.maximum(_inf_norm(e1), _inf_norm(e2)) / size
             worst = float(error.max())
             if worst <= _REFINE_TOL or (previous is not None and worst > 0.5 * previous):
                 break
@@ -320,8 +318,7 @@ def _start(data: _Data, cones: _Cones, reg: float):
     """(x, z, s, τ, κ) (Vandenberghe 2010, §5.3): the KKT solution with H = I, then s and z
     shifted into their cones by a multiple of e."""
     e = cones.unit(data.b)
-    x, _ = _KKT(data, cones, cones.scalings(e, e), reg).solve(-data.c[:, None], data.b[:, None])
-    x = x[:, 0]
+    x, _ = _KKT(data, cones, cones.scalings(e, e), reg).solve(-data.c, data.b)
     s = data.b - _matvec(data.A, x)
     s[:, cones.eq] = 0
     z = -s
@@ -391,31 +388,22 @@ class _Newton:
         xi = it.x / it.tau.unsqueeze(1)
         Pxi = _matvec(data.P, xi)
         self.c2 = data.c + 2 * Pxi  # ∂r_τ/∂x
-        self.xi_P_xi = (xi * Pxi).sum(1)
-        self.x1 = self.z1 = self.denominator = None
+        self.x1, self.z1 = self.kkt.solve(-data.c, data.b)
+        self.denominator = (
+            -it.kappa / it.tau
+            + (self.c2 * self.x1).sum(1)
+            + (data.b * self.z1).sum(1)
+            - (xi * Pxi).sum(1)
+        )
 
     def apply(self, v: torch.Tensor, op: str) -> torch.Tensor:
         return _apply(self.cones, self.scalings, v, op)
 
     def direction(self, d_x, d_z, d_tau, d_s, d_kappa):
-        """(Δx, Δz, Δs, Δτ, Δκ, W Δz, W⁻ᵀ Δs). The first call also solves for the constant
-        right side (−c, b) in the same solve (two right-hand sides)."""
+        """(Δx, Δz, Δs, Δτ, Δκ, W Δz, W⁻ᵀ Δs)."""
         it, data = self.it, self.data
-        r1 = -d_x.unsqueeze(1)
-        r2 = (-d_z + self.apply(self.apply(d_s, "div"), "WT")).unsqueeze(1)
-        if self.x1 is None:
-            r1 = torch.cat([-data.c.unsqueeze(1), r1], 1)
-            r2 = torch.cat([data.b.unsqueeze(1), r2], 1)
-        xs, zs = self.kkt.solve(r1, r2)
-        if self.x1 is None:
-            self.x1, self.z1 = xs[:, 0], zs[:, 0]
-            self.denominator = (
-                -it.kappa / it.tau
-                + (self.c2 * self.x1).sum(1)
-                + (data.b * self.z1).sum(1)
-                - self.xi_P_xi
-            )
-        x2, z2 = xs[:, -1], zs[:, -1]
+        lam_div = self.apply(d_s, "div")
+        x2, z2 = self.kkt.solve(-d_x, -d_z + self.apply(lam_div, "WT"))
         numerator = -d_tau + d_kappa / it.tau - (self.c2 * x2).sum(1) - (data.b * z2).sum(1)
         dtau = numerator / self.denominator
         dx = x2 + dtau.unsqueeze(1) * self.x1
