@@ -38,6 +38,7 @@ clean:
 $(BENCH_VENV)/.installed: pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q torch==2.13.0
-	$(BENCH_VENV)/bin/python -m pip install -q -e ".[dev]" cvxpylayers==1.2.0 diffcp moreau moreau-cpu
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[dev]" cvxpylayers==1.2.0 diffcp moreau moreau-cpu \
+		proxsuite==0.8.0 osqp==1.1.3
 	$(BENCH_VENV)/bin/python -m pip install -q --no-deps qpth mpc
 	touch $@

@@ -85,6 +85,47 @@ def qpth_system(task: Task) -> Runner:
     return run
 
 
+def proxsuite_system(task: Task) -> Runner:
+    """proxsuite's QPLayer (ICLR'24; proxsuite==0.8.0): QPFunction(Q, p, A, b, G, l, u) with
+    l = −∞ for one-sided inequalities, on qpth's form of the task."""
+    if task.qpth_args is None:
+        raise NotImplementedError("proxsuite's QPLayer applies to QPs only")
+    from proxsuite.torch.qplayer import QPFunction
+
+    def run(vals):
+        Q, p, G, h, A, b = task.qpth_args(vals)
+        lower = torch.full_like(h, -1e20)
+        return QPFunction(eps=EPS, maxIter=1000)(Q, p, A, b, G, lower, h)[0]
+
+    return run
+
+
+def osqp_system(task: Task) -> Runner:
+    """osqp's torch layer (osqp==1.1.3): OSQP(P_idx, P_shape, A_idx, A_shape) on the dense
+    pattern, with l ≤ [G; A] x ≤ u."""
+    if task.qpth_args is None:
+        raise NotImplementedError("osqp's layer applies to QPs only")
+    from osqp.nn.torch import OSQP
+
+    def run(vals):
+        Q, p, G, h, A, b = task.qpth_args(vals)
+        batch, n = p.shape
+        C = torch.cat([G.expand(batch, *G.shape[-2:]), A.reshape(-1, n).expand(batch, -1, n)], 1)
+        lower = torch.cat([torch.full_like(h.expand(batch, -1), -1e20), b.expand(batch, -1)], 1)
+        upper = torch.cat([h.expand(batch, -1), b.expand(batch, -1)], 1)
+        Q = Q.expand(batch, n, n)
+        P_idx = torch.nonzero(torch.ones(n, n)).T  # dense patterns
+        A_idx = torch.nonzero(torch.ones(C.shape[1:])).T
+        layer = OSQP((P_idx[0].numpy(), P_idx[1].numpy()), (n, n),
+                     (A_idx[0].numpy(), A_idx[1].numpy()), tuple(C.shape[1:]),
+                     eps_abs=EPS, eps_rel=EPS)  # fmt: skip
+        P_val = Q[:, P_idx[0], P_idx[1]]
+        A_val = C[:, A_idx[0], A_idx[1]]
+        return layer(P_val, p, A_val, lower, upper)
+
+    return run
+
+
 def mpc_system(task: Task) -> Runner:
     """mpc.pytorch's LQR (time-major), on the same problem: T + 1 stages, the last one with a
     control of cost ½‖u‖² that the cvxpy form does not have (it comes out 0)."""
@@ -151,6 +192,8 @@ SYSTEMS: dict[str, Callable[[Task], Runner]] = {
     "cvxpylayers": cvxpylayers_system(None),
     "cvxpylayers[MOREAU]": cvxpylayers_system("MOREAU"),
     "qpth": qpth_system,
+    "proxsuite": proxsuite_system,
+    "osqp": osqp_system,
     "mpc.pytorch": mpc_system,
     "lml-bisection": bisection_system,
 }

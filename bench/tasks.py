@@ -71,7 +71,7 @@ def dense_qp(batch: int = 128, n: int = 100, m: int = 100, seed: int = 0) -> Tas
         x,
         [Lv, pv, Gv, hv],
         qpth_args,
-        ("cvxpylayers", "qpth"),
+        ("cvxpylayers", "qpth", "proxsuite", "osqp"),
     )
 
 
@@ -110,7 +110,7 @@ def box_qp(batch: int = 128, n: int = 100, seed: int = 1) -> Task:
         x,
         [Lv, pv],
         qpth_args,
-        ("cvxpylayers", "qpth"),
+        ("cvxpylayers", "qpth", "proxsuite", "osqp"),
     )
 
 

@@ -11,7 +11,7 @@ A solution with τ > 0 gives (x, z, s)/τ; one with κ > 0 a certificate of infe
 linearizes these and the complementarity s ∘ z = μe, τκ = μ in the Nesterov–Todd scaled
 form (λ = W z = W⁻ᵀ s): with H = WᵀW,
 
-    [P  Aᵀ] [Δx]   [r₁]         Δs = −Wᵀ(λ \\ d_s + W Δz),
+    [P  Aᵀ] [Δx]   [r₁]         Δs = −Wᵀ(λ \\ d_s + W Δz)  (= −d_z − AΔx + bΔτ),
     [A −H ] [Δz] = [r₂],        Δκ = −(d_κ + κΔτ)/τ,
 
 solved once for the constant right side (−c, b) and once per direction, Δτ from the
@@ -24,17 +24,20 @@ unregularized system. Everything about one cone family (its scaling, Jordan alge
 to the boundary) sits in that family's module (`cvxlayer.cones.nonneg`, `.soc`, `.psd`);
 this engine loops over the families of the cone and never branches on them.
 
-Data are equilibrated first (Ruiz, as the torch mode does); each element stops on its own
-residuals (SCS's rule on eps_abs/eps_rel, certificates on eps_infeas) and leaves the batch.
-It iterates to min(eps, 1e-8) (superlinear convergence makes that cheap) and keeps each
-element's best iterate within the caller's tolerance for when rounding stalls the iteration
-on a degenerate element.
+Data are equilibrated first (Ruiz, as the torch mode does) and made dense; the variables
+cvxpy lifts (a column whose only nonzero sits in an equality row) are eliminated
+(`cvxlayer.elimination`) and restored at the end. Each element stops on its own residuals
+(SCS's rule on eps_abs/eps_rel, certificates on eps_infeas) and leaves the batch. It aims
+at eps² (an interior point sits inside the cones by O(μ): a gap of eps can move x by ~√eps;
+superlinear convergence makes the extra digits cheap), and keeps each element's best
+iterate for when rounding stalls the iteration on a degenerate element.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -373,6 +376,18 @@ class _Iterate:
         return (self.cx < 0) & (self.norm_Axs <= bound) & (self.norm_Px <= bound)
 
 
+class _Step(NamedTuple):
+    """A direction, with its scaled parts W Δz and W⁻ᵀ Δs (for steps and corrections)."""
+
+    dx: torch.Tensor
+    dz: torch.Tensor
+    ds: torch.Tensor
+    dtau: torch.Tensor
+    dkappa: torch.Tensor
+    w_dz: torch.Tensor
+    winv_ds: torch.Tensor
+
+
 class _Newton:
     """The linearized embedding at an iterate: one factorization, then a direction for any
     right-hand side (d_x, d_z, d_τ, d_s, d_κ) (module docstring)."""
@@ -399,8 +414,8 @@ class _Newton:
     def apply(self, v: torch.Tensor, op: str) -> torch.Tensor:
         return _apply(self.cones, self.scalings, v, op)
 
-    def direction(self, d_x, d_z, d_tau, d_s, d_kappa):
-        """(Δx, Δz, Δs, Δτ, Δκ, W Δz, W⁻ᵀ Δs)."""
+    def direction(self, d_x, d_z, d_tau, d_s, d_kappa) -> _Step:
+        """The direction for the right-hand side (d_x, d_z, d_τ, d_s, d_κ)."""
         it, data = self.it, self.data
         lam_div = self.apply(d_s, "div")
         x2, z2 = self.kkt.solve(-d_x, -d_z + self.apply(lam_div, "WT"))
@@ -416,16 +431,15 @@ class _Newton:
         ds[:, self.cones.eq] = 0
         winv_ds = self.apply(ds, "WinvT")
         dkappa = -(d_kappa + it.kappa * dtau) / it.tau
-        return dx, dz, ds, dtau, dkappa, w_dz, winv_ds
+        return _Step(dx, dz, ds, dtau, dkappa, w_dz, winv_ds)
 
-    def max_step(self, step) -> torch.Tensor:
+    def max_step(self, step: _Step) -> torch.Tensor:
         """(B,) the largest α ≤ ∞ that keeps s, z, τ, κ in their cones along `step`."""
-        _, _, _, dtau, dkappa, w_dz, winv_ds = step
         alpha = torch.minimum(
-            _max_step(self.cones, self.scalings, w_dz),
-            _max_step(self.cones, self.scalings, winv_ds),
+            _max_step(self.cones, self.scalings, step.w_dz),
+            _max_step(self.cones, self.scalings, step.winv_ds),
         )
-        for v, dv in ((self.it.tau, dtau), (self.it.kappa, dkappa)):
+        for v, dv in ((self.it.tau, step.dtau), (self.it.kappa, step.dkappa)):
             alpha = torch.minimum(alpha, torch.where(dv < 0, -v / dv, float("inf")))
         return alpha
 
@@ -436,14 +450,15 @@ class _Newton:
         affine = self.direction(it.r_x, it.r_z, it.r_tau, d_s, it.tau * it.kappa)
         sigma = (1 - self.max_step(affine).clamp(max=1)) ** 3
         target = sigma * self.mu
-        d_s = d_s + _jordan(cones, affine[6], affine[5]) - target.unsqueeze(1) * cones.unit(it.s)
-        d_kappa = it.tau * it.kappa + affine[3] * affine[4] - target
+        d_s = d_s + _jordan(cones, affine.winv_ds, affine.w_dz)
+        d_s = d_s - target.unsqueeze(1) * cones.unit(it.s)
+        d_kappa = it.tau * it.kappa + affine.dtau * affine.dkappa - target
         keep = (1 - sigma).unsqueeze(1)
         step = self.direction(keep * it.r_x, keep * it.r_z, keep[:, 0] * it.r_tau, d_s, d_kappa)
         alpha = (_STEP_FRACTION * self.max_step(step)).clamp(max=1)
         alpha = torch.where(self.kkt.ok, alpha, 0.0)  # a failed factorization: no step
         a = alpha.unsqueeze(1)
-        dx, dz, ds, dtau, dkappa = (torch.nan_to_num(t) for t in step[:5])
+        dx, dz, ds, dtau, dkappa = (torch.nan_to_num(t) for t in step[:5])  # no step: 0
         return (
             it.x + a * dx,
             it.z + a * dz,
