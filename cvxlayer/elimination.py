@@ -17,13 +17,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
-
-
-def _mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return (v.unsqueeze(-2) @ M).squeeze(-2)
+from cvxlayer.linalg import mtv, mv
 
 
 def reduced_objective(
@@ -37,18 +31,18 @@ def reduced_objective(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q (B, k, k), q (B, k)) of the objective in x_K (module docstring); P_KK None: a
     linear objective (Q = 0)."""
-    q = c_K + _mtv(T, c_E)
+    q = c_K + mtv(T, c_E)
     if P_KK is None:
         return c_K.new_zeros(c_K.shape[0], c_K.shape[1], c_K.shape[1]), q
     Q = P_KK
     if P_EE is not None:
         PT = P_EE.unsqueeze(-1) * T if P_EE.dim() == 2 else P_EE @ T  # P_EE T: (B, e, k)
         Q = Q + T.transpose(1, 2) @ PT
-        q = q + _mtv(PT, u)
+        q = q + mtv(PT, u)
     if P_KE is not None:
         P_KE_T = P_KE @ T
         Q = Q + P_KE_T + P_KE_T.transpose(1, 2)
-        q = q + _mv(P_KE, u)
+        q = q + mv(P_KE, u)
     return Q, q
 
 
@@ -62,7 +56,7 @@ def eliminated_gradient(
     """(P x + c)_E = P_EK x_K + P_EE x_E + c_E, (B, e)."""
     grad = c_E
     if P_EE is not None:
-        grad = grad + (P_EE * x_E if P_EE.dim() == 2 else _mv(P_EE, x_E))
+        grad = grad + (P_EE * x_E if P_EE.dim() == 2 else mv(P_EE, x_E))
     if P_KE is not None:
-        grad = grad + _mtv(P_KE, x_K)
+        grad = grad + mtv(P_KE, x_K)
     return grad

@@ -31,10 +31,7 @@ from __future__ import annotations
 import torch
 
 from cvxlayer.fastpaths.batching import broadcast_batch
-
-
-def _mv(M, v):
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+from cvxlayer.linalg import mv
 
 
 def _riccati(C, F, n):
@@ -70,22 +67,22 @@ def _solve(x_init, C, c, F, f, gains):
     for t in reversed(range(T)):
         q = c[:, t]
         if t < T - 1:
-            q = q + _mv(F[:, t].transpose(1, 2), _mv(V[t + 1], f[:, t]) + v)
+            q = q + mv(F[:, t].transpose(1, 2), mv(V[t + 1], f[:, t]) + v)
         k[t] = -torch.cholesky_solve(q[:, n:].unsqueeze(-1), L[t]).squeeze(-1)
-        v = q[:, :n] + _mv(Q_xu[t], k[t])
+        v = q[:, :n] + mv(Q_xu[t], k[t])
     taus = []
     x = x_init
     for t in range(T):
-        tau = torch.cat([x, _mv(K[t], x) + k[t]], 1)
+        tau = torch.cat([x, mv(K[t], x) + k[t]], 1)
         taus.append(tau)
         if t < T - 1:
-            x = _mv(F[:, t], tau) + f[:, t]
+            x = mv(F[:, t], tau) + f[:, t]
     tau = torch.stack(taus, 1)
     lams = [None] * T
     for t in reversed(range(T)):
-        lams[t] = _mv(C[:, t, :n], tau[:, t]) + c[:, t, :n]
+        lams[t] = mv(C[:, t, :n], tau[:, t]) + c[:, t, :n]
         if t < T - 1:
-            lams[t] = lams[t] + _mv(F[:, t, :, :n].transpose(1, 2), lams[t + 1])
+            lams[t] = lams[t] + mv(F[:, t, :, :n].transpose(1, 2), lams[t + 1])
     return tau, torch.stack(lams, 1)
 
 

@@ -42,10 +42,9 @@ from cvxlayer.fastpaths.qp import (
     MAX_ITERS,
     GPattern,
     QPData,
-    mtv,
-    mv,
     qp_solve_differentiable,
 )
+from cvxlayer.linalg import mtv, mv
 from cvxlayer.program import ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings
 

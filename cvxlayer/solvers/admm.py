@@ -27,6 +27,7 @@ import torch
 
 import cvxlayer_cuda
 from cvxlayer.cones.projections import ConeProjector
+from cvxlayer.linalg import inf_norm
 from cvxlayer.program import ConeProgram, SparseOps
 from cvxlayer.solvers.admm_update import CONE, FREE, NONNEG, admm_update
 from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
@@ -98,10 +99,6 @@ def equilibrate(program: ConeProgram, ops: SparseOps, passes: int = _RUIZ_PASSES
         D = D / _limit(row).sqrt()
         E = E / _limit(col).sqrt()
     return D, E
-
-
-def _inf_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])
 
 
 class _Batch:
@@ -352,31 +349,27 @@ def _residuals(s: _Batch, ops: SparseOps, u, rsk, n, m) -> dict[str, torch.Tenso
         "x": x,
         "y": y,
         "s": sl,
-        "res_pri": _inf_norm(ax + sl - s.b * tau[:, None]) / safe_tau,
-        "res_dual": _inf_norm(px + aty + s.c * tau[:, None]) / safe_tau,
+        "res_pri": inf_norm(ax + sl - s.b * tau[:, None]) / safe_tau,
+        "res_dual": inf_norm(px + aty + s.c * tau[:, None]) / safe_tau,
         "gap": (xpx / safe_tau + ctx + bty).abs() / safe_tau,
-        "scale_pri": torch.maximum(
-            torch.maximum(_inf_norm(s.b) * tau, _inf_norm(sl)), _inf_norm(ax)
-        )
+        "scale_pri": torch.maximum(torch.maximum(inf_norm(s.b) * tau, inf_norm(sl)), inf_norm(ax))
         / safe_tau,
-        "scale_dual": torch.maximum(
-            torch.maximum(_inf_norm(s.c) * tau, _inf_norm(px)), _inf_norm(aty)
-        )
+        "scale_dual": torch.maximum(torch.maximum(inf_norm(s.c) * tau, inf_norm(px)), inf_norm(aty))
         / safe_tau,
         "scale_gap": torch.maximum(torch.maximum((xpx / safe_tau).abs(), ctx.abs()), bty.abs())
         / safe_tau,
         "ctx": ctx,
         "bty": bty,
-        "res_infeas": _inf_norm(aty) / torch.where(bty < 0, -bty, torch.full_like(bty, 1e-300)),
-        "res_unbdd": torch.maximum(_inf_norm(ax + sl), _inf_norm(px))
+        "res_infeas": inf_norm(aty) / torch.where(bty < 0, -bty, torch.full_like(bty, 1e-300)),
+        "res_unbdd": torch.maximum(inf_norm(ax + sl), inf_norm(px))
         / torch.where(ctx < 0, -ctx, torch.full_like(ctx, 1e-300)),
         # raw residual norms for the adaptive scale
-        "rel_pri": _inf_norm(ax + sl - s.b * tau[:, None])
-        / torch.maximum(torch.maximum(_inf_norm(ax), _inf_norm(sl)), _inf_norm(s.b) * tau).clamp(
+        "rel_pri": inf_norm(ax + sl - s.b * tau[:, None])
+        / torch.maximum(torch.maximum(inf_norm(ax), inf_norm(sl)), inf_norm(s.b) * tau).clamp(
             min=1e-300
         ),
-        "rel_dual": _inf_norm(px + aty + s.c * tau[:, None])
-        / torch.maximum(torch.maximum(_inf_norm(px), _inf_norm(aty)), _inf_norm(s.c) * tau).clamp(
+        "rel_dual": inf_norm(px + aty + s.c * tau[:, None])
+        / torch.maximum(torch.maximum(inf_norm(px), inf_norm(aty)), inf_norm(s.c) * tau).clamp(
             min=1e-300
         ),
     }

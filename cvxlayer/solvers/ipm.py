@@ -45,6 +45,7 @@ import torch
 from cvxlayer.cones import ConeSpec, nonneg, psd, soc
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.elimination import eliminated_gradient, reduced_objective
+from cvxlayer.linalg import inf_norm, mv
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.admm import equilibrate
 from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
@@ -202,15 +203,15 @@ class _KKT:
         `_REFINE` steps; near the solution the factor of the reduced system loses digits)."""
         A, P = self.data.A, self.data.P
         dx, dz = self._solve_once(r1, r2)
-        size = torch.maximum(_inf_norm(r1), _inf_norm(r2)).clamp(min=torch.finfo(r1.dtype).tiny)
+        size = torch.maximum(inf_norm(r1), inf_norm(r2)).clamp(min=torch.finfo(r1.dtype).tiny)
         previous = None
         for _ in range(_REFINE):
             h_dz = _apply(
                 self.cones, self.scalings, _apply(self.cones, self.scalings, dz, "W"), "WT"
             )
-            e1 = r1 - _matvec(P, dx) - _matvec(A.transpose(1, 2), dz)
-            e2 = r2 - _matvec(A, dx) + h_dz
-            error = torch.maximum(_inf_norm(e1), _inf_norm(e2)) / size
+            e1 = r1 - mv(P, dx) - mv(A.transpose(1, 2), dz)
+            e2 = r2 - mv(A, dx) + h_dz
+            error = torch.maximum(inf_norm(e1), inf_norm(e2)) / size
             worst = float(error.max())
             if worst <= _REFINE_TOL or (previous is not None and worst > 0.5 * previous):
                 break
@@ -235,14 +236,6 @@ class InteriorPoint:
                 f"program has {program.structure.cones.describe()}"
             )
         return _solve(program, settings)
-
-
-def _matvec(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
-
-
-def _inf_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])
 
 
 def _prepare(program: ConeProgram, normalize: bool) -> tuple[_Data, ConeSpec]:
@@ -306,7 +299,7 @@ def _restore(data: _Data, x, z, s, tau):
     if data.layout is None:
         return x, z, s
     keep, cols, other, rows = data.layout
-    x_E = _matvec(data.T, x) + data.u * tau.unsqueeze(1)
+    x_E = mv(data.T, x) + data.u * tau.unsqueeze(1)
     P_KE, P_EE = (getattr(data, key, None) for key in ("P_KE", "P_EE"))
     grad = eliminated_gradient(P_KE, P_EE, data.c_E * tau.unsqueeze(1), x, x_E)
     B, n, m = x.shape[0], keep.size + cols.size, other.size + rows.size
@@ -322,7 +315,7 @@ def _start(data: _Data, cones: _Cones, reg: float):
     shifted into their cones by a multiple of e."""
     e = cones.unit(data.b)
     x, _ = _KKT(data, cones, cones.scalings(e, e), reg).solve(-data.c, data.b)
-    s = data.b - _matvec(data.A, x)
+    s = data.b - mv(data.A, x)
     s[:, cones.eq] = 0
     z = -s
     for v in (s, z):
@@ -337,7 +330,7 @@ class _Iterate:
 
     def __init__(self, data: _Data, x, z, s, tau, kappa) -> None:
         self.x, self.z, self.s, self.tau, self.kappa = x, z, s, tau, kappa
-        Px, Ax, Atz = _matvec(data.P, x), _matvec(data.A, x), _matvec(data.A.transpose(1, 2), z)
+        Px, Ax, Atz = mv(data.P, x), mv(data.A, x), mv(data.A.transpose(1, 2), z)
         xPx = (x * Px).sum(1)
         self.cx, self.bz = (data.c * x).sum(1), (data.b * z).sum(1)
         t = tau.unsqueeze(1)
@@ -345,7 +338,7 @@ class _Iterate:
         self.r_z = Ax + s - data.b * t
         self.r_tau = kappa + self.cx + self.bz + xPx / tau
         Dinv, Einv = 1 / data.row_scale, 1 / data.col_scale
-        n = _inf_norm
+        n = inf_norm
         # (residual, scale) of the primal, dual and gap conditions, all divided by τ
         self.measures = [
             (n(Dinv * self.r_z), torch.stack([n(Dinv * Ax), n(Dinv * s), n(Dinv * data.b * t)])),
@@ -401,7 +394,7 @@ class _Newton:
             self.lam[:, rows] = sc.lam
         self.mu = ((it.s * it.z).sum(1) + it.tau * it.kappa) / (cones.degree + 1)
         xi = it.x / it.tau.unsqueeze(1)
-        Pxi = _matvec(data.P, xi)
+        Pxi = mv(data.P, xi)
         self.c2 = data.c + 2 * Pxi  # ∂r_τ/∂x
         self.x1, self.z1 = self.kkt.solve(-data.c, data.b)
         self.denominator = (
@@ -427,7 +420,7 @@ class _Newton:
         # Δs from the primal equation A Δx + Δs − bΔτ = −d_z itself rather than from
         # −Wᵀ(λ \ d_s + W Δz), the same in exact arithmetic: near the solution W is badly
         # conditioned and that product would feed its rounding into the primal residual
-        ds = -d_z - _matvec(data.A, dx) + data.b * dtau.unsqueeze(1)
+        ds = -d_z - mv(data.A, dx) + data.b * dtau.unsqueeze(1)
         ds[:, self.cones.eq] = 0
         winv_ds = self.apply(ds, "WinvT")
         dkappa = -(d_kappa + it.kappa * dtau) / it.tau
