@@ -7,8 +7,9 @@ Problems, with n variables and parameters x (n) and M (n × n):
   QP:   min ‖y − x‖²  s.t.  M y ≤ 1
   SOCP: min ‖y − x‖²  s.t.  ‖M y‖₂ ≤ 1
 Systems: cvxlayer (its defaults), cvxpylayers 1.2 (default diffcp/SCS) and
-cvxpylayers[MOREAU], each timed in this process on the same tensors: the median over
-`--calls` calls (after warm-up calls) of a forward under no_grad and of a forward+backward.
+cvxpylayers[MOREAU], each timed in this process on the same tensors, their calls
+interleaved (a noisy machine's drifts then hit all alike): the median over `--calls` calls (after warm-up calls)
+of a forward under no_grad and of a forward+backward.
 Writes bench/results/overhead/results.md, results.json and results.png.
 """
 
@@ -56,18 +57,23 @@ def build(system: str, kind: str, n: int) -> Callable:
     return lambda vals: layer(*vals)[0]
 
 
-def median_seconds(fn: Callable[[], object], calls: int) -> float:
-    for _ in range(WARMUP):
-        fn()
-    times = []
+def median_seconds(fns: list[Callable[[], object]], calls: int) -> list[float]:
+    """Median seconds per call of each of `fns`, timed interleaved (call k of every system,
+    then call k + 1, …) so that drifts in the machine's speed hit all systems alike."""
+    for fn in fns:
+        for _ in range(WARMUP):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
-def measure(run: Callable, vals: list[torch.Tensor], calls: int) -> tuple[float, float]:
+def phases(run: Callable, vals: list[torch.Tensor]) -> tuple[Callable, Callable]:
+    """(forward under no_grad, forward+backward) of one system on `vals`."""
     leaves = [v.clone().requires_grad_() for v in vals]
 
     def forward():
@@ -77,7 +83,7 @@ def measure(run: Callable, vals: list[torch.Tensor], calls: int) -> tuple[float,
     def forward_backward():
         run(leaves).sum().backward()
 
-    return median_seconds(forward, calls), median_seconds(forward_backward, calls)
+    return forward, forward_backward
 
 
 SYSTEMS = ("cvxlayer", "cvxpylayers", "cvxpylayers[MOREAU]")
@@ -95,13 +101,17 @@ def main(argv: list[str] | None = None) -> None:
             for batch in map(int, args.batches.split(",")):
                 vals = values(n, batch)
                 row = {"problem": kind, "n": n, "batch": batch}
+                runs = {}
                 for system in SYSTEMS:
                     try:
-                        fwd, both = measure(build(system, kind, n), vals, args.calls)
+                        runs[system] = phases(build(system, kind, n), vals)
                     except ImportError as err:
                         print(f"  {system}: not installed ({err})")
-                        fwd = both = float("nan")
-                    row[system] = {"forward": fwd, "forward+backward": both}
+                        row[system] = {"forward": float("nan"), "forward+backward": float("nan")}
+                for k, phase in enumerate(("forward", "forward+backward")):
+                    spent = median_seconds([fns[k] for fns in runs.values()], args.calls)
+                    for system, seconds in zip(runs, spent):
+                        row.setdefault(system, {})[phase] = seconds
                 rows.append(row)
                 print(
                     f"{kind:4s} n={n:3d} B={batch:2d}: "
