@@ -8,8 +8,8 @@ Problems, with n variables and parameters x (n) and M (n × n):
   SOCP: min ‖y − x‖²  s.t.  ‖M y‖₂ ≤ 1
 Systems: cvxlayer (its defaults), cvxpylayers 1.2 (default diffcp/SCS) and
 cvxpylayers[MOREAU], each timed in this process on the same tensors, their calls
-interleaved (a noisy machine's drifts then hit all alike): the median over `--calls` calls (after warm-up calls)
-of a forward under no_grad and of a forward+backward.
+interleaved (a noisy machine's drifts then hit all alike): the median over `--calls`
+calls (after warm-up calls) of a forward under no_grad and of a forward+backward.
 Writes bench/results/overhead/results.md, results.json and results.png.
 """
 

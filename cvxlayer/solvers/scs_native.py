@@ -82,8 +82,9 @@ def _solve_one(A, b, c, P, cones: dict, settings: tuple, warm: tuple | None) -> 
         solver = scs.SCS(data, cones, linear_solver=linear_solver, **settings)
     else:
         p_arrays = (None, None, None) if P is None else (P.data, P.indices, P.indptr)
-        solver = extension.SCS(A.shape, A.data, A.indices, A.indptr, *p_arrays, b, c, cones,
-                               **settings)
+        solver = extension.SCS(
+            A.shape, A.data, A.indices, A.indptr, *p_arrays, b, c, cones, **settings
+        )
     if warm is None:
         return solver.solve(False, None, None, None)
     return solver.solve(True, *warm)
