@@ -17,6 +17,7 @@ from cvxlayer.compile import CompiledProblem, compile_problem
 from cvxlayer.diff import get_adjoint, solve_and_differentiate
 from cvxlayer.errors import SolverError
 from cvxlayer.fastpaths import match_fast_path
+from cvxlayer.linalg import all_finite
 from cvxlayer.options import CallOptions, parse_solver_args
 from cvxlayer.solvers import Solution, SolveSettings, Status, get_solver, ipm
 from cvxlayer.solvers.base import put_rows
@@ -400,7 +401,7 @@ def _prepare_parameters(
         dtype = torch.promote_types(dtype, value.dtype)
     values = []
     for k, (slot, value) in enumerate(zip(slots, params)):
-        if not allow_invalid and not torch.isfinite(value).all():
+        if not allow_invalid and not all_finite(value):
             raise ValueError(
                 f"parameter '{slot.name}' contains NaN or inf (call with return_status=True "
                 "to solve the other elements and get status 'invalid_input' for these)"

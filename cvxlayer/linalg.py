@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # On the CPU, batched LU factorizations run one element at a time: torch 2.13's MKL build,
@@ -46,3 +48,18 @@ def mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def inf_norm(t: torch.Tensor) -> torch.Tensor:
     """(B,) the ∞-norm of each row of t (B, k); 0 for k = 0."""
     return t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])
+
+
+def finite_rows(t: torch.Tensor) -> list[bool]:
+    """Whether each row of t (B, k) is finite. A row's sum is NaN or ±inf when an entry is
+    (one reduction, where `isfinite` costs several kernels); only a row whose sum is not
+    finite, possibly finite entries that overflowed, is tested entry by entry."""
+    flags = [math.isfinite(v) for v in t.detach().sum(1).tolist()]
+    if all(flags):
+        return flags
+    return torch.isfinite(t).all(1).tolist()
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of t is finite (as `finite_rows`, with one reduction)."""
+    return math.isfinite(float(t.detach().sum())) or bool(torch.isfinite(t).all())

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from cvxlayer.cones.projections import ConeProjector
-from cvxlayer.linalg import solve
+from cvxlayer.linalg import finite_rows, solve
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
 
@@ -50,8 +50,8 @@ def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor
     """r with Jᵀ r = rhs per element, given Jᵀ (B, N, N); least squares (minimum norm) where
     J is singular."""
     r, info = solve(Jt, rhs)
-    bad = (info.to(r.device) != 0) | ~torch.isfinite(r).all(1)
-    if bool(bad.any()):
+    if bool(info.any()) or not all(finite_rows(r)):
+        bad = (info.to(r.device) != 0) | ~torch.isfinite(r).all(1)
         r[bad] = (torch.linalg.pinv(Jt[bad]) @ rhs[bad].unsqueeze(-1)).squeeze(-1)
     return r
 

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import torch
 
+from cvxlayer.linalg import finite_rows
 from cvxlayer.program import ConeProgram
 
 # Tolerances below this are raised to it for float32 data: its rounding error is ~1e-7
@@ -156,7 +157,7 @@ def solve_with_retry(
         better = [k for k, st in enumerate(again.status) if st.ok]
         if better:
             solution = put_rows(solution, index[better], select_rows(again, torch.tensor(better)))
-    finite = torch.isfinite(torch.cat([solution.x, solution.y, solution.s], 1)).all(1).tolist()
+    finite = finite_rows(torch.cat([solution.x, solution.y, solution.s], 1))
     if not all(finite):
         status = tuple(
             st if ok or not st.usable else Status.FAILURE for st, ok in zip(solution.status, finite)

@@ -90,6 +90,13 @@ def _solve_one(A, b, c, P, cones: dict, settings: tuple, warm: tuple | None) -> 
     return solver.solve(True, *warm)
 
 
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool kept for the process (starting threads per call costs more than the
+    small solves they run)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="cvxlayer-scs")
+
+
 def _status(info: dict, max_iters: int) -> Status:
     status = _SCS_STATUS.get(int(info["status_val"]), Status.FAILURE)
     if status is Status.SOLVED_INACCURATE and int(info["iter"]) >= max_iters:
@@ -132,22 +139,17 @@ class ScsSerial:
         threads = torch.get_num_threads() if settings.threads == -1 else settings.threads
         workers = 1 if settings.verbose else min(len(elements), threads)
         if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                sols = list(pool.map(one, elements))
+            sols = list(_pool(workers).map(one, elements))
         else:
             sols = [one(e) for e in elements]
-        xs = [sol["x"] for sol in sols]
-        ys = [sol["y"] for sol in sols]
-        ss = [sol["s"] for sol in sols]
-        status = [_status(sol["info"], settings.max_iters) for sol in sols]
-        iters = [int(sol["info"]["iter"]) for sol in sols]
-        like = program.b
+        st = program.structure
+        xys = _as_tensor(
+            np.stack([np.concatenate((s["x"], s["y"], s["s"])) for s in sols]), program.b
+        )
         return Solution(
-            x=_as_tensor(np.stack(xs), like),
-            y=_as_tensor(np.stack(ys), like),
-            s=_as_tensor(np.stack(ss), like),
-            status=tuple(status),
-            iterations=torch.tensor(iters),
+            *torch.split(xys, [st.n, st.m, st.m], dim=1),
+            status=tuple(_status(sol["info"], settings.max_iters) for sol in sols),
+            iterations=torch.tensor([int(sol["info"]["iter"]) for sol in sols]),
         )
 
 
