@@ -41,7 +41,8 @@ class Scaling:
     """Nesterov–Todd scaling of the orthant at interior (s, z): W = Wᵀ = diag(√(s/z))."""
 
     def __init__(self, s: torch.Tensor, z: torch.Tensor) -> None:
-        self.w = torch.sqrt(s / z)
+        self.h = s / z
+        self.w = torch.sqrt(self.h)
         self.lam = torch.sqrt(s * z)
 
     def W(self, v: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,13 @@ class Scaling:
         return v / lift(self.w, v)
 
     WT, WinvT = W, Winv
+
+    def H(self, v: torch.Tensor) -> torch.Tensor:
+        """WᵀW v = (s/z) v."""
+        return lift(self.h, v) * v
+
+    def Hinv(self, v: torch.Tensor) -> torch.Tensor:
+        return v / lift(self.h, v)
 
     def div(self, v: torch.Tensor) -> torch.Tensor:
         """λ \\ v."""

@@ -151,6 +151,12 @@ class Scaling:
     def WinvT(self, v: torch.Tensor) -> torch.Tensor:
         return self._congruence(self.R_inv, v, transpose=True)
 
+    def H(self, v: torch.Tensor) -> torch.Tensor:
+        return self.WT(self.W(v))
+
+    def Hinv(self, v: torch.Tensor) -> torch.Tensor:
+        return self.Winv(self.WinvT(v))
+
     def div(self, v: torch.Tensor) -> torch.Tensor:
         """λ \\ v for λ = diag(σ): X_ij = 2 V_ij / (σ_i + σ_j)."""
         sums = self.sigma.unsqueeze(-1) + self.sigma.unsqueeze(-2)

@@ -102,6 +102,9 @@ class Scaling:
         self.w = (s_bar + jz) / (2 * gamma).unsqueeze(-1)
         self.eta = ((det_s / det_z) ** 0.25).unsqueeze(-1)
         self.lam = self.W(z)
+        self.sign = torch.ones_like(s[0, 0])  # the diagonal of J
+        self.sign[1:] = -1
+        self.jw = self.w * self.sign
 
     def W(self, v: torch.Tensor) -> torch.Tensor:
         return lift(self.eta, v) * _rotate(lift(self.w, v), v, 1.0)
@@ -110,6 +113,16 @@ class Scaling:
         return _rotate(lift(self.w, v), v, -1.0) / lift(self.eta, v)
 
     WT, WinvT = W, Winv
+
+    def H(self, v: torch.Tensor) -> torch.Tensor:
+        """WᵀW v = η² W̄² v, W̄² = 2w̄w̄ᵀ − J."""
+        w = lift(self.w, v)
+        return lift(self.eta**2, v) * (2 * (w * v).sum(-1, keepdim=True) * w - self.sign * v)
+
+    def Hinv(self, v: torch.Tensor) -> torch.Tensor:
+        """(WᵀW)⁻¹ v = η⁻² W̄⁻² v, W̄⁻¹ = J W̄ J."""
+        jw = lift(self.jw, v)
+        return (2 * (jw * v).sum(-1, keepdim=True) * jw - self.sign * v) / lift(self.eta**2, v)
 
     def div(self, v: torch.Tensor) -> torch.Tensor:
         """λ \\ v: x with λ ∘ x = v, x₀ = (λ₀v₀ − λ₁ᵀv₁)/det λ, x₁ = (v₁ − x₀λ₁)/λ₀."""
