@@ -32,6 +32,10 @@ def test_scaling_identities(name):
     torch.testing.assert_close((sc.W(u) * v).sum(-1), (u * sc.WT(v)).sum(-1), **tol)
     torch.testing.assert_close(family.jordan(sc.lam, sc.div(v)), v, **tol)
     torch.testing.assert_close(family.jordan(family.unit(v), v), v, **tol)
+    # H = WᵀW and H⁻¹ as the families compute them (closed forms) against the compositions
+    torch.testing.assert_close(sc.H(u), sc.WT(sc.W(u)), **tol)
+    torch.testing.assert_close(sc.Hinv(u), sc.Winv(sc.WinvT(u)), **tol)
+    torch.testing.assert_close(sc.H(sc.Hinv(u)), u, **tol)
     # the same operators applied to several vectors per element (the columns of A)
     many = torch.randn(s.shape[0], 7, *s.shape[1:], generator=gen, dtype=torch.float64)
     torch.testing.assert_close(sc.WinvT(many)[:, 2], sc.WinvT(many[:, 2]), **tol)
@@ -51,3 +55,19 @@ def test_step_to_the_boundary(name):
     # without a limit the whole ray stays inside
     far = family.margin(sc.lam + 1e3 * d)
     assert (far[~limited] >= -1e-9).all()
+
+
+def test_psd_step_reports_a_failed_direction_instead_of_raising():
+    """A NaN direction (a failed factorization) gives a zero step for its element only; the
+    others keep the exact step."""
+    gen = torch.Generator().manual_seed(5)
+    s, z = _interior(psd, 10, gen), _interior(psd, 10, gen)
+    sc = psd.Scaling(s, z)
+    d = torch.randn(s.shape, generator=gen, dtype=torch.float64)
+    expected = sc.step(d)
+    d[1, 2, 0] = float("nan")
+    got = sc.step(d)
+    assert got[1, 2] == 0
+    mask = torch.ones_like(got, dtype=torch.bool)
+    mask[1, 2] = False
+    torch.testing.assert_close(got[mask], expected[mask])

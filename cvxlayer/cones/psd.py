@@ -93,6 +93,27 @@ def d_psd(v: torch.Tensor) -> torch.Tensor:
     return mat_to_svec(images).transpose(-1, -2)  # column j = D e_j
 
 
+def _lowest_eigenvalue(mats: torch.Tensor) -> torch.Tensor:
+    """(...) the smallest eigenvalue of each symmetric matrix (..., k, k); NaN for a matrix
+    with NaN or inf entries or on which LAPACK's eigensolver fails (a failed interior-point
+    direction: the engine reports that element instead of the whole batch raising)."""
+    finite = torch.isfinite(mats).flatten(-2).all(-1)
+    safe = torch.where(finite.unsqueeze(-1).unsqueeze(-1), mats, torch.zeros_like(mats))
+    try:
+        lowest = torch.linalg.eigvalsh(safe)[..., 0]
+    except torch.linalg.LinAlgError:  # rare: one matrix at a time, to find the culprit
+        flat = safe.reshape(-1, *mats.shape[-2:])
+        lowest = torch.stack([_lowest_or_nan(m) for m in flat]).reshape(mats.shape[:-2])
+    return torch.where(finite, lowest, torch.full_like(lowest, float("nan")))
+
+
+def _lowest_or_nan(mat: torch.Tensor) -> torch.Tensor:
+    try:
+        return torch.linalg.eigvalsh(mat)[0]
+    except torch.linalg.LinAlgError:
+        return mat.new_tensor(float("nan"))
+
+
 # ---------------------------------------------------------------- interior point
 # Blocks v (B, count, k(k+1)/2), svec of symmetric k × k matrices; degree k per cone.
 def unit(like: torch.Tensor) -> torch.Tensor:
@@ -103,7 +124,7 @@ def unit(like: torch.Tensor) -> torch.Tensor:
 
 def margin(v: torch.Tensor) -> torch.Tensor:
     """(B, count): the largest t with v − t e ∈ K: the smallest eigenvalue."""
-    return torch.linalg.eigvalsh(svec_to_mat(v))[..., 0]
+    return _lowest_eigenvalue(svec_to_mat(v))
 
 
 def jordan(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -164,8 +185,9 @@ class Scaling:
 
     def step(self, d: torch.Tensor) -> torch.Tensor:
         """(B, count) the largest α with λ + α d ⪰ 0: 1 / −λ_min(Λ^−½ D Λ^−½) where that
-        eigenvalue is negative (else no limit)."""
+        eigenvalue is negative (else no limit; 0 where d is not finite)."""
         root = self.sigma.rsqrt()
         scaled = root.unsqueeze(-1) * svec_to_mat(d) * root.unsqueeze(-2)
-        lowest = torch.linalg.eigvalsh(scaled)[..., 0]
-        return torch.where(lowest < 0, -1 / lowest, torch.full_like(lowest, float("inf")))
+        lowest = _lowest_eigenvalue(scaled)
+        unlimited = torch.where(lowest.isnan(), 0.0, float("inf"))  # a failed direction: no step
+        return torch.where(lowest < 0, -1 / lowest, unlimited)
