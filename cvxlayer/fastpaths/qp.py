@@ -143,17 +143,20 @@ def g_mtv(qp: QPData, w: torch.Tensor) -> torch.Tensor:
     return w.new_zeros(w.shape[0], qp.G.shape[2]).index_add_(1, c, vals * w[:, r])
 
 
-def gtdg(qp: QPData, d: torch.Tensor) -> torch.Tensor:
-    """Gᵀ diag(d) G: (B, m) → (B, n, n)."""
+def gtdg(qp: QPData, d: torch.Tensor, plus: torch.Tensor | None = None) -> torch.Tensor:
+    """Gᵀ diag(d) G (+ `plus`, (B, n, n), fused into the product where G is dense):
+    (B, m) → (B, n, n)."""
     if qp.G_pattern is None:
-        return qp.G.transpose(1, 2) @ (d.unsqueeze(-1) * qp.G)
+        if plus is None:
+            return qp.G.transpose(1, 2) @ (d.unsqueeze(-1) * qp.G)
+        return torch.baddbmm(plus, qp.G.transpose(1, 2), d.unsqueeze(-1) * qp.G)
     r, c, vals = _g_entries(qp)
     dev = qp.G.device
     a, b = (torch.as_tensor(x, device=dev) for x in (qp.G_pattern.pair_a, qp.G_pattern.pair_b))
     n = qp.G.shape[2]
     terms = d[:, r[a]] * vals[:, a] * vals[:, b]
     H = vals.new_zeros(d.shape[0], n * n).index_add_(1, c[a] * n + c[b], terms)
-    return H.view(-1, n, n)
+    return H.view(-1, n, n) if plus is None else plus + H.view(-1, n, n)
 
 
 class KKTFactor:
@@ -166,9 +169,9 @@ class KKTFactor:
     def __init__(self, qp: QPData, d: torch.Tensor) -> None:
         """d: (B, m) positive weights (λ/s)."""
         reg = _REG[qp.Q.dtype]
-        n, p = qp.Q.shape[-1], qp.A.shape[1]
-        eye = torch.eye(n, dtype=qp.Q.dtype, device=qp.Q.device)
-        H = qp.Q + gtdg(qp, d) + reg * eye
+        p = qp.A.shape[1]
+        H = gtdg(qp, d, plus=qp.Q)
+        H.diagonal(dim1=1, dim2=2).add_(reg)
         self.d = d
         self.L, info = torch.linalg.cholesky_ex(H)
         self.ok = info == 0
