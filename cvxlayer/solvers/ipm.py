@@ -18,9 +18,9 @@ solved once for the constant right side (−c, b) and once per direction, Δτ f
 remaining scalar equation. Mehrotra's predictor-corrector (σ = (1 − α_aff)³, second-order
 correction (W⁻ᵀΔs_aff) ∘ (W Δz_aff)) uses one factorization per iteration: the zero cone's
 rows are equalities (H = 0) and the others are eliminated, M = P + Σ_k (W_k⁻ᵀA_k)ᵀ(W_k⁻ᵀA_k)
-+ δI, factored by Cholesky, the equalities through the Schur complement A_eq M⁻¹ A_eqᵀ + δI.
-The static regularization δ never changes the answer: each solve is refined against the
-unregularized system. Everything about one cone family (its scaling, Jordan algebra, step
++ δI, factored by Cholesky (solves go through the explicit L⁻¹), the equalities through the
+Schur complement A_eq M⁻¹ A_eqᵀ + δI. The static regularization δ never changes the answer:
+each solve is refined against the unregularized system. Everything about one cone family (its scaling, Jordan algebra, step
 to the boundary) sits in that family's module (`cvxlayer.cones.nonneg`, `.soc`, `.psd`);
 this engine loops over the families of the cone and never branches on them.
 
