@@ -161,3 +161,30 @@ def test_auto_linsys_is_cholesky_for_small_and_cg_for_large_programs():
     assert isinstance(make_linsys("auto", 4, 5000, 10_000), CGSystem)
     with pytest.raises(ValueError, match="unknown linsys"):
         make_linsys("qr", 1, 1, 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", ["qp", "socp"])
+def test_scs_mode_with_shared_matrices_matches_clarabel(name, threads):
+    """Matrix parameters shared and vector ones batched: every element has the same A and
+    P, so mode "scs" sets SCS up once per thread and only updates b and c (SCS's `update`).
+    Each element must still match its own Clarabel solve."""
+    from cvxlayer.layer import _prepare_parameters
+    from cvxlayer.solvers.scs_native import _shares_matrices
+
+    case = CASES[name]
+    rng = np.random.default_rng(7)
+    draws = [case.draw(rng) for _ in range(5)]
+    shared = [p.ndim == 2 for p in case.parameters]
+    values = [
+        torch.as_tensor(draws[0][k]) if keep else torch.stack(_tensors([d[k] for d in draws]))
+        for k, keep in enumerate(shared)
+    ]
+    layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode="scs", fast_path=False)
+    batch, _ = _prepare_parameters(layer.compiled, values)
+    assert _shares_matrices(layer.compiled.cone_program(batch))
+    outputs = layer(*values, solver_args={**TIGHT, "threads": threads})
+    for i, draw in enumerate(draws):
+        used = [draws[0][k] if keep else draw[k] for k, keep in enumerate(shared)]
+        for out, ref in zip(outputs, solve_reference(case, used)):
+            np.testing.assert_allclose(out[i].numpy(), ref, atol=1e-5)

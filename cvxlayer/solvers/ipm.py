@@ -20,9 +20,10 @@ correction (W⁻ᵀΔs_aff) ∘ (W Δz_aff)) uses one factorization per iteratio
 rows are equalities (H = 0) and the others are eliminated, M = P + Σ_k (W_k⁻ᵀA_k)ᵀ(W_k⁻ᵀA_k)
 + δI, factored by Cholesky (solves go through the explicit L⁻¹), the equalities through the
 Schur complement A_eq M⁻¹ A_eqᵀ + δI. The static regularization δ never changes the answer:
-each solve is refined against the unregularized system. Everything about one cone family (its scaling, Jordan algebra, step
-to the boundary) sits in that family's module (`cvxlayer.cones.nonneg`, `.soc`, `.psd`);
-this engine loops over the families of the cone and never branches on them.
+each solve is refined against the unregularized system. Everything about one cone family
+(its scaling, Jordan algebra, step to the boundary) sits in that family's module
+(`cvxlayer.cones.nonneg`, `.soc`, `.psd`); this engine loops over the families of the cone
+and never branches on them.
 
 Data are equilibrated first (Ruiz, as the torch mode does) and made dense; the variables
 cvxpy lifts (a column whose only nonzero sits in an equality row) are eliminated

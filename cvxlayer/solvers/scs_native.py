@@ -71,23 +71,29 @@ def _extension(linear_solver: str):
         return None
 
 
-def _solve_one(A, b, c, P, cones: dict, settings: tuple, warm: tuple | None) -> dict:
-    """One SCS solve of (A, b, c, P): A and P sorted CSC with int32 indices, P upper
-    triangular; `settings` from `_scs_settings`."""
+def _workspace(A, b, c, P, cones: dict, settings: tuple):
+    """SCS's solver object for (A, b, c, P), set up (scaled and factored): A and P sorted
+    CSC with int32 indices, P upper triangular; `settings` from `_scs_settings`."""
     settings = dict(settings)
     linear_solver = settings.pop("linear_solver")
     extension = _extension(linear_solver)
     if extension is None:
         data = {"A": A, "b": b, "c": c} | ({} if P is None else {"P": P})
-        solver = scs.SCS(data, cones, linear_solver=linear_solver, **settings)
-    else:
-        p_arrays = (None, None, None) if P is None else (P.data, P.indices, P.indptr)
-        solver = extension.SCS(
-            A.shape, A.data, A.indices, A.indptr, *p_arrays, b, c, cones, **settings
-        )
+        return scs.SCS(data, cones, linear_solver=linear_solver, **settings)
+    p_arrays = (None, None, None) if P is None else (P.data, P.indices, P.indptr)
+    return extension.SCS(A.shape, A.data, A.indices, A.indptr, *p_arrays, b, c, cones, **settings)
+
+
+def _run(solver, warm: tuple | None) -> dict:
     if warm is None:
         return solver.solve(False, None, None, None)
     return solver.solve(True, *warm)
+
+
+def _shares_matrices(program: ConeProgram) -> bool:
+    """Whether every element has the same A and P (only b and c vary over the batch)."""
+    same = [t for t in (program.A, program.P) if t is not None]
+    return program.batch_size > 1 and all(bool((t == t[:1]).all()) for t in same)
 
 
 @functools.lru_cache(maxsize=4)
@@ -118,7 +124,11 @@ class ScsSerial:
     """Mode "scs": native SCS on each batch element separately; per-element status.
 
     Elements are spread over `settings.threads` threads (SCS releases the GIL while it
-    iterates); one thread when `verbose`, so that SCS's log stays readable.
+    iterates); one thread when `verbose`, so that SCS's log stays readable. Where every
+    element has the same A and P (only b and c depend on batched parameters), each thread
+    sets SCS up once for its contiguous share of the batch and only updates b and c between
+    elements (SCS's `update`: no new factorization, and the scale SCS adapted on one
+    element starts the next).
     """
 
     name = "scs"
@@ -129,19 +139,30 @@ class ScsSerial:
         cones = program.structure.cones.to_scs()
         opts = _scs_settings(settings, _dense_pays(program.structure))
         warm = _warm_arrays(warm_start)
+        elements = program.to_scipy()
+        shared = _shares_matrices(program)
 
-        def one(i_data):
-            i, (A, b, c, P) = i_data
-            w = None if warm is None else tuple(a[i] for a in warm)
-            return _solve_one(A, b, c, P, cones, opts, w)
+        def run(chunk):
+            solver, out = None, []
+            for i in chunk:
+                A, b, c, P = elements[i]
+                if solver is None or not shared:
+                    solver = _workspace(A, b, c, P, cones, opts)
+                else:
+                    solver.update(b, c)
+                out.append(_run(solver, None if warm is None else tuple(a[i] for a in warm)))
+            return out
 
-        elements = list(enumerate(program.to_scipy()))
         threads = torch.get_num_threads() if settings.threads == -1 else settings.threads
         workers = 1 if settings.verbose else min(len(elements), threads)
-        if workers > 1:
-            sols = list(_pool(workers).map(one, elements))
+        if shared:  # one share per thread: the same split, hence the same answers, each call
+            chunks = np.array_split(np.arange(len(elements)), workers)
         else:
-            sols = [one(e) for e in elements]
+            chunks = [[i] for i in range(len(elements))]
+        if workers > 1:
+            sols = [sol for part in _pool(workers).map(run, chunks) for sol in part]
+        else:
+            sols = [sol for chunk in chunks for sol in run(chunk)]
         st = program.structure
         xys = _as_tensor(
             np.stack([np.concatenate((s["x"], s["y"], s["s"])) for s in sols]), program.b
@@ -188,7 +209,9 @@ class ScsBlock:
         if warm is not None:
             wx, wy, ws = warm
             warm = (wx.reshape(-1), wy.reshape(-1)[perm], ws.reshape(-1)[perm])
-        sol = _solve_one(A, b, c, P, st.cones.repeat(B).to_scs(), _scs_settings(settings), warm)
+        sol = _run(
+            _workspace(A, b, c, P, st.cones.repeat(B).to_scs(), _scs_settings(settings)), warm
+        )
         y, s = np.empty_like(sol["y"]), np.empty_like(sol["s"])
         y[perm], s[perm] = sol["y"], sol["s"]
         like = program.b
