@@ -36,9 +36,11 @@ def residual_jacobian_t(A, P, D) -> torch.Tensor:
     """Jᵀ = [[P, −Aᵀ], [D A, I − D]] (P, D symmetric): (B, n + m, n + m) from A (B, m, n),
     P (B, n, n) or None, D (B, m, m); written block by block into one tensor."""
     B, m, n = A.shape
-    Jt = A.new_zeros(B, n + m, n + m)
+    Jt = A.new_empty(B, n + m, n + m)  # every block is written below
     if P is not None:
         Jt[:, :n, :n] = P
+    else:
+        Jt[:, :n, :n] = 0
     Jt[:, :n, n:] = -A.transpose(1, 2)
     Jt[:, n:, :n] = D @ A
     Jt[:, n:, n:] = -D
