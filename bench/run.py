@@ -189,6 +189,8 @@ SYSTEMS: dict[str, Callable[[Task], Runner]] = {
     "cvxlayer[torch-refs]": cvxlayer_system("torch", kernels="torch"),
     "cvxlayer[scs]": cvxlayer_system("scs"),
     "cvxlayer[scs+lsqr]": cvxlayer_system("scs", backward="lsqr"),
+    # native SCS set up once per thread where the batch shares A and P (opt-in)
+    "cvxlayer[reuse_setup]": cvxlayer_system("auto", fast_path=True, reuse_setup=True),
     "cvxpylayers": cvxpylayers_system(None),
     "cvxpylayers[MOREAU]": cvxpylayers_system("MOREAU"),
     "qpth": qpth_system,

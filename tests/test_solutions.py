@@ -167,8 +167,8 @@ def test_auto_linsys_is_cholesky_for_small_and_cg_for_large_programs():
 @pytest.mark.parametrize("name", ["qp", "socp"])
 def test_scs_mode_with_shared_matrices_matches_clarabel(name, threads):
     """Matrix parameters shared and vector ones batched: every element has the same A and
-    P, so mode "scs" sets SCS up once per thread and only updates b and c (SCS's `update`).
-    Each element must still match its own Clarabel solve."""
+    P, so mode "scs" with `reuse_setup` sets SCS up once per thread and only updates b and c
+    (SCS's `update`). Each element must still match its own Clarabel solve."""
     from cvxlayer.layer import _prepare_parameters
     from cvxlayer.solvers.scs_native import _shares_matrices
 
@@ -183,7 +183,7 @@ def test_scs_mode_with_shared_matrices_matches_clarabel(name, threads):
     layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode="scs", fast_path=False)
     batch, _ = _prepare_parameters(layer.compiled, values)
     assert _shares_matrices(layer.compiled.cone_program(batch))
-    outputs = layer(*values, solver_args={**TIGHT, "threads": threads})
+    outputs = layer(*values, solver_args={**TIGHT, "threads": threads, "reuse_setup": True})
     for i, draw in enumerate(draws):
         used = [draws[0][k] if keep else draw[k] for k, keep in enumerate(shared)]
         for out, ref in zip(outputs, solve_reference(case, used)):

@@ -41,7 +41,7 @@ def _scs_settings(settings: SolveSettings, dense: bool = False) -> tuple:
         opts["linear_solver"] = "cpu_indirect"
     else:
         opts["linear_solver"] = "cpu_dense" if dense and _extension("cpu_dense") else "auto"
-    del opts["threads"]
+    del opts["threads"], opts["reuse_setup"]
     return tuple(opts.items())
 
 
@@ -124,11 +124,11 @@ class ScsSerial:
     """Mode "scs": native SCS on each batch element separately; per-element status.
 
     Elements are spread over `settings.threads` threads (SCS releases the GIL while it
-    iterates); one thread when `verbose`, so that SCS's log stays readable. Where every
-    element has the same A and P (only b and c depend on batched parameters), each thread
-    sets SCS up once for its contiguous share of the batch and only updates b and c between
-    elements (SCS's `update`: no new factorization, and the scale SCS adapted on one
-    element starts the next).
+    iterates); one thread when `verbose`, so that SCS's log stays readable. With
+    `settings.reuse_setup`, where every element has the same A and P (only b and c depend
+    on batched parameters), each thread sets SCS up once for its contiguous share of the
+    batch and only updates b and c between elements (SCS's `update`: no new factorization,
+    and the scale SCS adapted on one element starts the next).
     """
 
     name = "scs"
@@ -140,7 +140,7 @@ class ScsSerial:
         opts = _scs_settings(settings, _dense_pays(program.structure))
         warm = _warm_arrays(warm_start)
         elements = program.to_scipy()
-        shared = _shares_matrices(program)
+        shared = settings.reuse_setup and _shares_matrices(program)
 
         def run(chunk):
             solver, out = None, []
