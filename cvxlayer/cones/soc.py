@@ -102,7 +102,7 @@ class Scaling:
         self.w = (s_bar + jz) / (2 * gamma).unsqueeze(-1)
         self.eta = ((det_s / det_z) ** 0.25).unsqueeze(-1)
         self.lam = self.W(z)
-        self.sign = torch.ones_like(s[0, 0])  # the diagonal of J
+        self.sign = torch.ones(s.shape[-1], dtype=s.dtype, device=s.device)  # J's diagonal
         self.sign[1:] = -1
         self.jw = self.w * self.sign
 

@@ -89,7 +89,8 @@ class _Rows:
 
     def __init__(self, rows: torch.Tensor) -> None:
         self.index, self.shape = rows, tuple(rows.shape)
-        first, flat = int(rows.reshape(-1)[0]) if rows.numel() else 0, rows.reshape(-1)
+        flat = rows.reshape(-1)
+        first = int(flat[0]) if flat.numel() else 0
         contiguous = bool(
             (flat == torch.arange(first, first + flat.numel(), device=flat.device)).all()
         )
