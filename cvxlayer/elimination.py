@@ -15,9 +15,17 @@ P_EE (B, e, e), its diagonal (B, e), or None; T (B, e, k); u, c_E (B, e); c_K (B
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from cvxlayer.linalg import mtv, mv
+
+
+def one_per(entries: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """The first of `entries` (positions in A's pattern) for each distinct `owner[entries]`
+    (its row or its column): one eliminated variable per defining row, one row per variable."""
+    _, first = np.unique(owner[entries], return_index=True)
+    return entries[np.sort(first)]
 
 
 def reduced_objective(

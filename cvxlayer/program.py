@@ -49,18 +49,12 @@ class ConeStructure:
         """SciPy CSC matrices with A's (and P's) pattern, checked once, to be shallow-copied
         with each element's values: building and validating a matrix per element costs
         more than the small solves it feeds."""
-        a = sp.csc_matrix(
-            (np.zeros(self.a_nnz), self.a_indices.astype(np.int32), self.a_indptr.astype(np.int32)),
-            shape=(self.m, self.n),
+        a = _template(self.a_indices, self.a_indptr, (self.m, self.n))
+        p = (
+            None
+            if self.p_indices is None
+            else _template(self.p_indices, self.p_indptr, (self.n, self.n))
         )
-        a.has_sorted_indices = True
-        if self.p_indices is None:
-            return a, None
-        p = sp.csc_matrix(
-            (np.zeros(self.p_nnz), self.p_indices.astype(np.int32), self.p_indptr.astype(np.int32)),
-            shape=(self.n, self.n),
-        )
-        p.has_sorted_indices = True
         return a, p
 
     @property
@@ -136,6 +130,15 @@ class ConeProgram:
             Pi = None if P is None else _with_values(p_template, P[i])
             out.append((_with_values(a_template, A[i]), b[i], c[i], Pi))
         return out
+
+
+def _template(indices: np.ndarray, indptr: np.ndarray, shape: tuple) -> sp.csc_matrix:
+    """A CSC matrix of this (sorted) pattern with zero values and int32 indices."""
+    matrix = sp.csc_matrix(
+        (np.zeros(indices.size), indices.astype(np.int32), indptr.astype(np.int32)), shape=shape
+    )
+    matrix.has_sorted_indices = True
+    return matrix
 
 
 def _with_values(template: sp.csc_matrix, values: np.ndarray) -> sp.csc_matrix:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from cvxlayer.compile.parametric import ParametricMap, SparseLinear
-from cvxlayer.elimination import eliminated_gradient, reduced_objective
+from cvxlayer.elimination import eliminated_gradient, one_per, reduced_objective
 from cvxlayer.fastpaths.qp import (
     MAX_ITERS,
     GPattern,
@@ -57,12 +57,6 @@ def _constant_entries(matrix, rows: np.ndarray, num_params: int) -> np.ndarray:
         cols = sub.indices[sub.indptr[i] : sub.indptr[i + 1]]
         depends[i] = bool((cols < num_params).any())
     return ~depends
-
-
-def _one_per(entries: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """The first of `entries` for each distinct `owner[entries]` (a row or a column)."""
-    _, first = np.unique(owner[entries], return_index=True)
-    return entries[np.sort(first)]
 
 
 def pair_positions(pattern, shape, r, c, symmetric: bool = False) -> np.ndarray:
@@ -162,11 +156,11 @@ class QPForm:
             allowed &= ~np.isin(cols, protected)
         # pinned: the entry is alone in its row; lifted: alone in its column
         row_counts = np.bincount(rows, minlength=m)
-        pinned = _one_per(np.flatnonzero(allowed & (row_counts[rows] == 1)), cols)
+        pinned = one_per(np.flatnonzero(allowed & (row_counts[rows] == 1)), cols)
         taken_cols = np.isin(cols, cols[pinned])
         col_counts = np.bincount(cols, minlength=n)
         lifted = np.flatnonzero(allowed & (col_counts[cols] == 1) & ~taken_cols)
-        lifted = _one_per(lifted, rows)
+        lifted = one_per(lifted, rows)
         entry = np.concatenate([pinned, lifted])
         elim, elim_rows = cols[entry].astype(np.int64), rows[entry].astype(np.int64)
         keep = np.setdiff1d(np.arange(n), elim)

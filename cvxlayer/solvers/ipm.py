@@ -45,7 +45,7 @@ import torch
 
 from cvxlayer.cones import ConeSpec, nonneg, psd, soc
 from cvxlayer.cones.projections import ConeProjector
-from cvxlayer.elimination import eliminated_gradient, reduced_objective
+from cvxlayer.elimination import eliminated_gradient, one_per, reduced_objective
 from cvxlayer.linalg import inf_norm, mv
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.admm import equilibrate
@@ -321,9 +321,7 @@ def _lifted_columns(structure: ConeStructure) -> tuple[np.ndarray, np.ndarray]:
     row), e.g. the t = L x that cvxpy introduces for sum_squares(L @ x)."""
     rows, cols = structure.a_coords()
     counts = np.bincount(cols, minlength=structure.n)
-    entry = np.flatnonzero((counts[cols] == 1) & (rows < structure.cones.zero))
-    _, first = np.unique(rows[entry], return_index=True)
-    entry = entry[first]
+    entry = one_per(np.flatnonzero((counts[cols] == 1) & (rows < structure.cones.zero)), rows)
     return cols[entry].astype(np.int64), rows[entry].astype(np.int64)
 
 
