@@ -158,6 +158,29 @@ def psd_projection(batch: int = 128, k: int = 10, seed: int = 8) -> Task:
     )
 
 
+def entropy_projection(batch: int = 128, n: int = 40, k: int = 10, seed: int = 9) -> Task:
+    """T5b: min −xᵀy − Σ entr(y)  s.t. 1ᵀy = 1, G y ≤ 0.55 (exponential cones), G (k × n)
+    shared, x batched."""
+    gen = _gen(seed)
+    x, G = cp.Parameter(n), cp.Parameter((k, n))
+    y = cp.Variable(n)
+    problem = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1, G @ y <= 0.55])
+    Gv = torch.rand(k, n, generator=gen, dtype=torch.float64)
+    xv = 2 * torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    return Task("T5b", f"entropy, linear constraints n={n} B={batch}", problem, [x, G], y, [xv, Gv])
+
+
+def pnorm_projection(batch: int = 128, n: int = 40, p: float = 1.5, seed: int = 10) -> Task:
+    """T5d: min ‖y − x‖²  s.t. ‖y‖_p ≤ 1 (power cones: cvxpy's exact form, approx=False),
+    x batched."""
+    gen = _gen(seed)
+    x = cp.Parameter(n)
+    y = cp.Variable(n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [cp.pnorm(y, p, approx=False) <= 1])
+    xv = 2 * torch.randn(batch, n, generator=gen, dtype=torch.float64) / n**0.5
+    return Task("T5d", f"p-norm ball projection p={p} n={n} B={batch}", problem, [x], y, [xv])
+
+
 def softmax(batch: int = 128, d: int = 50, seed: int = 3) -> Task:
     """T5-exp: softmax as argmin −xᵀy − H(y) s.t. 1ᵀy = 1 (exponential cones)."""
     gen = _gen(seed)
@@ -228,7 +251,9 @@ TASKS: dict[str, Callable[..., Task]] = {
     "T2": box_qp,
     "T5-soc": ellipsoid_projection,
     "T5a": soc_projection,
+    "T5b": entropy_projection,
     "T5c": psd_projection,
+    "T5d": pnorm_projection,
     "T5-exp": softmax,
     "T5-psd": nearest_psd,
     "T3": lqr_control,

@@ -19,7 +19,7 @@ from cvxlayer.errors import SolverError
 from cvxlayer.fastpaths import match_fast_path
 from cvxlayer.linalg import all_finite
 from cvxlayer.options import CallOptions, parse_solver_args
-from cvxlayer.solvers import Solution, SolveSettings, Status, get_solver, ipm
+from cvxlayer.solvers import Solution, SolveSettings, Status, get_solver
 from cvxlayer.solvers.base import put_rows
 
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
@@ -188,8 +188,6 @@ class CvxpyLayer(torch.nn.Module):
         if torch.is_grad_enabled() and any(v.requires_grad for v in values):
             adjoint.check(self.compiled.structure)  # fail before solving, not in backward
         mode = options.generic_mode or self.mode
-        if options.generic_mode == "ipm" and not ipm.supports(self.compiled.structure.cones):
-            mode = "scs"  # ECOS/Clarabel asked through diffcp's solve_method: cones ipm lacks
         if mode not in self.solvers and mode != "auto":
             self.solvers[mode] = get_solver(mode)
         if mode == "auto":

@@ -11,12 +11,6 @@ from cvxlayer import CvxpyLayer
 
 MODES = ["ipm", "torch", "scs", "scs-block"]
 TIGHT = {"eps": 1e-10, "max_iters": 200_000}
-IPM_CASES = ("qp", "socp", "psd")  # the interior point's cones so far
-
-
-def _skip_unsupported(mode, name=None, exp_cones=False):
-    if mode == "ipm" and (exp_cones or (name is not None and name not in IPM_CASES)):
-        pytest.skip("mode 'ipm' does not take exponential and power cones yet")
 
 
 def _batch(case, seed, size):
@@ -61,7 +55,6 @@ def test_relu_output_and_jacobian(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_sigmoid_output_and_jacobian(mode):
-    _skip_unsupported(mode, exp_cones=True)
     x = torch.tensor([-2.0, -0.5, 0.1, 1.7], dtype=torch.float64)
     layer = _sigmoid_layer(4, mode)
     (y,) = layer(x, solver_args=TIGHT)
@@ -72,7 +65,6 @@ def test_sigmoid_output_and_jacobian(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_softmax_output_and_jacobian(mode):
-    _skip_unsupported(mode, exp_cones=True)
     x = torch.tensor([0.3, -1.0, 1.2, 0.0], dtype=torch.float64)
     layer = _softmax_layer(4, mode)
     (y,) = layer(x, solver_args=TIGHT)
@@ -86,7 +78,12 @@ def test_softmax_output_and_jacobian(mode):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gradient_matches_finite_differences(name, mode):
     """Directional derivative of L = Σ w ⊙ x*(θ) along a random direction, all parameters."""
-    _skip_unsupported(mode, name)
+    if mode == "ipm" and name in ("exp", "pow"):
+        pytest.skip(
+            "the interior point's x on exponential/power cones is accurate to ~1e-7 (it stops "
+            "where rounding stalls the tail, gap ~1e-12), too coarse for a 1e-5 difference "
+            "quotient; test_interior_point_gradients_match_diffcp checks these gradients"
+        )
     case = CASES[name]
     layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode, fast_path=False)
     values = _batch(case, seed=10, size=2)
@@ -201,13 +198,15 @@ def _weighted_gradients(case, backward: str, mode: str = "auto") -> list[torch.T
     return [leaf.grad for leaf in leaves]
 
 
-@pytest.mark.parametrize("name", IPM_CASES)
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_interior_point_gradients_match_diffcp(name):
     """The interior point's solutions (inside the cones by O(μ)) differentiated by our dense
-    backward give diffcp's gradients (on SCS's solution, diffcp's own dense derivative)."""
+    backward give diffcp's gradients (on SCS's solution, diffcp's own dense derivative; for
+    power cones, which diffcp lacks, our dense backward on SCS's solution)."""
     case = CASES[name]
     ours = _weighted_gradients(case, "dense", mode="ipm")
-    for got, ref in zip(ours, _weighted_gradients(case, "diffcp", mode="scs")):
+    reference = "dense" if name == "pow" else "diffcp"
+    for got, ref in zip(ours, _weighted_gradients(case, reference, mode="scs")):
         torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
 
 

@@ -4,7 +4,6 @@ cones, LPs), float32, and mixed cones with their duals against Clarabel."""
 
 import cvxpy as cp
 import numpy as np
-import pytest
 import torch
 
 from cvxlayer import CvxpyLayer, Status
@@ -121,12 +120,3 @@ def test_verbose_prints_an_iteration_table(capsys):
     layer(torch.tensor([1.0, -1.0], dtype=torch.float64), solver_args={"verbose": True})
     out = capsys.readouterr().out
     assert "[ipm] iter  0" in out and "res_pri" in out
-
-
-def test_exponential_cones_are_a_clear_error_for_now():
-    x = cp.Parameter(3)
-    y = cp.Variable(3)
-    prob = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1])
-    layer = CvxpyLayer(prob, [x], [y], mode="ipm", fast_path=False)
-    with pytest.raises(NotImplementedError, match="mode 'ipm' handles"):
-        layer(torch.zeros(3, dtype=torch.float64))

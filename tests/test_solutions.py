@@ -8,15 +8,6 @@ from problems import CASES, solve_reference
 from cvxlayer import CvxpyLayer
 
 MODES = ["ipm", "torch", "scs", "scs-block"]
-# the interior-point engine's cones so far: zero, nonnegative, second-order, PSD
-IPM_CASES = ("qp", "socp", "psd")
-
-
-def _skip_unsupported(name, mode):
-    if mode == "ipm" and name not in IPM_CASES:
-        pytest.skip("mode 'ipm' does not take exponential and power cones yet")
-
-
 TIGHT = {"eps": 1e-9, "max_iters": 200_000}
 
 
@@ -27,7 +18,6 @@ def _tensors(values, dtype=torch.float64):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_batch_matches_clarabel(name, mode):
-    _skip_unsupported(name, mode)
     case = CASES[name]
     rng = np.random.default_rng(0)
     draws = [case.draw(rng) for _ in range(3)]
@@ -86,7 +76,6 @@ def test_shared_and_batched_parameters_mix():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_float32_converges_to_its_own_tolerance(name, mode):
     """float32 in, float32 out; the torch mode runs in float32 (tolerances floored at 1e-4)."""
-    _skip_unsupported(name, mode)
     case = CASES[name]
     values = case.draw(np.random.default_rng(3))
     layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode, fast_path=False)

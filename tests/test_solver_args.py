@@ -104,15 +104,15 @@ def test_a_cvxpylayers_call_runs_unchanged(projection):
     )
 
 
-def test_an_interior_point_solve_method_falls_back_where_its_cones_are_missing():
-    """solve_method="Clarabel" runs the interior point; on exponential cones (which it does
-    not take yet) native SCS."""
+def test_an_interior_point_solve_method_runs_the_interior_point():
+    """solve_method="Clarabel" runs the interior point, on second-order and exponential
+    cones alike."""
     x = cp.Parameter(3)
     y = cp.Variable(3)
     ball = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [cp.norm(y) <= 1])
     softmax = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1])
     x_t = torch.tensor([0.5, -2.0, 1.0], dtype=torch.float64)
-    for prob, mode in ((ball, "ipm"), (softmax, "scs")):
+    for prob, mode in ((ball, "ipm"), (softmax, "ipm")):
         layer = CvxpyLayer(prob, [x], [y], fast_path=False)
         _, info = layer(x_t, solver_args={"solve_method": "Clarabel"}, return_status=True)
         assert info.mode == mode and info.status[0].ok

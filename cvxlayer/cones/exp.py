@@ -9,6 +9,7 @@ import torch
 
 import cvxlayer_cuda
 from cvxlayer.cones.common import eye_like
+from cvxlayer.cones.nonsymmetric import Family
 
 # K_exp = cl{(r, s, t) : s > 0, s·exp(r/s) ≤ t}. The projection is found as in Friberg
 # (2021), "Projection onto the exponential cone: a univariate root-finding problem":
@@ -234,3 +235,75 @@ def d_exp(v: torch.Tensor) -> torch.Tensor:
 def d_exp_dual(v: torch.Tensor) -> torch.Tensor:
     """DΠ_{K*}(v) = I − DΠ_K(−v), from Π_{K*}(v) = v + Π_K(−v)."""
     return eye_like(v) - d_exp(-v)
+
+
+# ---------------------------------------------------------------- interior point
+# Blocks (B, count, 3), 0-indexed: K = {s₁ > 0, s₁ exp(s₀/s₁) ≤ s₂}. The dual barrier is
+# f*(z) = −log ψ(z) − log(−z₀) − log z₂ with ψ = z₁ − z₀ − z₀ log(−z₂/z₀) on
+# K* = {z₀ < 0, z₂ > 0, ψ > 0}; its conjugate's gradient needs the Wright omega function.
+_CENTRAL = (-1.051383945322714, 0.556409619469370, 1.258967884768947)  # −∇f*(p) = p
+_OMEGA_STEPS = 5
+
+
+def wright_omega(x: torch.Tensor) -> torch.Tensor:
+    """ω(x) solving ω + log ω = x, for x ≥ 1 (then ω ≥ 1): Newton from ω = 1 + (x − 1)/2
+    near 1 and from x − log x beyond (both within a few % of the root)."""
+    near = x < 1 + math.pi
+    w = torch.where(near, 1 + (x - 1) / 2, x - torch.log(x.clamp(min=1)))
+    for _ in range(_OMEGA_STEPS):
+        w = w - (w + torch.log(w) - x) / (1 + 1 / w)
+    return w
+
+
+class Barrier:
+    """The exponential cone's barrier pieces (`cvxlayer.cones.nonsymmetric.Barrier`)."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.weights = like.new_tensor((1.0, 0.0, 1.0))
+
+    def dual_parts(self, z):
+        z0, z1, z2 = z.unbind(-1)
+        log_ratio = torch.log(-z2 / z0)
+        psi = z1 - z0 - z0 * log_ratio
+        grad = torch.stack([-log_ratio, torch.ones_like(z0), -z0 / z2], -1)
+        zero = torch.zeros_like(z0)
+        hess = torch.stack(
+            [
+                torch.stack([1 / z0, zero, -1 / z2], -1),
+                torch.stack([zero, zero, zero], -1),
+                torch.stack([-1 / z2, zero, z0 / (z2 * z2)], -1),
+            ],
+            -2,
+        )
+        return psi, grad, hess
+
+    def dual_third(self, z, u, v):
+        z0, z2 = z[..., 0], z[..., 2]
+        u0, u2, v0, v2 = u[..., 0], u[..., 2], v[..., 0], v[..., 2]
+        first = -u0 * v0 / (z0 * z0) + u2 * v2 / (z2 * z2)
+        last = (u0 * v2 + u2 * v0) / (z2 * z2) - 2 * z0 * u2 * v2 / (z2 * z2 * z2)
+        return torch.stack([first, torch.zeros_like(first), last], -1)
+
+    def primal_gradient(self, s):
+        s0, s1, s2 = s.unbind(-1)
+        w = wright_omega(1 - s0 / s1 - torch.log(s1 / s2))
+        g0 = 1 / ((w - 1) * s1)
+        g1 = g0 + g0 * torch.log(w * s1 / s2) - 1 / s1
+        g2 = w / ((1 - w) * s2)
+        return torch.stack([g0, g1, g2], -1)
+
+    def in_primal(self, s):
+        s0, s1, s2 = s.unbind(-1)
+        return (s1 > 0) & (s2 > 0) & (s1 * torch.log(s2 / s1) - s0 > 0)
+
+    def in_dual(self, z):
+        z0, z1, z2 = z.unbind(-1)
+        return (z0 < 0) & (z2 > 0) & (z1 - z0 - z0 * torch.log(-z2 / z0) > 0)
+
+    def central(self, like):
+        return like.new_tensor(_CENTRAL).expand_as(like).clone()
+
+
+def interior(group, like: torch.Tensor):
+    """The family's handle for the interior-point engine."""
+    return Family(Barrier(like))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from cvxlayer.cones.common import lift
+from cvxlayer.cones.common import SymmetricScaling, lift
 
 
 def proj_nonneg(z: torch.Tensor) -> torch.Tensor:
@@ -33,12 +33,17 @@ def jordan(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return u * v
 
 
+symmetric = True
+
+
 def degree(size: int) -> int:
     return size
 
 
-class Scaling:
+class Scaling(SymmetricScaling):
     """Nesterov–Todd scaling of the orthant at interior (s, z): W = Wᵀ = diag(√(s/z))."""
+
+    jordan, unit = staticmethod(jordan), staticmethod(unit)
 
     def __init__(self, s: torch.Tensor, z: torch.Tensor) -> None:
         self.h = s / z
@@ -64,7 +69,7 @@ class Scaling:
         """λ \\ v."""
         return v / self.lam
 
-    def step(self, d: torch.Tensor) -> torch.Tensor:
+    def step_from_lam(self, d: torch.Tensor) -> torch.Tensor:
         """(B, count) the largest α with λ + α d ∈ K (inf: no limit)."""
         ratio = torch.where(d < 0, -self.lam / d, torch.full_like(d, float("inf")))
         return ratio.amin(-1)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from cvxlayer.cones.nonsymmetric import Family
+
 _NEWTON_STEPS = 30
 
 
@@ -135,3 +137,112 @@ def d_pow_dual(v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """DΠ_{K*}(v) = I − DΠ_K(−v)."""
     eye = torch.eye(3, dtype=v.dtype, device=v.device)
     return eye - d_pow(-v, alpha)
+
+
+# ---------------------------------------------------------------- interior point
+# Blocks (B, count, 3), exponents α (count,). The dual barrier is
+# f*(z) = −log ψ(z) − (1−α) log z₀ − α log z₁ with ψ = φ − z₂², φ = (z₀/α)^{2α} (z₁/(1−α))^{2(1−α)}
+# on K* = {z₀, z₁ > 0, ψ > 0}. With h = log φ: ∇φ = φ h′, ∇²φ = φ (h′h′ᵀ + diag h″),
+# ∇³φ[u, v] = φ ((h′·u)(h′·v) h′ + (h′·v) h″∘u + (h′·u) h″∘v + (uᵀ diag(h″) v) h′ + h‴∘u∘v).
+#
+# Its conjugate's gradient g = ∇f(s): from −∇f*(−g) = s, with q = s₂g₂ and t = φ/ψ at −g,
+# s₀g₀ = −(αq + 1 + α), s₁g₁ = −((1−α)q + 2 − α), q = 2(t − 1), and the one unknown
+# x = |g₂| (sign that of s₂) solves
+#     F(x) = 2α log z₀/α + 2(1−α) log z₁/(1−α) + log(q/2) − log(1 + q/2) − 2 log x = 0
+# (z = −g as a function of x), F decreasing from +∞ to log(s₂²/(s₀^{2α}s₁^{2(1−α)})) < 0:
+# safeguarded Newton in log x.
+_GRADIENT_STEPS = 40
+
+
+class Barrier:
+    """The power cones' barrier pieces (`cvxlayer.cones.nonsymmetric.Barrier`)."""
+
+    def __init__(self, alpha: torch.Tensor, like: torch.Tensor) -> None:
+        self.alpha = alpha.to(like.device, like.dtype)
+        self.weights = torch.stack([1 - self.alpha, self.alpha, torch.zeros_like(self.alpha)], -1)
+
+    def _phi(self, z):
+        """(φ, h′, h″) at z, h′ and h″ on the first two coordinates."""
+        a = self.alpha
+        z0, z1 = z[..., 0], z[..., 1]
+        phi = torch.exp(2 * a * torch.log(z0 / a) + 2 * (1 - a) * torch.log(z1 / (1 - a)))
+        h1 = torch.stack([2 * a / z0, 2 * (1 - a) / z1], -1)
+        h2 = torch.stack([-2 * a / (z0 * z0), -2 * (1 - a) / (z1 * z1)], -1)
+        return phi, h1, h2
+
+    def dual_parts(self, z):
+        phi, h1, h2 = self._phi(z)
+        z2 = z[..., 2]
+        grad = torch.cat([phi.unsqueeze(-1) * h1, (-2 * z2).unsqueeze(-1)], -1)
+        block = phi[..., None, None] * (h1.unsqueeze(-1) * h1.unsqueeze(-2) + torch.diag_embed(h2))
+        hess = torch.zeros(*z.shape, 3, dtype=z.dtype, device=z.device)
+        hess[..., :2, :2] = block
+        hess[..., 2, 2] = -2
+        return phi - z2 * z2, grad, hess
+
+    def dual_third(self, z, u, v):
+        phi, h1, h2 = self._phi(z)
+        a = self.alpha
+        h3 = torch.stack([4 * a / z[..., 0] ** 3, 4 * (1 - a) / z[..., 1] ** 3], -1)
+        u2, v2 = u[..., :2], v[..., :2]
+        hu, hv = (h1 * u2).sum(-1, keepdim=True), (h1 * v2).sum(-1, keepdim=True)
+        uDv = (h2 * u2 * v2).sum(-1, keepdim=True)
+        top = hu * hv * h1 + hv * h2 * u2 + hu * h2 * v2 + uDv * h1 + h3 * u2 * v2
+        top = phi.unsqueeze(-1) * top
+        return torch.cat([top, torch.zeros_like(top[..., :1])], -1)
+
+    def primal_gradient(self, s):
+        a = self.alpha
+        s0, s1, s2 = s.unbind(-1)
+        r = s2.abs()
+        tiny = torch.finfo(s.dtype).tiny
+        r_safe = r.clamp(min=tiny)
+
+        def F(u):
+            q = r_safe * torch.exp(u)
+            z0 = (a * q + 1 + a) / (a * s0)
+            z1 = ((1 - a) * q + 2 - a) / ((1 - a) * s1)
+            value = 2 * a * torch.log(z0) + 2 * (1 - a) * torch.log(z1)
+            value = value + torch.log(q / 2) - torch.log1p(q / 2) - 2 * u
+            slope = 2 * a * a * q / (a * q + 1 + a) + 2 * (1 - a) ** 2 * q / ((1 - a) * q + 2 - a)
+            return value, slope - 1 - q / (2 + q)
+
+        # the standard barrier's |∂/∂s₂| = 2|s₂|/(s₀^{2α}s₁^{2(1−α)} − s₂²) as the first guess
+        geo = torch.exp(2 * a * torch.log(s0) + 2 * (1 - a) * torch.log(s1))
+        u = torch.log((2 * r_safe / (geo - r * r)).clamp(min=tiny))
+        low, high = torch.full_like(u, -80.0), torch.full_like(u, 80.0)
+        for _ in range(_GRADIENT_STEPS):
+            value, slope = F(u)
+            low = torch.where(value > 0, u, low)
+            high = torch.where(value > 0, high, u)
+            newton = u - value / slope
+            inside = (newton > low) & (newton < high) & torch.isfinite(newton)
+            u = torch.where(inside, newton, (low + high) / 2)
+        x = torch.where(r > 0, torch.exp(u), 0.0)
+        g2 = torch.sign(s2) * x
+        q = s2 * g2
+        g0 = -(a * q + 1 + a) / s0
+        g1 = -((1 - a) * q + 2 - a) / s1
+        return torch.stack([g0, g1, g2], -1)
+
+    def in_primal(self, s):
+        a = self.alpha.unsqueeze(-1) if s.dim() == 4 else self.alpha
+        s0, s1, s2 = s.unbind(-1)
+        log_geo = 2 * a * torch.log(s0) + 2 * (1 - a) * torch.log(s1)
+        return (s0 > 0) & (s1 > 0) & (torch.exp(log_geo) - s2 * s2 > 0)
+
+    def in_dual(self, z):
+        a = self.alpha.unsqueeze(-1) if z.dim() == 4 else self.alpha
+        z0, z1, z2 = z.unbind(-1)
+        log_geo = 2 * a * torch.log(z0 / a) + 2 * (1 - a) * torch.log(z1 / (1 - a))
+        return (z0 > 0) & (z1 > 0) & (torch.exp(log_geo) - z2 * z2 > 0)
+
+    def central(self, like):
+        a = self.alpha
+        point = torch.stack([torch.sqrt(1 + a), torch.sqrt(2 - a), torch.zeros_like(a)], -1)
+        return point.expand_as(like).clone()
+
+
+def interior(group, like: torch.Tensor) -> Family:
+    """The family's handle for the interior-point engine."""
+    return Family(Barrier(group.alpha, like))

@@ -9,6 +9,7 @@ import math
 import torch
 
 import cvxlayer_cuda
+from cvxlayer.cones.common import SymmetricScaling
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -134,15 +135,20 @@ def jordan(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return mat_to_svec((product + product.transpose(-1, -2)) / 2)
 
 
+symmetric = True
+
+
 def degree(size: int) -> int:
     return psd_side(size)
 
 
-class Scaling:
+class Scaling(SymmetricScaling):
     """Nesterov–Todd scaling at interior (S, Z) (Vandenberghe 2010, §4.3): with Cholesky
     factors S = L_s L_sᵀ, Z = L_z L_zᵀ and the SVD L_zᵀ L_s = U diag(σ) Vᵀ,
     R = L_s V diag(σ)^−½, so that W(Z) = Rᵀ Z R and W⁻ᵀ(S) = R⁻¹ S R⁻ᵀ are both
     λ = diag(σ); R⁻¹ = diag(σ)^−½ Uᵀ L_zᵀ. W is not symmetric: Wᵀ(X) = R X Rᵀ."""
+
+    jordan, unit = staticmethod(jordan), staticmethod(unit)
 
     def __init__(self, s: torch.Tensor, z: torch.Tensor) -> None:
         Ls = torch.linalg.cholesky_ex(svec_to_mat(s))[0]
@@ -183,7 +189,7 @@ class Scaling:
         sums = self.sigma.unsqueeze(-1) + self.sigma.unsqueeze(-2)
         return mat_to_svec(2 * svec_to_mat(v) / sums)
 
-    def step(self, d: torch.Tensor) -> torch.Tensor:
+    def step_from_lam(self, d: torch.Tensor) -> torch.Tensor:
         """(B, count) the largest α with λ + α d ⪰ 0: 1 / −λ_min(Λ^−½ D Λ^−½) where that
         eigenvalue is negative (else no limit; 0 where d is not finite)."""
         root = self.sigma.rsqrt()

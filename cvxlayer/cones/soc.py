@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import cvxlayer_cuda
-from cvxlayer.cones.common import eye_like, lift
+from cvxlayer.cones.common import SymmetricScaling, eye_like, lift
 
 
 def proj_soc(z: torch.Tensor) -> torch.Tensor:
@@ -68,6 +68,9 @@ def jordan(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     )
 
 
+symmetric = True
+
+
 def degree(size: int) -> int:
     return 1
 
@@ -87,10 +90,12 @@ def _rotate(w: torch.Tensor, v: torch.Tensor, sign: float) -> torch.Tensor:
     return torch.cat([w0 * v0 + sign * dot, v1 + (sign * v0 + dot / (1 + w0)) * w1], -1)
 
 
-class Scaling:
+class Scaling(SymmetricScaling):
     """Nesterov–Todd scaling at interior (s, z) (Vandenberghe 2010, §4): W = η W̄ with
     s̄ = s/√det s, z̄ = z/√det z, γ = √((1 + s̄ᵀz̄)/2), w̄ = (s̄ + J z̄)/(2γ),
     η = (det s / det z)^¼; W is symmetric, W z = W⁻¹ s = λ."""
+
+    jordan, unit = staticmethod(jordan), staticmethod(unit)
 
     def __init__(self, s: torch.Tensor, z: torch.Tensor) -> None:
         tiny = torch.finfo(s.dtype).tiny
@@ -131,7 +136,7 @@ class Scaling:
         x0 = (l0 * v[..., :1] - (l1 * v[..., 1:]).sum(-1, keepdim=True)) / _det(lam).unsqueeze(-1)
         return torch.cat([x0, (v[..., 1:] - x0 * l1) / l0], -1)
 
-    def step(self, d: torch.Tensor) -> torch.Tensor:
+    def step_from_lam(self, d: torch.Tensor) -> torch.Tensor:
         """(B, count) the largest α with λ + α d ∈ K: in the frame where λ/√det λ is e,
         ρ = W̄(λ̄)⁻¹ d / √det λ and α = 1 / (‖ρ₁‖ − ρ₀) where positive (else no limit)."""
         root = _det(self.lam).clamp(min=torch.finfo(d.dtype).tiny).sqrt().unsqueeze(-1)

@@ -8,22 +8,27 @@ is embedded as in Clarabel (Goulart & Chen 2024): find (x, z, s, τ, κ), s ∈ 
 
 A solution with τ > 0 gives (x, z, s)/τ; one with κ > 0 a certificate of infeasibility
 (bᵀz < 0, Aᵀz = 0) or unboundedness (cᵀx < 0, Ax + s = 0, Px = 0). Each iteration
-linearizes these and the complementarity s ∘ z = μe, τκ = μ in the Nesterov–Todd scaled
-form (λ = W z = W⁻ᵀ s): with H = WᵀW,
+linearizes these and the complementarity (s ∘ z = μe on symmetric cones, s = −μ∇f*(z) on
+the exponential and power cones), τκ = μ, with a scaling H = WᵀW of each cone:
 
-    [P  Aᵀ] [Δx]   [r₁]         Δs = −Wᵀ(λ \\ d_s + W Δz)  (= −d_z − AΔx + bΔτ),
+    [P  Aᵀ] [Δx]   [r₁]         Δs = −offset(d_s) − H Δz  (= −d_z − AΔx + bΔτ),
     [A −H ] [Δz] = [r₂],        Δκ = −(d_κ + κΔτ)/τ,
 
 solved once for the constant right side (−c, b) and once per direction, Δτ from the
-remaining scalar equation. Mehrotra's predictor-corrector (σ = (1 − α_aff)³, second-order
-correction (W⁻ᵀΔs_aff) ∘ (W Δz_aff)) uses one factorization per iteration: the zero cone's
-rows are equalities (H = 0) and the others are eliminated, M = P + Σ_k (W_k⁻ᵀA_k)ᵀ(W_k⁻ᵀA_k)
-+ δI, factored by Cholesky (solves go through the explicit L⁻¹), the equalities through the
+remaining scalar equation. Symmetric cones use Nesterov–Todd scaling (λ = W z = W⁻ᵀ s,
+offset = Wᵀ(λ \\ d_s)), the nonsymmetric ones Dahl and Andersen's primal-dual scaling
+(offset = d_s; `cvxlayer.cones.nonsymmetric`). Mehrotra's predictor-corrector
+(σ = (1 − α_aff)³, with each family's correction: (W⁻ᵀΔs_aff) ∘ (W Δz_aff), or the
+third-order term of f*) uses one factorization per iteration: the zero cone's rows are
+equalities (H = 0) and the others are eliminated, M = P + Σ_k (W_k⁻ᵀA_k)ᵀ(W_k⁻ᵀA_k) + δI,
+factored by Cholesky (solves go through the explicit L⁻¹), the equalities through the
 Schur complement A_eq M⁻¹ A_eqᵀ + δI. The static regularization δ never changes the answer:
 each solve is refined against the unregularized system. Everything about one cone family
-(its scaling, Jordan algebra, step to the boundary) sits in that family's module
-(`cvxlayer.cones.nonneg`, `.soc`, `.psd`); this engine loops over the families of the cone
-and never branches on them.
+(its scaling, right-hand sides, step to the boundary) sits in that family's module
+(`cvxlayer.cones.nonneg`, `.soc`, `.psd`, `.exp`, `.power`); this engine loops over the
+families of the cone and never branches on them. With only symmetric cones it starts from
+the KKT solution with H = I shifted into the cones; otherwise, as Clarabel, from x = 0 and
+s = z = each cone's central point.
 
 Data are equilibrated first (Ruiz, as the torch mode does) and made dense; the variables
 cvxpy lifts (a column whose only nonzero sits in an equality row) are eliminated
@@ -43,7 +48,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from cvxlayer.cones import ConeSpec, nonneg, psd, soc
+from cvxlayer.cones import ConeSpec, exp, nonneg, power, psd, soc
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.elimination import eliminated_gradient, one_per, reduced_objective
 from cvxlayer.linalg import inf_norm, mv
@@ -52,8 +57,14 @@ from cvxlayer.solvers.admm import equilibrate
 from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
 
 # the cone families the engine handles, by the projector's family names (the zero cone's
-# rows are equalities)
-FAMILIES = {"nonneg": nonneg, "soc": soc, "psd": psd}
+# rows are equalities): each gives its handle (scaling, unit, degree) for a group of cones
+FAMILIES = {
+    "nonneg": lambda group, like: nonneg,
+    "soc": lambda group, like: soc,
+    "psd": lambda group, like: psd,
+    "exp": exp.interior,
+    "power": power.interior,
+}
 MAX_ITERS = 100
 _STEP_FRACTION = 0.99
 _INNER_EPS = {torch.float64: 1e-13, torch.float32: 1e-6}  # floors of the inner tolerance
@@ -113,26 +124,33 @@ class _Rows:
 class _Cones:
     """The rows of each family of K (equality rows apart) and the operations on them."""
 
-    def __init__(self, cones, device: torch.device) -> None:
+    def __init__(self, cones, like: torch.Tensor) -> None:
         self.groups, eq = [], []
+        device = like.device
         for group in ConeProjector.of(cones).groups:
             rows = group.rows.to(device)
             if group.family == "zero":
                 eq.append(rows.reshape(-1))
             else:
-                self.groups.append((FAMILIES[group.family], _Rows(rows)))
+                self.groups.append((FAMILIES[group.family](group, like), _Rows(rows)))
         self.eq = torch.cat(eq) if eq else torch.zeros(0, dtype=torch.long, device=device)
         self.degree = sum(fam.degree(rows.shape[1]) * rows.shape[0] for fam, rows in self.groups)
+        self.symmetric = all(fam.symmetric for fam, _ in self.groups)
 
     def scalings(self, s: torch.Tensor, z: torch.Tensor) -> list:
         return [fam.Scaling(rows.take(s), rows.take(z)) for fam, rows in self.groups]
 
     def unit(self, like: torch.Tensor) -> torch.Tensor:
-        """e on the cone rows, 0 on the equality rows: (B, m)."""
-        e = torch.zeros_like(like)
-        for fam, rows in self.groups:
-            rows.put(e, fam.unit(rows.take(like)))
-        return e
+        """e (a nonsymmetric cone's central point) on the cone rows, 0 on the equality rows:
+        (B, m)."""
+        return self.assemble([fam.unit(rows.take(like)) for fam, rows in self.groups], like)
+
+    def assemble(self, blocks: list, like: torch.Tensor) -> torch.Tensor:
+        """(B, m) from each family's blocks (0 on the equality rows)."""
+        out = torch.zeros_like(like)
+        for (_, rows), block in zip(self.groups, blocks):
+            rows.put(out, block)
+        return out
 
     def margin(self, v: torch.Tensor) -> torch.Tensor:
         """(B,) the largest t with v − t e ∈ K over every cone (inf without cones)."""
@@ -143,27 +161,10 @@ class _Cones:
 
 
 def _apply(cones: _Cones, scalings: list, v: torch.Tensor, op: str) -> torch.Tensor:
-    """One scaling operator ("W", "WT", "Winv", "WinvT", "H" = WᵀW, "Hinv", "div") on the
-    cone rows of v (B, m); the equality rows are left 0."""
-    out = torch.zeros_like(v)
-    for (_, rows), sc in zip(cones.groups, scalings):
-        rows.put(out, getattr(sc, op)(rows.take(v)))
-    return out
-
-
-def _jordan(cones: _Cones, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros_like(u)
-    for fam, rows in cones.groups:
-        rows.put(out, fam.jordan(rows.take(u), rows.take(v)))
-    return out
-
-
-def _max_step(cones: _Cones, scalings: list, d: torch.Tensor) -> torch.Tensor:
-    """(B,) the largest α with λ + α d ∈ K (d in scaled coordinates)."""
-    steps = [sc.step(rows.take(d)).amin(1) for (_, rows), sc in zip(cones.groups, scalings)]
-    if not steps:
-        return d.new_full((d.shape[0],), float("inf"))
-    return torch.stack(steps).amin(0)
+    """One operator of the scalings ("WinvT", "H", "Hinv", "offset") on the cone rows of
+    v (B, m); the equality rows are left 0."""
+    blocks = [getattr(sc, op)(rows.take(v)) for (_, rows), sc in zip(cones.groups, scalings)]
+    return cones.assemble(blocks, v)
 
 
 class _KKT:
@@ -257,7 +258,8 @@ class _KKT:
 
 class InteriorPoint:
     """Mode "ipm": the batched homogeneous interior-point method (module docstring) on the
-    program's device and dtype, for zero, nonnegative, second-order and PSD cones."""
+    program's device and dtype, for zero, nonnegative, second-order, PSD, exponential and
+    power cones."""
 
     name = "ipm"
 
@@ -266,8 +268,8 @@ class InteriorPoint:
     ) -> Solution:
         if not supports(program.structure.cones):
             raise NotImplementedError(
-                "mode 'ipm' handles zero, nonnegative, second-order and PSD cones; this "
-                f"program has {program.structure.cones.describe()}"
+                "mode 'ipm' handles zero, nonnegative, second-order, PSD, exponential and "
+                f"power cones; this program has {program.structure.cones.describe()}"
             )
         return _solve(program, settings)
 
@@ -343,16 +345,19 @@ def _restore(data: _Data, x, z, s, tau):
 
 
 def _start(data: _Data, cones: _Cones, reg: float):
-    """(x, z, s, τ, κ) (Vandenberghe 2010, §5.3): the KKT solution with H = I, then s and z
-    shifted into their cones by a multiple of e."""
+    """(x, z, s, τ, κ): for symmetric cones (Vandenberghe 2010, §5.3) the KKT solution with
+    H = I, then s and z shifted into their cones by a multiple of e; with nonsymmetric ones
+    (as Clarabel) x = 0 and s = z = each cone's central point."""
     e = cones.unit(data.b)
+    ones = data.b.new_ones(data.b.shape[0])
+    if not cones.symmetric:
+        return torch.zeros_like(data.c), e.clone(), e, ones, ones.clone()
     x, _ = _KKT(data, cones, cones.scalings(e, e), reg).solve(-data.c, data.b)
     s = data.b - mv(data.A, x)
     s[:, cones.eq] = 0
     z = -s
     for v in (s, z):
         v += (1 - cones.margin(v)).clamp(min=0).unsqueeze(1) * e
-    ones = data.b.new_ones(data.b.shape[0])
     return x, z, s, ones, ones.clone()
 
 
@@ -402,15 +407,14 @@ class _Iterate:
 
 
 class _Step(NamedTuple):
-    """A direction, with its scaled parts W Δz and W⁻ᵀ Δs (for steps and corrections)."""
+    """A direction, with each family's view of its cone rows (for steps and corrections)."""
 
     dx: torch.Tensor
     dz: torch.Tensor
     ds: torch.Tensor
     dtau: torch.Tensor
     dkappa: torch.Tensor
-    w_dz: torch.Tensor
-    winv_ds: torch.Tensor
+    scaled: list
 
 
 class _Newton:
@@ -421,9 +425,6 @@ class _Newton:
         self.data, self.cones, self.it = data, cones, it
         self.scalings = cones.scalings(it.s, it.z)
         self.kkt = _KKT(data, cones, self.scalings, reg)
-        self.lam = torch.zeros_like(it.s)
-        for (_, rows), sc in zip(cones.groups, self.scalings):
-            rows.put(self.lam, sc.lam)
         self.mu = ((it.s * it.z).sum(1) + it.tau * it.kappa) / (cones.degree + 1)
         xi = it.x / it.tau.unsqueeze(1)
         Pxi = mv(data.P, xi)
@@ -442,28 +443,28 @@ class _Newton:
     def direction(self, d_x, d_z, d_tau, d_s, d_kappa) -> _Step:
         """The direction for the right-hand side (d_x, d_z, d_τ, d_s, d_κ)."""
         it, data = self.it, self.data
-        lam_div = self.apply(d_s, "div")
-        x2, z2 = self.kkt.solve(-d_x, -d_z + self.apply(lam_div, "WT"))
+        x2, z2 = self.kkt.solve(-d_x, -d_z + self.apply(d_s, "offset"))
         numerator = -d_tau + d_kappa / it.tau - (self.c2 * x2).sum(1) - (data.b * z2).sum(1)
         dtau = numerator / self.denominator
         dx = x2 + dtau.unsqueeze(1) * self.x1
         dz = z2 + dtau.unsqueeze(1) * self.z1
-        w_dz = self.apply(dz, "W")
         # Δs from the primal equation A Δx + Δs − bΔτ = −d_z itself rather than from
-        # −Wᵀ(λ \ d_s + W Δz), the same in exact arithmetic: near the solution W is badly
+        # −offset − H Δz, the same in exact arithmetic: near the solution H is badly
         # conditioned and that product would feed its rounding into the primal residual
         ds = -d_z - mv(data.A, dx) + data.b * dtau.unsqueeze(1)
         ds[:, self.cones.eq] = 0
-        winv_ds = self.apply(ds, "WinvT")
+        scaled = [
+            sc.scaled(rows.take(ds), rows.take(dz))
+            for (_, rows), sc in zip(self.cones.groups, self.scalings)
+        ]
         dkappa = -(d_kappa + it.kappa * dtau) / it.tau
-        return _Step(dx, dz, ds, dtau, dkappa, w_dz, winv_ds)
+        return _Step(dx, dz, ds, dtau, dkappa, scaled)
 
     def max_step(self, step: _Step) -> torch.Tensor:
         """(B,) the largest α ≤ ∞ that keeps s, z, τ, κ in their cones along `step`."""
-        alpha = torch.minimum(
-            _max_step(self.cones, self.scalings, step.w_dz),
-            _max_step(self.cones, self.scalings, step.winv_ds),
-        )
+        alpha = self.it.tau.new_full(self.it.tau.shape, float("inf"))
+        for sc, scaled in zip(self.scalings, step.scaled):
+            alpha = torch.minimum(alpha, sc.step(scaled).amin(1))
         for v, dv in ((self.it.tau, step.dtau), (self.it.kappa, step.dkappa)):
             alpha = torch.minimum(alpha, torch.where(dv < 0, -v / dv, float("inf")))
         return alpha
@@ -471,12 +472,13 @@ class _Newton:
     def predictor_corrector(self):
         """Mehrotra's step: the affine direction, then the centered and corrected one."""
         it, cones = self.it, self.cones
-        d_s = _jordan(cones, self.lam, self.lam)
+        d_s = cones.assemble([sc.affine_ds() for sc in self.scalings], it.s)
         affine = self.direction(it.r_x, it.r_z, it.r_tau, d_s, it.tau * it.kappa)
         sigma = (1 - self.max_step(affine).clamp(max=1)) ** 3
         target = sigma * self.mu
-        d_s = d_s + _jordan(cones, affine.winv_ds, affine.w_dz)
-        d_s = d_s - target.unsqueeze(1) * cones.unit(it.s)
+        d_s = cones.assemble(
+            [sc.combined_ds(a, target) for sc, a in zip(self.scalings, affine.scaled)], it.s
+        )
         d_kappa = it.tau * it.kappa + affine.dtau * affine.dkappa - target
         keep = (1 - sigma).unsqueeze(1)
         step = self.direction(keep * it.r_x, keep * it.r_z, keep[:, 0] * it.r_tau, d_s, d_kappa)
@@ -522,7 +524,7 @@ def _solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     inner_abs, inner_rel = (max(eps * eps, _INNER_EPS[dtype]) for eps in (eps_abs, eps_rel))
     max_iters = min(settings.max_iters, MAX_ITERS)
     data, cone_spec = _prepare(program, settings.normalize)
-    cones = _Cones(cone_spec, device)
+    cones = _Cones(cone_spec, data.b)
     reg = _REG[dtype]
     state = _start(data, cones, reg)
 
