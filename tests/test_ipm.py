@@ -120,3 +120,65 @@ def test_verbose_prints_an_iteration_table(capsys):
     layer(torch.tensor([1.0, -1.0], dtype=torch.float64), solver_args={"verbose": True})
     out = capsys.readouterr().out
     assert "[ipm] iter  0" in out and "res_pri" in out
+
+
+def test_exponential_cone_certificates_inside_a_batch():
+    """min w·y  s.t. exp(y₀) ≤ b, y₁ ≥ 0: solved (y = (log b, 0)) where w = (−1, 1), b > 0;
+    unbounded where w₁ < 0; infeasible where b < 0."""
+    w, b = cp.Parameter(2), cp.Parameter()
+    y = cp.Variable(2)
+    prob = cp.Problem(cp.Minimize(w @ y), [cp.exp(y[0]) <= b, y[1] >= 0])
+    layer = CvxpyLayer(prob, [w, b], [y], mode="ipm", fast_path=False)
+    w_t = torch.tensor([[-1.0, 1.0], [-1.0, -1.0], [-1.0, 1.0], [-1.0, 2.0]], dtype=torch.float64)
+    b_t = torch.tensor([2.0, 2.0, -1.0, 0.5], dtype=torch.float64)
+    (y_out,), info = layer(w_t, b_t, solver_args=TIGHT, return_status=True)
+    S = Status
+    assert info.status == (S.SOLVED, S.UNBOUNDED, S.INFEASIBLE, S.SOLVED)
+    expected = torch.stack([b_t[[0, 3]].log(), torch.zeros(2, dtype=torch.float64)], 1)
+    torch.testing.assert_close(y_out[[0, 3]], expected, atol=1e-6, rtol=0)
+    assert torch.isnan(y_out[2]).all()
+
+
+def test_every_cone_family_in_one_program_matches_clarabel():
+    """Equalities, nonnegative, second-order, PSD, exponential and power cones (α = 0.1 …
+    0.9) together; primal variables and each constraint's dual against Clarabel."""
+    k = 2
+    C, g = cp.Parameter((k, k), symmetric=True), cp.Parameter(3)
+    X, y, u = cp.Variable((k, k), symmetric=True), cp.Variable(3), cp.Variable(3)
+    alphas = [0.1, 0.5, 0.9]
+    cons = [
+        X >> 0,
+        cp.norm(y - g) <= 1,
+        u >= 0.05,
+        cp.sum(u) + cp.trace(X) == 2,
+        cp.sum(cp.entr(u)) >= -1,
+        cp.PowCone3D(u, 1 + y, 0.3 * y, alphas),
+    ]
+    objective = cp.sum_squares(X - C) + cp.sum_squares(y) - cp.sum(cp.log(u))
+    prob = cp.Problem(cp.Minimize(objective), cons)
+    outputs = [X, y, u] + [con.dual_variables[0] for con in cons[:5]]
+    rng = np.random.default_rng(2)
+
+    def draw():
+        M = rng.standard_normal((k, k))
+        return [(M + M.T) / 2, 0.3 * rng.standard_normal(3)]
+
+    _check_batch(prob, [C, g], outputs, [draw() for _ in range(3)], atol=5e-6)
+
+
+def test_geometric_program_matches_clarabel():
+    """A GP (gp=True: exponential cones after the log change of variables) by the interior
+    point against cvxpy's own DGP solve."""
+    x, y, z = cp.Variable(pos=True), cp.Variable(pos=True), cp.Variable(pos=True)
+    a, b = cp.Parameter(pos=True), cp.Parameter(pos=True)
+    prob = cp.Problem(cp.Minimize(1 / (x * y * z)), [a * (x * y + x * z + y * z) <= b, x >= 2 * y])
+    layer = CvxpyLayer(prob, [a, b], [x, y, z], gp=True, mode="ipm")
+    a_t = torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
+    b_t = torch.tensor([1.5, 2.0, 0.3], dtype=torch.float64)
+    outputs, info = layer(a_t, b_t, solver_args=TIGHT, return_status=True)
+    assert info.mode == "ipm" and all(s is Status.SOLVED for s in info.status)
+    for i in range(3):
+        a.value, b.value = float(a_t[i]), float(b_t[i])
+        prob.solve(gp=True, solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10)
+        for var, out in zip((x, y, z), outputs):
+            np.testing.assert_allclose(float(out[i]), var.value, rtol=1e-5)

@@ -173,6 +173,8 @@ class Scaling:
         self.L_inv = torch.where(usable, L_inv, dual_inv)
 
     def WinvT(self, v: torch.Tensor) -> torch.Tensor:
+        if v.dim() == 4:  # the columns of A (B, n, count, 3): one 3 × n product per cone
+            return (self.L_inv @ v.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return mv(self.L_inv, v)
 
     def H(self, v: torch.Tensor) -> torch.Tensor:
