@@ -181,4 +181,6 @@ def test_geometric_program_matches_clarabel():
         a.value, b.value = float(a_t[i]), float(b_t[i])
         prob.solve(gp=True, solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10)
         for var, out in zip((x, y, z), outputs):
-            np.testing.assert_allclose(float(out[i]), var.value, rtol=1e-5)
+            # Clarabel's DGP answers here are good to ~1e-5 (SCS at eps 1e-11 agrees with
+            # ours to 1.4e-6 and with Clarabel to 1e-5), as in test_gp
+            np.testing.assert_allclose(float(out[i]), var.value, rtol=5e-5)
