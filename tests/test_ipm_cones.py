@@ -1,6 +1,8 @@
-"""The interior-point operations of each symmetric cone family, checked by their defining
-identities on random interior points: W z = W⁻ᵀ s = λ, W W⁻¹ = I, ⟨W u, v⟩ = ⟨u, Wᵀ v⟩,
-λ ∘ (λ \\ v) = v, e ∘ v = v, and the step to the boundary lands on it."""
+"""The interior-point operations of each cone family, checked by their defining identities
+on random interior points. Symmetric families: W z = W⁻ᵀ s = λ, W W⁻¹ = I,
+⟨W u, v⟩ = ⟨u, Wᵀ v⟩, λ ∘ (λ \\ v) = v, e ∘ v = v, and the step to the boundary lands on
+it. Exponential and power cones: the dual barrier's derivatives against autograd, the
+conjugate's gradient, H z = s and H z̃ = s̃, and the backtracked step."""
 
 import pytest
 import torch
