@@ -24,6 +24,8 @@ Shapes: blocks v (..., 3) and exponents α broadcastable to v[..., 0].
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from cvxlayer.cones.nonsymmetric import Family
@@ -145,13 +147,14 @@ def d_pow_dual(v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 # on K* = {z₀, z₁ > 0, ψ > 0}. With h = log φ: ∇φ = φ h′, ∇²φ = φ (h′h′ᵀ + diag h″),
 # ∇³φ[u, v] = φ ((h′·u)(h′·v) h′ + (h′·v) h″∘u + (h′·u) h″∘v + (uᵀ diag(h″) v) h′ + h‴∘u∘v).
 #
-# Its conjugate's gradient g = ∇f(s): from −∇f*(−g) = s, with q = s₂g₂ and t = φ/ψ at −g,
-# s₀g₀ = −(αq + 1 + α), s₁g₁ = −((1−α)q + 2 − α), q = 2(t − 1), and the one unknown
-# x = |g₂| (sign that of s₂) solves
-#     F(x) = 2α log z₀/α + 2(1−α) log z₁/(1−α) + log(q/2) − log(1 + q/2) − 2 log x = 0
-# (z = −g as a function of x), F decreasing from +∞ to log(s₂²/(s₀^{2α}s₁^{2(1−α)})) < 0:
-# safeguarded Newton in log x.
-_GRADIENT_STEPS = 40
+# Its conjugate's gradient g = ∇f(s): from −∇f*(−g) = s, with q = s₂g₂ ≥ 0 and t = φ/ψ at
+# −g, s₀g₀ = −(αq + 1 + α), s₁g₁ = −((1−α)q + 2 − α), q = 2(t − 1); the remaining equation
+# φ(t − 1) = t g₂² becomes, for y = 1/q,
+#     h(y) = 2α log(1 + a y) + 2(1−α) log(1 + b y) − log(1 + 2y) = ℓ,
+#     a = (1+α)/α, b = (2−α)/(1−α), ℓ = log(s₀^{2α} s₁^{2(1−α)} / s₂²) > 0,
+# h increasing from 0 (h ≈ 4y) to ∞ (h ≈ log y + const): Newton in log y from those
+# asymptotes.
+_GRADIENT_STEPS = 30
 
 
 class Barrier:
@@ -195,32 +198,25 @@ class Barrier:
         a = self.alpha
         s0, s1, s2 = s.unbind(-1)
         r = s2.abs()
-        tiny = torch.finfo(s.dtype).tiny
-        r_safe = r.clamp(min=tiny)
-
-        def F(u):
-            q = r_safe * torch.exp(u)
-            z0 = (a * q + 1 + a) / (a * s0)
-            z1 = ((1 - a) * q + 2 - a) / ((1 - a) * s1)
-            value = 2 * a * torch.log(z0) + 2 * (1 - a) * torch.log(z1)
-            value = value + torch.log(q / 2) - torch.log1p(q / 2) - 2 * u
-            slope = 2 * a * a * q / (a * q + 1 + a) + 2 * (1 - a) ** 2 * q / ((1 - a) * q + 2 - a)
-            return value, slope - 1 - q / (2 + q)
-
-        # the standard barrier's |∂/∂s₂| = 2|s₂|/(s₀^{2α}s₁^{2(1−α)} − s₂²) as the first guess
-        geo = torch.exp(2 * a * torch.log(s0) + 2 * (1 - a) * torch.log(s1))
-        u = torch.log((2 * r_safe / (geo - r * r)).clamp(min=tiny))
-        low, high = torch.full_like(u, -80.0), torch.full_like(u, 80.0)
-        for _ in range(_GRADIENT_STEPS):
-            value, slope = F(u)
-            low = torch.where(value > 0, u, low)
-            high = torch.where(value > 0, high, u)
-            newton = u - value / slope
-            inside = (newton > low) & (newton < high) & torch.isfinite(newton)
-            u = torch.where(inside, newton, (low + high) / 2)
-        x = torch.where(r > 0, torch.exp(u), 0.0)
-        g2 = torch.sign(s2) * x
-        q = s2 * g2
+        inside = r > 0  # s₂ = 0: g₂ = 0, q = 0
+        # ℓ = log(s₀^{2α} s₁^{2(1−α)} / s₂²) > 0, and h(y) = ℓ (module comment) for y = 1/q
+        ell = 2 * a * torch.log(s0) + 2 * (1 - a) * torch.log(s1) - 2 * torch.log(r)
+        ell = torch.where(inside, ell, 1.0)
+        ca, cb = (1 + a) / a, (2 - a) / (1 - a)
+        # h ≈ 4y for small y, log y + c for large y: Newton in v = log y from there
+        c = 2 * a * torch.log(ca) + 2 * (1 - a) * torch.log(cb) - math.log(2)
+        v = torch.maximum(torch.log(ell / 4), ell - c)
+        for k in range(_GRADIENT_STEPS):
+            y = torch.exp(v)
+            h = 2 * a * torch.log1p(ca * y) + 2 * (1 - a) * torch.log1p(cb * y)
+            h = h - torch.log1p(2 * y)
+            slope = 2 * a * ca / (1 + ca * y) + 2 * (1 - a) * cb / (1 + cb * y) - 2 / (1 + 2 * y)
+            step = (ell - h) / (y * slope)
+            v = v + step
+            if k % 2 == 1 and not bool((step.abs() > 1e-13 * (1 + v.abs())).any()):
+                break
+        q = torch.where(inside, torch.exp(-v), 0.0)
+        g2 = torch.where(inside, torch.sign(s2) * q / torch.where(inside, r, 1.0), 0.0)
         g0 = -(a * q + 1 + a) / s0
         g1 = -((1 - a) * q + 2 - a) / s1
         return torch.stack([g0, g1, g2], -1)

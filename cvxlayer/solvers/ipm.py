@@ -87,11 +87,30 @@ class _Data:
         self.__dict__.update(tensors)
 
     layout = None  # (keep, cols, other, rows) when lifted variables were eliminated
+    sparse = None  # (rows, cols) of A's nonzeros where A is sparse (its values: A_vals)
+    _SHARED = ("layout", "sparse")  # the same for every element
 
     def select(self, keep: torch.Tensor) -> _Data:
-        picked = _Data(**{k: v[keep] for k, v in self.__dict__.items() if k != "layout"})
-        picked.layout = self.layout
+        picked = _Data(**{k: v[keep] for k, v in self.__dict__.items() if k not in self._SHARED})
+        picked.layout, picked.sparse = self.layout, self.sparse
         return picked
+
+    def Ax(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        """A x (B, m): through A's nonzeros where it is sparse (memory-bound products with
+        the dense (B, m, n) A dominated the iteration)."""
+        if self.sparse is None:
+            return mv(self.A, x)
+        rows, cols = self.sparse
+        out = x.new_zeros(x.shape[0], self.A.shape[1])
+        return out.index_add_(1, rows, self.A_vals * x[:, cols])
+
+    def Atz(self, z: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        """Aᵀ z (B, n)."""
+        if self.sparse is None:
+            return mv(self.A.transpose(1, 2), z)
+        rows, cols = self.sparse
+        out = z.new_zeros(z.shape[0], self.A.shape[2])
+        return out.index_add_(1, cols, self.A_vals * z[:, rows])
 
 
 class _Rows:
@@ -221,9 +240,9 @@ class _KKT:
         return _apply(self.cones, self.scalings, v, "Hinv")
 
     def _solve_once(self, r1: torch.Tensor, r2: torch.Tensor):
-        A, eq = self.data.A, self.cones.eq
+        eq = self.cones.eq
         hinv_r2 = self._hinv(r2)
-        rhs = r1 + (A.transpose(1, 2) @ hinv_r2.unsqueeze(-1)).squeeze(-1)
+        rhs = r1 + self.data.Atz(hinv_r2)
         dx = self._minv(rhs.unsqueeze(-1)).squeeze(-1)
         dz = torch.zeros_like(r2)
         if eq.numel():
@@ -231,21 +250,21 @@ class _KKT:
             y = torch.cholesky_solve(y.unsqueeze(-1), self.LS).squeeze(-1)
             dx = dx - (self.MinvAt @ y.unsqueeze(-1)).squeeze(-1)
             dz[:, eq] = y
-        Adx = (A @ dx.unsqueeze(-1)).squeeze(-1)
+        Adx = self.data.Ax(dx)
         return dx, dz + self._hinv(Adx) - hinv_r2
 
     def solve(self, r1: torch.Tensor, r2: torch.Tensor):
         """(Δx, Δz) with P Δx + AᵀΔz = r1, A Δx − H Δz = r2: a solve with the regularized
         factor, then refinement against the exact K until the residual stops falling (up to
         `_REFINE` steps; near the solution the factor of the reduced system loses digits)."""
-        A, P = self.data.A, self.data.P
+        P = self.data.P
         dx, dz = self._solve_once(r1, r2)
         size = torch.maximum(inf_norm(r1), inf_norm(r2)).clamp(min=torch.finfo(r1.dtype).tiny)
         previous = None
         for _ in range(_REFINE):
             h_dz = _apply(self.cones, self.scalings, dz, "H")
-            e1 = r1 - mv(P, dx) - mv(A.transpose(1, 2), dz)
-            e2 = r2 - mv(A, dx) + h_dz
+            e1 = r1 - mv(P, dx) - self.data.Atz(dz)
+            e2 = r2 - self.data.Ax(dx) + h_dz
             error = torch.maximum(inf_norm(e1), inf_norm(e2)) / size
             worst = float(error.max())
             if worst <= _REFINE_TOL or (previous is not None and worst > 0.5 * previous):
@@ -274,7 +293,20 @@ class InteriorPoint:
         return _solve(program, settings)
 
 
+_SPARSE_DENSITY = 0.25  # A's products go through its nonzeros below this fraction
+
+
 def _prepare(program: ConeProgram, normalize: bool) -> tuple[_Data, ConeSpec]:
+    """`_reduce`, then A's nonzero pattern (over the batch) kept for sparse products."""
+    data, cones = _reduce(program, normalize)
+    pattern = (data.A != 0).any(0)
+    if pattern.numel() and float(pattern.float().mean()) <= _SPARSE_DENSITY:
+        rows, cols = pattern.nonzero(as_tuple=True)
+        data.sparse, data.A_vals = (rows, cols), data.A[:, rows, cols]
+    return data, cones
+
+
+def _reduce(program: ConeProgram, normalize: bool) -> tuple[_Data, ConeSpec]:
     """Equilibrate (Â = D A E, P̂ = E P E, b̂ = D b, ĉ = E c), densify, and eliminate the
     lifted variables (`_lifted_columns`): x_E = T x_K + u. Returns the data of the reduced
     program (with what `_restore` and `_unscale` need) and its cone."""
@@ -353,7 +385,7 @@ def _start(data: _Data, cones: _Cones, reg: float):
     if not cones.symmetric:
         return torch.zeros_like(data.c), e.clone(), e, ones, ones.clone()
     x, _ = _KKT(data, cones, cones.scalings(e, e), reg).solve(-data.c, data.b)
-    s = data.b - mv(data.A, x)
+    s = data.b - data.Ax(x)
     s[:, cones.eq] = 0
     z = -s
     for v in (s, z):
@@ -367,7 +399,7 @@ class _Iterate:
 
     def __init__(self, data: _Data, x, z, s, tau, kappa) -> None:
         self.x, self.z, self.s, self.tau, self.kappa = x, z, s, tau, kappa
-        Px, Ax, Atz = mv(data.P, x), mv(data.A, x), mv(data.A.transpose(1, 2), z)
+        Px, Ax, Atz = mv(data.P, x), data.Ax(x), data.Atz(z)
         xPx = (x * Px).sum(1)
         self.cx, self.bz = (data.c * x).sum(1), (data.b * z).sum(1)
         t = tau.unsqueeze(1)
@@ -451,7 +483,7 @@ class _Newton:
         # Δs from the primal equation A Δx + Δs − bΔτ = −d_z itself rather than from
         # −offset − H Δz, the same in exact arithmetic: near the solution H is badly
         # conditioned and that product would feed its rounding into the primal residual
-        ds = -d_z - mv(data.A, dx) + data.b * dtau.unsqueeze(1)
+        ds = -d_z - data.Ax(dx) + data.b * dtau.unsqueeze(1)
         ds[:, self.cones.eq] = 0
         scaled = [
             sc.scaled(rows.take(ds), rows.take(dz))
