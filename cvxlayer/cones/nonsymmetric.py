@@ -63,16 +63,17 @@ class Barrier(Protocol):
 
 # ---------------------------------------------------------------- 3 × 3 algebra
 def mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """M v for matrices (B, count, 3, 3) and blocks v (B, count, 3) or (B, k, count, 3), as
-    a sum of M's columns (a reduction over a last axis of 3 costs more here)."""
+    """M v for matrices (B, count, 3, 3) and blocks v (B, count, 3) or (B, k, count, 3)."""
+    if v.dim() == M.dim() - 1:
+        return (M @ v.unsqueeze(-1)).squeeze(-1)
+    # several vectors per block: a sum of M's columns (a broadcast matmul costs more)
     M = lift(M, v)
     return M[..., 0] * v[..., :1] + M[..., 1] * v[..., 1:2] + M[..., 2] * v[..., 2:]
 
 
 def mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Mᵀ v (shapes as `mv`)."""
-    M = lift(M, v)
-    return M[..., 0, :] * v[..., :1] + M[..., 1, :] * v[..., 1:2] + M[..., 2, :] * v[..., 2:]
+    return mv(M.transpose(-1, -2), v)
 
 
 def outer(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -181,6 +182,8 @@ class Scaling:
         return mv(self.U, mtv(self.U, v))
 
     def Hinv(self, v: torch.Tensor) -> torch.Tensor:
+        # as W⁻¹(W⁻ᵀv), the factor M is made of: a formed H⁻¹ rounds differently near the
+        # solution and the refinement then stalls
         return mtv(self.L_inv, mv(self.L_inv, v))
 
     # -------------------------------------------------- the Newton step's cone rows
