@@ -45,6 +45,15 @@ def mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (v.unsqueeze(-2) @ M).squeeze(-2)
 
 
+def coo_mv(
+    values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, v: torch.Tensor, size: int
+) -> torch.Tensor:
+    """M v (B, size) for matrices sharing one sparsity pattern, entry k at (rows[k],
+    cols[k]) with values (B, nnz) or (nnz,), through their nonzeros: O(B · nnz). Mᵀw is
+    `coo_mv(values, cols, rows, w, n)`."""
+    return v.new_zeros(v.shape[0], size).index_add_(1, rows, values * v[:, cols])
+
+
 def inf_norm(t: torch.Tensor) -> torch.Tensor:
     """(B,) the ∞-norm of each row of t (B, k); 0 for k = 0."""
     return t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])

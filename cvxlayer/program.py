@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from cvxlayer.cones import ConeSpec
+from cvxlayer.linalg import coo_mv
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,13 +174,11 @@ class SparseOps:
 
     def a(self, A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """A v: (B, m) from v (B, n)."""
-        out = v.new_zeros(v.shape[0], self.m)
-        return out.index_add_(1, self.a_rows, A * v[:, self.a_cols])
+        return coo_mv(A, self.a_rows, self.a_cols, v, self.m)
 
     def at(self, A: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Aᵀ w: (B, n) from w (B, m)."""
-        out = w.new_zeros(w.shape[0], self.n)
-        return out.index_add_(1, self.a_cols, A * w[:, self.a_rows])
+        return coo_mv(A, self.a_cols, self.a_rows, w, self.n)
 
     def p(self, P: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
         """P v (B, n), P symmetric stored as its upper triangle; zeros without P."""
@@ -192,8 +191,7 @@ class SparseOps:
 
     def weighted_column_norms(self, A: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """diag(Aᵀ W A) = Σᵢ wᵢ A_ij² per column j: (B, n) from weights (B, m)."""
-        out = A.new_zeros(A.shape[0], self.n)
-        return out.index_add_(1, self.a_cols, A * A * weights[:, self.a_rows])
+        return coo_mv(A * A, self.a_cols, self.a_rows, weights, self.n)
 
     def p_diagonal(self, P: torch.Tensor) -> torch.Tensor:
         """diag(P): (B, n)."""

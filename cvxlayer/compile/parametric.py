@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from cvxlayer.cones import ConeSpec
+from cvxlayer.linalg import coo_mv
 from cvxlayer.program import ConeProgram, ConeStructure
 
 
@@ -31,14 +32,12 @@ class _SparseLinearFn(torch.autograd.Function):
     def forward(ctx, theta, rows, cols, vals, size):
         ctx.save_for_backward(rows, cols, vals)
         ctx.num_in = theta.shape[1]
-        out = theta.new_zeros(theta.shape[0], size)
-        return out.index_add_(1, rows, theta[:, cols] * vals)
+        return coo_mv(vals, rows, cols, theta, size)
 
     @staticmethod
     def backward(ctx, grad):
         rows, cols, vals = ctx.saved_tensors
-        out = grad.new_zeros(grad.shape[0], ctx.num_in)
-        return out.index_add_(1, cols, grad[:, rows] * vals), None, None, None, None
+        return coo_mv(vals, cols, rows, grad, ctx.num_in), None, None, None, None
 
 
 @dataclass(frozen=True, eq=False)

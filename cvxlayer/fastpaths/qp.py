@@ -43,7 +43,7 @@ import torch
 
 from cvxlayer.errors import SolverError
 from cvxlayer.fastpaths.batching import broadcast_batch
-from cvxlayer.linalg import inf_norm, mtv, mv
+from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv
 from cvxlayer.solvers.base import Status, floor_tolerance
 
 # IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
@@ -132,7 +132,7 @@ def g_mv(qp: QPData, v: torch.Tensor) -> torch.Tensor:
     if qp.G_pattern is None:
         return mv(qp.G, v)
     r, c, vals = _g_entries(qp)
-    return v.new_zeros(v.shape[0], qp.G.shape[1]).index_add_(1, r, vals * v[:, c])
+    return coo_mv(vals, r, c, v, qp.G.shape[1])
 
 
 def g_mtv(qp: QPData, w: torch.Tensor) -> torch.Tensor:
@@ -140,7 +140,7 @@ def g_mtv(qp: QPData, w: torch.Tensor) -> torch.Tensor:
     if qp.G_pattern is None:
         return mtv(qp.G, w)
     r, c, vals = _g_entries(qp)
-    return w.new_zeros(w.shape[0], qp.G.shape[2]).index_add_(1, c, vals * w[:, r])
+    return coo_mv(vals, c, r, w, qp.G.shape[2])
 
 
 def gtdg(qp: QPData, d: torch.Tensor, plus: torch.Tensor | None = None) -> torch.Tensor:

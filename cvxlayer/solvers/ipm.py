@@ -51,7 +51,7 @@ import torch
 from cvxlayer.cones import ConeSpec, exp, nonneg, power, psd, soc
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.elimination import eliminated_gradient, one_per, reduced_objective
-from cvxlayer.linalg import inf_norm, mv
+from cvxlayer.linalg import coo_mv, inf_norm, mv
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.admm import equilibrate
 from cvxlayer.solvers.base import Solution, SolveSettings, Status, floor_tolerance
@@ -101,16 +101,14 @@ class _Data:
         if self.sparse is None:
             return mv(self.A, x)
         rows, cols = self.sparse
-        out = x.new_zeros(x.shape[0], self.A.shape[1])
-        return out.index_add_(1, rows, self.A_vals * x[:, cols])
+        return coo_mv(self.A_vals, rows, cols, x, self.A.shape[1])
 
     def Atz(self, z: torch.Tensor) -> torch.Tensor:  # noqa: N802
         """Aᵀ z (B, n)."""
         if self.sparse is None:
             return mv(self.A.transpose(1, 2), z)
         rows, cols = self.sparse
-        out = z.new_zeros(z.shape[0], self.A.shape[2])
-        return out.index_add_(1, cols, self.A_vals * z[:, rows])
+        return coo_mv(self.A_vals, cols, rows, z, self.A.shape[2])
 
 
 class _Rows:
