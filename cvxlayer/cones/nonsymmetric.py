@@ -169,9 +169,7 @@ class Scaling:
         usable = (de1.abs() > eps**0.5) & (de2.abs() > eps) & (dot_sz > 0) & (dot_d > 0)
         usable &= torch.isfinite(L_inv).flatten(-2).all(-1, keepdim=True)
         usable = usable.unsqueeze(-1)
-        # ∇²f* = L Lᵀ, once: the corrector solves with it, and μ∇²f* = (√μ L)(√μ L)ᵀ
-        self.hess_L_inv = _cholesky_inverse(self.hess)
-        dual_inv = self.hess_L_inv * mu.rsqrt().unsqueeze(-1)
+        dual_inv = _cholesky_inverse(mu.unsqueeze(-1) * self.hess)  # μ∇²f* = L Lᵀ
         self.U = torch.where(usable, V * d.sqrt().unsqueeze(-2), _inverse(dual_inv))
         self.L_inv = torch.where(usable, L_inv, dual_inv)
 
@@ -204,7 +202,8 @@ class Scaling:
         """s + σμ∇f*(z) − ½∇³f*(z)[(∇²f*)⁻¹Δs_a, Δz_a] (σμ of shape (B,)); the solve in
         closed form (no batched LAPACK call per 3 × 3 block)."""
         ds, dz = affine
-        u = torch.nan_to_num(mtv(self.hess_L_inv, mv(self.hess_L_inv, ds)))
+        L_inv = _cholesky_inverse(self.hess)
+        u = torch.nan_to_num(mtv(L_inv, mv(L_inv, ds)))
         third = self._dual_third(u, dz)
         return self.s + sigma_mu.view(-1, 1, 1) * self.grad - 0.5 * third
 
