@@ -208,13 +208,18 @@ def _compile(problem, parameters, variables, canon_backend, quad_obj, gp) -> Com
     # parameter values (a GP takes their logarithms: a parameter without a value then
     # fails). The compilation must not depend on what was done with the user's problem.
     fresh = cp.Problem(problem.objective, problem.constraints)
-    data, chain, inverse_data = fresh.get_problem_data(
-        cp.SCS,
-        gp=gp,
-        solver_opts={"use_quad_obj": quad_obj},
-        enforce_dpp=True,
-        canon_backend=canon_backend,
+    options = dict(
+        gp=gp, solver_opts={"use_quad_obj": quad_obj}, enforce_dpp=True, canon_backend=canon_backend
     )
+    try:
+        data, chain, inverse_data = fresh.get_problem_data(cp.SCS, **options)
+    except cp.error.SolverError:
+        if problem.constraints:
+            raise
+        # cvxpy's SCS interface refuses a cone program without constraint rows; one row
+        # 0ᵀx = 0 (zero cone) changes nothing and makes it one
+        fresh = cp.Problem(problem.objective, [_trivial_row(problem)])
+        data, chain, inverse_data = fresh.get_problem_data(cp.SCS, **options)
     param_prob = data[cp.settings.PARAM_PROB]
     dgp = next((r for r in chain.reductions if isinstance(r, Dgp2Dcp)), None)
     log_params = {} if dgp is None else {k: v[0] for k, v in dgp.param_id_map.items()}
@@ -224,6 +229,12 @@ def _compile(problem, parameters, variables, canon_backend, quad_obj, gp) -> Com
     recoveries = build_recoveries(variables, param_prob, chain, inverse_data, problem, log_vars)
     offsets = {int(k): int(v) for k, v in param_prob.var_id_to_col.items()}
     return CompiledProblem(slots, param_map, recoveries, offsets)
+
+
+def _trivial_row(problem: cp.Problem) -> cp.Constraint:
+    """The constraint 0 · x₀ = 0 on the problem's first variable: one empty equality row."""
+    first = problem.variables()[0]
+    return cp.Constant(0.0) * cp.vec(first, order="F")[0] == 0
 
 
 __all__ = ["CompiledProblem", "ParameterSlot", "compile_problem"]

@@ -212,8 +212,9 @@ class QPForm:
     def pays_off(self, batch: int, device: torch.device) -> bool:
         """Whether the batched interior point beats the generic mode: on the CPU only from
         `QP_MIN_BATCH` elements (below, native SCS one element at a time costs less than the
-        interior point's hundreds of small batched operations; bench/overhead.py)."""
-        return device.type != "cpu" or batch >= QP_MIN_BATCH
+        interior point's hundreds of small batched operations; bench/overhead.py), except
+        without inequalities, where it is one linear solve."""
+        return device.type != "cpu" or batch >= QP_MIN_BATCH or self.ineq_rows.size == 0
 
     def describe(self) -> str:
         return (

@@ -73,7 +73,14 @@ def _extension(linear_solver: str):
 
 def _workspace(A, b, c, P, cones: dict, settings: tuple):
     """SCS's solver object for (A, b, c, P), set up (scaled and factored): A and P sorted
-    CSC with int32 indices, P upper triangular; `settings` from `_scs_settings`."""
+    CSC with int32 indices, P upper triangular; `settings` from `_scs_settings`.
+
+    SCS needs a constraint row: a program without any (an unconstrained QP, m = 0) gets one
+    empty zero-cone row (0ᵀx + s = 0, s = 0), which `_run` drops from the answer.
+    """
+    if A.shape[0] == 0:
+        A = sp.csc_matrix((np.zeros(0), np.zeros(0, np.int32), A.indptr), shape=(1, A.shape[1]))
+        b, cones = np.zeros(1), {"z": 1}
     settings = dict(settings)
     linear_solver = settings.pop("linear_solver")
     extension = _extension(linear_solver)
@@ -84,10 +91,15 @@ def _workspace(A, b, c, P, cones: dict, settings: tuple):
     return extension.SCS(A.shape, A.data, A.indices, A.indptr, *p_arrays, b, c, cones, **settings)
 
 
-def _run(solver, warm: tuple | None) -> dict:
-    if warm is None:
-        return solver.solve(False, None, None, None)
-    return solver.solve(True, *warm)
+def _run(solver, warm: tuple | None, m: int) -> dict:
+    """Solve from `warm` (x, y, s) if given; y and s of a program with m rows (m = 0: the
+    padding row of `_workspace` is dropped)."""
+    if warm is not None and m == 0:
+        warm = (warm[0], np.zeros(1), np.zeros(1))
+    sol = solver.solve(False, None, None, None) if warm is None else solver.solve(True, *warm)
+    if m == 0:
+        sol["y"], sol["s"] = sol["y"][:0], sol["s"][:0]
+    return sol
 
 
 def _shares_matrices(program: ConeProgram) -> bool:
@@ -150,7 +162,8 @@ class ScsSerial:
                     solver = _workspace(A, b, c, P, cones, opts)
                 else:
                     solver.update(b, c)
-                out.append(_run(solver, None if warm is None else tuple(a[i] for a in warm)))
+                start = None if warm is None else tuple(a[i] for a in warm)
+                out.append(_run(solver, start, program.structure.m))
             return out
 
         threads = torch.get_num_threads() if settings.threads == -1 else settings.threads
@@ -210,7 +223,9 @@ class ScsBlock:
             wx, wy, ws = warm
             warm = (wx.reshape(-1), wy.reshape(-1)[perm], ws.reshape(-1)[perm])
         sol = _run(
-            _workspace(A, b, c, P, st.cones.repeat(B).to_scs(), _scs_settings(settings)), warm
+            _workspace(A, b, c, P, st.cones.repeat(B).to_scs(), _scs_settings(settings)),
+            warm,
+            B * st.m,
         )
         y, s = np.empty_like(sol["y"]), np.empty_like(sol["s"])
         y[perm], s[perm] = sol["y"], sol["s"]
