@@ -21,17 +21,6 @@ def lu_factor(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return tuple(torch.stack(t) for t in zip(*parts))
 
 
-def solve(M: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x with M x = rhs for M (B, N, N), rhs (B, N): (x, info), info ≠ 0 where M is singular."""
-    if M.is_cuda or M.shape[0] <= 1:
-        return torch.linalg.solve_ex(M, rhs)
-    x = torch.empty_like(rhs)
-    info = torch.empty(M.shape[0], dtype=torch.int32)
-    for i in range(M.shape[0]):
-        x[i], info[i] = torch.linalg.solve_ex(M[i], rhs[i])
-    return x, info
-
-
 def mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Batched matrix-vector product (B, r, c) @ (B, c) → (B, r).
 

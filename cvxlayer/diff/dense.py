@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from cvxlayer.cones.projections import ConeProjector
-from cvxlayer.linalg import finite_rows, solve
+from cvxlayer.linalg import finite_rows, lu_factor
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
 
@@ -50,10 +50,20 @@ def residual_jacobian_t(A, P, D) -> torch.Tensor:
 
 def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """r with Jᵀ r = rhs per element, given Jᵀ (B, N, N); least squares (minimum norm) where
-    J is singular."""
-    r, info = solve(Jt, rhs)
-    if bool(info.any()) or not all(finite_rows(r)):
-        bad = (info.to(r.device) != 0) | ~torch.isfinite(r).all(1)
+    J is singular.
+
+    J is singular where the solution is not unique or not strictly complementary (a
+    degenerate program), and rounding then leaves LU a pivot of order ε‖J‖ instead of 0:
+    its solve would be of order 1/ε (gradients of 1e16 in training). A pivot below
+    N·ε times the largest one counts as singular, as pinv's default cut-off does.
+    """
+    LU, pivots, info = lu_factor(Jt)
+    diag = LU.diagonal(dim1=1, dim2=2).abs()
+    cutoff = Jt.shape[-1] * torch.finfo(Jt.dtype).eps * diag.amax(1)
+    singular = (info.to(Jt.device) != 0) | (diag.amin(1) <= cutoff)
+    r = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+    if bool(singular.any()) or not all(finite_rows(r)):
+        bad = singular | ~torch.isfinite(r).all(1)
         r[bad] = (torch.linalg.pinv(Jt[bad]) @ rhs[bad].unsqueeze(-1)).squeeze(-1)
     return r
 
