@@ -61,13 +61,15 @@ def cvxlayer_system(
     return build
 
 
-def cvxpylayers_system(solver: str | None) -> Callable[[Task], Runner]:
+def cvxpylayers_system(solver: str | None, **extra) -> Callable[[Task], Runner]:
+    """cvxpylayers with `solver` (None: diffcp), and `extra` solver_args (diffcp's keys)."""
+
     def build(task: Task) -> Runner:
         from cvxpylayers.torch import CvxpyLayer as PeerLayer
 
         layer = PeerLayer(task.problem, task.parameters, [task.variable], solver=solver)
-        args = {"eps_abs": EPS, "eps_rel": EPS} if solver is None else {}
-        return lambda vals: layer(*vals, solver_args=args)[0]
+        args = {"eps_abs": EPS, "eps_rel": EPS} if solver is None and not extra else {}
+        return lambda vals: layer(*vals, solver_args={**args, **extra})[0]
 
     return build
 
@@ -188,11 +190,14 @@ SYSTEMS: dict[str, Callable[[Task], Runner]] = {
     # the torch mode with cvxlayer_cuda's kernels off (compare with the above on CUDA)
     "cvxlayer[torch-refs]": cvxlayer_system("torch", kernels="torch"),
     "cvxlayer[scs]": cvxlayer_system("scs"),
+    "cvxlayer[clarabel]": cvxlayer_system("clarabel"),
     "cvxlayer[scs+lsqr]": cvxlayer_system("scs", backward="lsqr"),
     # native SCS set up once per thread where the batch shares A and P (opt-in)
     "cvxlayer[reuse_setup]": cvxlayer_system("auto", fast_path=True, reuse_setup=True),
     "cvxpylayers": cvxpylayers_system(None),
     "cvxpylayers[MOREAU]": cvxpylayers_system("MOREAU"),
+    # diffcp with Clarabel as its forward (the VIX portfolio example's setting)
+    "cvxpylayers[CLARABEL]": cvxpylayers_system(None, solve_method="CLARABEL"),
     "qpth": qpth_system,
     "proxsuite": proxsuite_system,
     "osqp": osqp_system,

@@ -21,9 +21,9 @@ OWN = frozenset({"eps", "backward", "failed_gradient", "max_batch"}) | _SETTINGS
 # diffcp's derivative modes ↦ our backward (the LPGD modes have no counterpart: ignored)
 _DIFFCP_MODES = {"dense": "dense", "lsqr": "lsqr", "lsmr": "lsqr"}
 _LPGD_MODES = ("lpgd", "lpgd_right", "lpgd_left")
-# diffcp's forward solvers ↦ the generic mode closest to them (ECOS and Clarabel are
-# interior-point methods; the layer uses native SCS where the cones need it)
-_SOLVE_METHODS = {"SCS": "scs", "ECOS": "ipm", "CLARABEL": "ipm"}
+# diffcp's forward solvers ↦ our generic mode: native SCS, or native Clarabel for both of
+# the interior-point methods (ECOS is not a dependency; Clarabel is its successor in cvxpy)
+_SOLVE_METHODS = {"SCS": "scs", "ECOS": "clarabel", "CLARABEL": "clarabel"}
 
 
 def _translate(key: str, value, args: dict) -> None:

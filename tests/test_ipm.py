@@ -4,6 +4,7 @@ cones, LPs), float32, and mixed cones with their duals against Clarabel."""
 
 import cvxpy as cp
 import numpy as np
+import pytest
 import torch
 
 from cvxlayer import CvxpyLayer, Status
@@ -18,11 +19,11 @@ def _clarabel(prob, params, values, outputs):
     return [o.value for o in outputs]
 
 
-def _check_batch(prob, params, outputs, batch, atol=1e-6):
-    layer = CvxpyLayer(prob, params, outputs, mode="ipm", fast_path=False)
+def _check_batch(prob, params, outputs, batch, atol=1e-6, mode="ipm"):
+    layer = CvxpyLayer(prob, params, outputs, mode=mode, fast_path=False)
     tensors = [torch.as_tensor(np.stack(v)) for v in zip(*batch)]
     got, info = layer(*tensors, solver_args=TIGHT, return_status=True)
-    assert info.mode == "ipm" and all(s is Status.SOLVED for s in info.status), info.status
+    assert info.mode == mode and all(s is Status.SOLVED for s in info.status), info.status
     for i, values in enumerate(batch):
         for out, ref in zip(got, _clarabel(prob, params, values, outputs)):
             np.testing.assert_allclose(out[i].numpy(), ref, atol=atol)
@@ -79,7 +80,8 @@ def test_degenerate_lp_vertex():
     _check_batch(prob, [c], [x], batch)
 
 
-def test_mixed_cones_and_their_duals_match_clarabel():
+@pytest.mark.parametrize("mode", ["ipm", "clarabel"])
+def test_mixed_cones_and_their_duals_match_clarabel(mode):
     """Nonnegative, second-order and PSD cones and equalities in one program; primal
     variables and every constraint's dual variable against Clarabel."""
     k = 3
@@ -95,7 +97,7 @@ def test_mixed_cones_and_their_duals_match_clarabel():
         M = rng.standard_normal((k, k))
         return [(M + M.T) / 2, 0.3 * rng.standard_normal(k)]  # feasible: y = g − t·1 fits
 
-    _check_batch(prob, [C, g], outputs, [draw() for _ in range(3)], atol=2e-6)
+    _check_batch(prob, [C, g], outputs, [draw() for _ in range(3)], atol=2e-6, mode=mode)
 
 
 def test_float32_runs_in_float32_to_its_floor():
@@ -122,13 +124,14 @@ def test_verbose_prints_an_iteration_table(capsys):
     assert "[ipm] iter  0" in out and "res_pri" in out
 
 
-def test_exponential_cone_certificates_inside_a_batch():
+@pytest.mark.parametrize("mode", ["ipm", "clarabel"])
+def test_exponential_cone_certificates_inside_a_batch(mode):
     """min w·y  s.t. exp(y₀) ≤ b, y₁ ≥ 0: solved (y = (log b, 0)) where w = (−1, 1), b > 0;
     unbounded where w₁ < 0; infeasible where b < 0."""
     w, b = cp.Parameter(2), cp.Parameter()
     y = cp.Variable(2)
     prob = cp.Problem(cp.Minimize(w @ y), [cp.exp(y[0]) <= b, y[1] >= 0])
-    layer = CvxpyLayer(prob, [w, b], [y], mode="ipm", fast_path=False)
+    layer = CvxpyLayer(prob, [w, b], [y], mode=mode, fast_path=False)
     w_t = torch.tensor([[-1.0, 1.0], [-1.0, -1.0], [-1.0, 1.0], [-1.0, 2.0]], dtype=torch.float64)
     b_t = torch.tensor([2.0, 2.0, -1.0, 0.5], dtype=torch.float64)
     (y_out,), info = layer(w_t, b_t, solver_args=TIGHT, return_status=True)
@@ -139,7 +142,8 @@ def test_exponential_cone_certificates_inside_a_batch():
     assert torch.isnan(y_out[2]).all()
 
 
-def test_every_cone_family_in_one_program_matches_clarabel():
+@pytest.mark.parametrize("mode", ["ipm", "clarabel"])
+def test_every_cone_family_in_one_program_matches_clarabel(mode):
     """Equalities, nonnegative, second-order, PSD, exponential and power cones (α = 0.1 …
     0.9) together; primal variables and each constraint's dual against Clarabel."""
     k = 2
@@ -165,7 +169,7 @@ def test_every_cone_family_in_one_program_matches_clarabel():
 
     # exponential/power cones: the iteration's tail stalls ~1e-6 from the exact duals, and
     # Clarabel's own are good to ~1e-6 here (docs/benchmarks.md, issue 16)
-    _check_batch(prob, [C, g], outputs, [draw() for _ in range(3)], atol=1e-5)
+    _check_batch(prob, [C, g], outputs, [draw() for _ in range(3)], atol=1e-5, mode=mode)
 
 
 def test_geometric_program_matches_clarabel():

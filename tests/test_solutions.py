@@ -7,7 +7,7 @@ from problems import CASES, solve_reference
 
 from cvxlayer import CvxpyLayer
 
-MODES = ["ipm", "torch", "scs", "scs-block"]
+MODES = ["ipm", "torch", "scs", "scs-block", "clarabel"]
 TIGHT = {"eps": 1e-9, "max_iters": 200_000}
 
 

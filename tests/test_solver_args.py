@@ -27,8 +27,8 @@ def projection():
         ({"mode": "lsqr"}, "backward", "lsqr"),
         ({"mode": "lsmr"}, "backward", "lsqr"),
         ({"solve_method": "SCS"}, "generic_mode", "scs"),
-        ({"solve_method": "Clarabel"}, "generic_mode", "ipm"),
-        ({"solve_method": "ECOS"}, "generic_mode", "ipm"),
+        ({"solve_method": "Clarabel"}, "generic_mode", "clarabel"),
+        ({"solve_method": "ECOS"}, "generic_mode", "clarabel"),
         ({"n_jobs_forward": 1}, "threads", 1),
         ({"n_jobs_forward": -1}, "threads", -1),
         ({"use_indirect": True}, "linsys", "cg"),
@@ -104,15 +104,15 @@ def test_a_cvxpylayers_call_runs_unchanged(projection):
     )
 
 
-def test_an_interior_point_solve_method_runs_the_interior_point():
-    """solve_method="Clarabel" runs the interior point, on second-order and exponential
-    cones alike."""
+def test_an_interior_point_solve_method_runs_clarabel():
+    """solve_method="Clarabel" (or "ECOS") runs native Clarabel, on second-order and
+    exponential cones alike."""
     x = cp.Parameter(3)
     y = cp.Variable(3)
     ball = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [cp.norm(y) <= 1])
     softmax = cp.Problem(cp.Minimize(-x @ y - cp.sum(cp.entr(y))), [cp.sum(y) == 1])
     x_t = torch.tensor([0.5, -2.0, 1.0], dtype=torch.float64)
-    for prob, mode in ((ball, "ipm"), (softmax, "ipm")):
+    for prob, mode in ((ball, "clarabel"), (softmax, "clarabel")):
         layer = CvxpyLayer(prob, [x], [y], fast_path=False)
         _, info = layer(x_t, solver_args={"solve_method": "Clarabel"}, return_status=True)
         assert info.mode == mode and info.status[0].ok

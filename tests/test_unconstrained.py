@@ -21,7 +21,7 @@ MODES = [
     ("scs-block", False),
     ("ipm", False),
     ("torch", False),
-    # ("clarabel", False),
+    ("clarabel", False),
     ("scs", "qp"),
 ]
 EPS = {"eps": 1e-10, "max_iters": 200_000}

@@ -6,6 +6,7 @@ by its `mode=` name; the layer never branches on modes itself.
 
 from cvxlayer.solvers.admm import TorchADMM
 from cvxlayer.solvers.base import Solution, Solver, SolveSettings, Status
+from cvxlayer.solvers.clarabel_native import ClarabelSerial
 from cvxlayer.solvers.ipm import InteriorPoint
 from cvxlayer.solvers.scs_native import ScsBlock, ScsSerial
 
@@ -14,6 +15,7 @@ SOLVERS: dict[str, type] = {
     TorchADMM.name: TorchADMM,
     ScsSerial.name: ScsSerial,
     ScsBlock.name: ScsBlock,
+    ClarabelSerial.name: ClarabelSerial,
 }
 
 

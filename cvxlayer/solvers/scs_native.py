@@ -8,7 +8,6 @@ elements is contiguous, as SCS requires (all zero rows, then all nonneg rows, â€
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 
 from cvxlayer.program import ConeProgram, ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings, Status
+from cvxlayer.solvers.elementwise import as_tensor, map_chunks, worker_count
 
 # SCS 3 info["status_val"] â†¦ Status
 _SCS_STATUS = {
@@ -108,22 +108,11 @@ def _shares_matrices(program: ConeProgram) -> bool:
     return program.batch_size > 1 and all(bool((t == t[:1]).all()) for t in same)
 
 
-@functools.lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A thread pool kept for the process (starting threads per call costs more than the
-    small solves they run)."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="cvxlayer-scs")
-
-
 def _status(info: dict, max_iters: int) -> Status:
     status = _SCS_STATUS.get(int(info["status_val"]), Status.FAILURE)
     if status is Status.SOLVED_INACCURATE and int(info["iter"]) >= max_iters:
         return Status.MAX_ITERS
     return status
-
-
-def _as_tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(array, dtype=like.dtype, device=like.device)
 
 
 def _warm_arrays(warm_start: Solution | None) -> list | None:
@@ -136,7 +125,7 @@ class ScsSerial:
     """Mode "scs": native SCS on each batch element separately; per-element status.
 
     Elements are spread over `settings.threads` threads (SCS releases the GIL while it
-    iterates); one thread when `verbose`, so that SCS's log stays readable. With
+    iterates; `cvxlayer.solvers.elementwise`). With
     `settings.reuse_setup`, where every element has the same A and P (only b and c depend
     on batched parameters), each thread sets SCS up once for its contiguous share of the
     batch and only updates b and c between elements (SCS's `update`: no new factorization,
@@ -166,18 +155,14 @@ class ScsSerial:
                 out.append(_run(solver, start, program.structure.m))
             return out
 
-        threads = torch.get_num_threads() if settings.threads == -1 else settings.threads
-        workers = 1 if settings.verbose else min(len(elements), threads)
+        workers = worker_count(settings, len(elements))
         if shared:  # one share per thread: the same split, hence the same answers, each call
             chunks = np.array_split(np.arange(len(elements)), workers)
         else:
             chunks = [[i] for i in range(len(elements))]
-        if workers > 1:
-            sols = [sol for part in _pool(workers).map(run, chunks) for sol in part]
-        else:
-            sols = [sol for chunk in chunks for sol in run(chunk)]
+        sols = map_chunks(run, chunks, workers)
         st = program.structure
-        xys = _as_tensor(
+        xys = as_tensor(
             np.stack([np.concatenate((s["x"], s["y"], s["s"])) for s in sols]), program.b
         )
         return Solution(
@@ -232,9 +217,9 @@ class ScsBlock:
         like = program.b
         status = _status(sol["info"], settings.max_iters)
         return Solution(
-            x=_as_tensor(sol["x"].reshape(B, st.n), like),
-            y=_as_tensor(y.reshape(B, st.m), like),
-            s=_as_tensor(s.reshape(B, st.m), like),
+            x=as_tensor(sol["x"].reshape(B, st.n), like),
+            y=as_tensor(y.reshape(B, st.m), like),
+            s=as_tensor(s.reshape(B, st.m), like),
             status=(status,) * B,
             iterations=torch.full((B,), int(sol["info"]["iter"])),
         )

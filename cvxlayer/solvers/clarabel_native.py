@@ -1,0 +1,167 @@
+"""Mode "clarabel": Clarabel's interior point (Rust) on each batch element, over the kept
+thread pool (its solve releases the GIL).
+
+Clarabel solves the same program as SCS,  min ½xᵀPx + cᵀx  s.t.  Ax + s = b, s ∈ K, with
+dual z = y ∈ K*, and takes the same cones in the same order except one convention: a PSD
+cone's rows are the upper triangle of the matrix, column by column (SCS: the lower
+triangle), both scaled by √2 off the diagonal. `ClarabelLayout` permutes those rows once
+per structure; everything else is passed as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import clarabel
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from cvxlayer.cones.spec import psd_rows
+from cvxlayer.program import ConeProgram, ConeStructure
+from cvxlayer.solvers.base import Solution, SolveSettings, Status
+from cvxlayer.solvers.elementwise import as_tensor, map_chunks, worker_count
+
+_STATUS = {
+    "Solved": Status.SOLVED,
+    "AlmostSolved": Status.SOLVED,  # to the caller's eps (`_settings`), not to eps²
+    "PrimalInfeasible": Status.INFEASIBLE,
+    "DualInfeasible": Status.UNBOUNDED,
+    "AlmostPrimalInfeasible": Status.INFEASIBLE_INACCURATE,
+    "AlmostDualInfeasible": Status.UNBOUNDED_INACCURATE,
+    "MaxIterations": Status.MAX_ITERS,
+    "MaxTime": Status.MAX_ITERS,
+}
+# an interior point needs tens of iterations; SCS's iteration limit (100 000 by default) is
+# capped at this
+MAX_ITERS = 200
+# Clarabel's tolerances from ours as the torch interior point sets its own: at a gap μ an
+# interior point's x can still move by ~√μ (measured: Clarabel's default 1e-8 left x 1e-4
+# from the solution on an SOCP), so it aims at eps², floored where rounding stalls it
+INNER_FLOOR = 1e-13
+
+
+def _psd_upper_from_lower(side: int) -> np.ndarray:
+    """perm (psd_rows(side),): Clarabel's row k (upper triangle, column-major) is SCS's row
+    perm[k] (lower triangle, column-major) of the same symmetric matrix."""
+    first = np.concatenate(([0], np.cumsum(np.arange(side, 0, -1))))  # column j's first row
+    return np.array([first[r] + (c - r) for c in range(side) for r in range(c + 1)])
+
+
+class ClarabelLayout:
+    """A structure's cones as Clarabel's, and A's values and rows in Clarabel's row order."""
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def of(structure: ConeStructure) -> ClarabelLayout:
+        return ClarabelLayout(structure)
+
+    def __init__(self, structure: ConeStructure) -> None:
+        cones = structure.cones
+        if cones.exp_dual:
+            raise NotImplementedError(
+                "mode='clarabel' does not take dual exponential cones; use mode='scs'"
+            )
+        self.cones = (
+            ([clarabel.ZeroConeT(cones.zero)] if cones.zero else [])
+            + ([clarabel.NonnegativeConeT(cones.nonneg)] if cones.nonneg else [])
+            + [clarabel.SecondOrderConeT(k) for k in cones.soc]
+            + [clarabel.PSDTriangleConeT(k) for k in cones.psd]
+            + [clarabel.ExponentialConeT() for _ in range(cones.exp)]
+            + [clarabel.PowerConeT(a) for a in cones.power]
+        )
+        self.n, self.m = structure.n, structure.m
+        perm = np.arange(structure.m)
+        start = cones.zero + cones.nonneg + sum(cones.soc)
+        for side in cones.psd:
+            rows = psd_rows(side)
+            perm[start : start + rows] = start + _psd_upper_from_lower(side)
+            start += rows
+        self.row_perm = perm
+        a_template, p_template = structure.csc_templates
+        # A in Clarabel's rows: its values are those of ours, reordered (`value_perm`)
+        marked = a_template.copy()
+        marked.data = np.arange(structure.a_nnz, dtype=np.float64)
+        permuted = marked[perm].tocsc()
+        permuted.sort_indices()
+        self.value_perm = permuted.data.astype(np.int64)
+        self.a_template = permuted
+        self.p_template = p_template
+
+    def matrices(self, A: np.ndarray, P: np.ndarray | None) -> tuple:
+        """(P, A) as Clarabel's CSC matrices from our values A (nnz_A,), P (nnz_P,) or None."""
+        a = self.a_template.copy()
+        a.data = A[self.value_perm]
+        if P is None:
+            p = sp.csc_matrix((self.n, self.n))
+        else:
+            p = self.p_template.copy()
+            p.data = P
+        return p, a
+
+
+def _settings(settings: SolveSettings) -> clarabel.DefaultSettings:
+    out = clarabel.DefaultSettings()
+    out.verbose = settings.verbose
+    out.max_iter = min(settings.max_iters, MAX_ITERS)
+    out.tol_gap_abs = max(settings.eps_abs**2, INNER_FLOOR)
+    out.tol_gap_rel = max(settings.eps_rel**2, INNER_FLOOR)
+    out.tol_feas = max(min(settings.eps_abs, settings.eps_rel) ** 2, INNER_FLOOR)
+    out.tol_infeas_abs = out.tol_infeas_rel = settings.eps_infeas
+    # where rounding stalls it short of eps², Clarabel ends "AlmostSolved" if these hold:
+    # the caller's own tolerances, so that is a solution to them (`_STATUS`)
+    out.reduced_tol_gap_abs, out.reduced_tol_gap_rel = settings.eps_abs, settings.eps_rel
+    out.reduced_tol_feas = min(settings.eps_abs, settings.eps_rel)
+    out.reduced_tol_infeas_abs = out.reduced_tol_infeas_rel = settings.eps_infeas
+    if settings.time_limit_secs > 0:
+        out.time_limit = settings.time_limit_secs
+    return out
+
+
+class ClarabelSerial:
+    """Mode "clarabel": Clarabel on each batch element, `settings.threads` at a time.
+
+    Settings: Clarabel's gap and feasibility tolerances are eps_abs², eps_rel² (floored at
+    `INNER_FLOOR`), its certificates' eps_infeas, its iteration limit max_iters (at most
+    `MAX_ITERS`); the other SCS settings have no counterpart. Status from Clarabel's.
+    """
+
+    name = "clarabel"
+
+    def solve(
+        self, program: ConeProgram, settings: SolveSettings, warm_start: Solution | None = None
+    ) -> Solution:
+        st = program.structure
+        layout = ClarabelLayout.of(st)
+        options = _settings(settings)
+        A = program.A.detach().cpu().double().numpy()
+        b = program.b.detach().cpu().double().numpy()[:, layout.row_perm]
+        c = program.c.detach().cpu().double().numpy()
+        P = None if program.P is None else program.P.detach().cpu().double().numpy()
+
+        def run(chunk):
+            out = []
+            for i in chunk:
+                p, a = layout.matrices(A[i], None if P is None else P[i])
+                solver = clarabel.DefaultSolver(p, c[i], a, b[i], layout.cones, options)
+                sol = solver.solve()
+                out.append((np.asarray(sol.x), np.asarray(sol.z), np.asarray(sol.s), sol))
+            return out
+
+        B = program.batch_size
+        sols = map_chunks(run, [[i] for i in range(B)], worker_count(settings, B))
+        x, z, slack = (np.stack([sol[k] for sol in sols]).reshape(B, -1) for k in range(3))
+        y, s = np.empty((B, st.m)), np.empty((B, st.m))
+        y[:, layout.row_perm], s[:, layout.row_perm] = z, slack
+        status = tuple(_STATUS.get(str(sol[3].status), Status.FAILURE) for sol in sols)
+        # no solution (certificates, failures): NaN, as SCS returns
+        unsolved = [i for i, st in enumerate(status) if not st.usable]
+        x[unsolved] = y[unsolved] = s[unsolved] = np.nan
+        like = program.b
+        return Solution(
+            as_tensor(x, like),
+            as_tensor(y, like),
+            as_tensor(s, like),
+            status=status,
+            iterations=torch.tensor([sol[3].iterations for sol in sols]),
+        )

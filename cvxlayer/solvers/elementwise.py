@@ -1,0 +1,42 @@
+"""Running a native solver on each batch element over a thread pool kept for the process.
+
+The native solvers (SCS, Clarabel) release the GIL while they iterate, so one Python thread
+per core solves elements in parallel; results keep the batch order.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from cvxlayer.solvers.base import SolveSettings
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool kept for the process (starting threads per call costs more than the
+    small solves they run)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="cvxlayer-native")
+
+
+def worker_count(settings: SolveSettings, elements: int) -> int:
+    """Threads for `elements` solves: `settings.threads` (-1: torch's thread count), one
+    when `verbose` (a solver's log stays readable), never more than the elements."""
+    threads = torch.get_num_threads() if settings.threads == -1 else settings.threads
+    return 1 if settings.verbose else max(1, min(elements, threads))
+
+
+def map_chunks(run: Callable[[Sequence[int]], list], chunks: Sequence, workers: int) -> list:
+    """[run(chunk) for chunk in chunks], flattened, on `workers` threads."""
+    if workers > 1:
+        return [out for part in _pool(workers).map(run, chunks) for out in part]
+    return [out for chunk in chunks for out in run(chunk)]
+
+
+def as_tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """`array` with `like`'s dtype and device."""
+    return torch.as_tensor(array, dtype=like.dtype, device=like.device)
