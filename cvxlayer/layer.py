@@ -26,6 +26,8 @@ _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
 # mode="auto": the batched torch solver on CUDA; native SCS on the CPU, where it is faster
 # for the small and medium problems layers usually hold (docs/benchmarks.md)
 AUTO_CPU, AUTO_CUDA = "scs", "torch"
+# modes whose unconverged elements an interior point finishes before the backward
+FIRST_ORDER = ("scs", "scs-block", "torch")
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,15 @@ class SolveInfo:
         iterations: (B,) solver iterations per element.
         mode: the forward mode that ran: a fast path's name ("qp"), a generic mode, or
             "qp+scs" when the fast path left elements to the generic mode.
+        finished: per element, whether the first-order mode (native SCS, "torch") left it
+            unconverged (inaccurate, or its residuals beyond the tolerance) and native
+            Clarabel finished it before it was differentiated.
     """
 
     status: tuple[Status, ...]
     iterations: torch.Tensor
     mode: str
+    finished: tuple[bool, ...] = ()
 
     @property
     def solved(self) -> torch.Tensor:
@@ -206,7 +212,7 @@ class CvxpyLayer(torch.nn.Module):
             solution = _with_invalid_rows(
                 self.compiled, solution, keep, values, valid, options.failed_gradient
             )
-        info = SolveInfo(solution.status, solution.iterations, mode)
+        info = SolveInfo(solution.status, solution.iterations, mode, solution.finished_flags())
         if not return_status:
             _raise_on_failure(info)
         outputs = self.compiled.recover(solution.x, solution.y)
@@ -240,6 +246,7 @@ class CvxpyLayer(torch.nn.Module):
             options.settings,
             adjoint,
             failed_gradient=options.failed_gradient,
+            finisher=_finisher(mode),
         )
         return solution, mode
 
@@ -258,20 +265,30 @@ class CvxpyLayer(torch.nn.Module):
             options.settings,
             adjoint,
             failed_gradient=options.failed_gradient,
+            finisher=_finisher(mode),
         )
         return put_rows(solution, index, rest), f"{self.fast_path.name}+{mode}"
+
+
+def _finisher(mode: str):
+    """The solver that finishes what a first-order mode leaves unconverged: native
+    Clarabel (an interior point reaches the tolerance where SCS stalls); None for the
+    interior-point modes."""
+    return get_solver("clarabel") if mode in FIRST_ORDER else None
 
 
 def _concatenate(parts: list[Solution]) -> Solution:
     """The solutions of consecutive chunks of a batch as one."""
     if len(parts) == 1:
         return parts[0]
+    finished = tuple(flag for p in parts for flag in p.finished_flags())
     return Solution(
         torch.cat([p.x for p in parts]),
         torch.cat([p.y for p in parts]),
         torch.cat([p.s for p in parts]),
         tuple(status for p in parts for status in p.status),
         torch.cat([p.iterations for p in parts]),
+        finished if any(finished) else None,
     )
 
 
@@ -323,7 +340,18 @@ def _listed(info: SolveInfo, elements: list[int]) -> str:
 
 def _raise_on_failure(info: SolveInfo) -> None:
     """Raise for elements without a usable answer (infeasible, unbounded, failed); warn for
-    those returned with an inaccurate one (as cvxpylayers/diffcp do)."""
+    those returned with an inaccurate one (as cvxpylayers/diffcp do), and say how many
+    an interior point had to finish."""
+    finished = sum(info.finished)
+    if finished:
+        warnings.warn(
+            f"{finished} of {len(info.status)} batch element(s) were left unconverged by mode "
+            f"{info.mode!r} (inaccurate, or residuals beyond the tolerance) and were finished "
+            "by Clarabel before differentiation; SolveInfo.finished (return_status=True) "
+            "lists them. Raising solver_args['max_iters'] avoids the second solve.",
+            UserWarning,
+            stacklevel=3,
+        )
     failed = [i for i, s in enumerate(info.status) if not s.usable]
     if failed:
         raise SolverError(

@@ -98,3 +98,30 @@ def test_infeasible_elements_still_raise():
         warnings.simplefilter("error")  # no inaccuracy warning: a clean error
         with pytest.raises(SolverError, match="element 1: infeasible"):
             layer(torch.tensor([0.0, 2.0], dtype=torch.float64))
+
+
+def test_unconverged_scs_elements_are_finished_before_differentiation():
+    """SCS stopped at 20 iterations cannot reach eps = 1e-9 on a simplex projection: its
+    iterates are no solutions (before: returned and differentiated with a warning). Clarabel
+    finishes them (an interior point needs ~10 iterations): the outputs and gradients are
+    those of a tight solve (to 1e-7: both solutions are accurate to ~1e-9), `info.finished`
+    marks every element, and the warning says how many."""
+    layer = _box_qp()
+    x = torch.tensor([[0.3, 2.0, -1.0, 0.4], [0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    loose = {"max_iters": 20, "acceleration_lookback": 0, "eps": 1e-9}
+    tight = {"max_iters": 200_000, "eps": 1e-10}
+    results = {}
+    for name, args in (("loose", loose), ("tight", tight)):
+        leaf = x.clone().requires_grad_()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (y,), info = layer(leaf, solver_args=args, return_status=True)
+            (y,) = layer(leaf, solver_args=args)
+        (y * torch.arange(4.0, dtype=torch.float64)).sum().backward()
+        results[name] = (y.detach(), leaf.grad, info, [str(w.message) for w in caught])
+    y_loose, g_loose, info, messages = results["loose"]
+    assert info.finished == (True, True) and all(s is Status.SOLVED for s in info.status)
+    assert any(m.startswith("2 of 2 batch element(s) were left unconverged") for m in messages)
+    assert results["tight"][2].finished == (False, False)
+    torch.testing.assert_close(y_loose, results["tight"][0], atol=1e-7, rtol=0)
+    torch.testing.assert_close(g_loose, results["tight"][1], atol=1e-7, rtol=0)

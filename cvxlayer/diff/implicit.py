@@ -5,10 +5,12 @@ product of the solution map (A, b, c, P) ↦ (x, y, s) at the solution. The solv
 it is differentiated, and the adjoint never knows which solver ran (cf. jaxopt's
 `custom_root`): a new solver mode or a new backward method plugs in without touching this.
 
-Elements solved only inaccurately (a finite iterate, `Status.usable`) are differentiated at
-their iterate, as diffcp does. The others (infeasible, unbounded, failed) get a zero
-gradient, or NaN with `failed_gradient="nan"` (they are only ever returned when the caller
-asked for per-element status; otherwise the layer raises before any backward).
+Elements a first-order solver leaves unconverged are first finished by an interior point
+(`finisher`); those still solved only inaccurately (a finite iterate, `Status.usable`) are
+differentiated at their iterate, as diffcp does, with the layer's warning. The others
+(infeasible, unbounded, failed) get a zero gradient, or NaN with `failed_gradient="nan"`
+(they are only ever returned when the caller asked for per-element status; otherwise the
+layer raises before any backward).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class _ConeSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, b, c, P, structure, solver, settings, adjoint, warm_start, options):
         program = ConeProgram(structure, A, b, c, P).detach()
-        solution = solve_with_retry(solver, program, settings, warm_start)
+        finisher = options["finisher"]
+        solution = solve_with_retry(solver, program, settings, warm_start, finisher)
         options["solution"] = solution
         ctx.program, ctx.adjoint = program, adjoint
         ctx.status, ctx.iterations = solution.status, solution.iterations
@@ -78,6 +81,7 @@ def solve_and_differentiate(
     adjoint: Adjoint,
     warm_start: Solution | None = None,
     failed_gradient: str = "zero",
+    finisher: Solver | None = None,
 ) -> Solution:
     """Solve a batch with `solver`; its x, y, s are differentiable w.r.t. the program's data.
 
@@ -88,13 +92,15 @@ def solve_and_differentiate(
         adjoint: the backward method (used only if a gradient is requested).
         warm_start: optional starting point for the solver.
         failed_gradient: "zero" or "nan": the gradient given to elements not solved.
+        finisher: the solver that finishes elements `solver` leaves unconverged (an
+            interior point after a first-order method; `solve_with_retry`), or None.
 
     Returns:
         The `Solution`, with x (B, n), y (B, m), s (B, m) attached to the autograd graph.
     """
     if failed_gradient not in ("zero", "nan"):
         raise ValueError(f"failed_gradient must be 'zero' or 'nan', got {failed_gradient!r}")
-    options = {"failed_gradient": failed_gradient}
+    options = {"failed_gradient": failed_gradient, "finisher": finisher}
     x, y, s = _ConeSolve.apply(
         program.A,
         program.b,
@@ -108,4 +114,4 @@ def solve_and_differentiate(
         options,
     )
     solved = options["solution"]
-    return Solution(x, y, s, solved.status, solved.iterations)
+    return Solution(x, y, s, solved.status, solved.iterations, solved.finished)

@@ -8,8 +8,8 @@ from typing import Protocol
 
 import torch
 
-from cvxlayer.linalg import finite_rows
-from cvxlayer.program import ConeProgram
+from cvxlayer.linalg import finite_rows, inf_norm
+from cvxlayer.program import ConeProgram, SparseOps
 
 # Tolerances below this are raised to it for float32 data: its rounding error is ~1e-7
 # relative, and residuals on ill-conditioned data stall orders of magnitude above it.
@@ -108,6 +108,8 @@ class Solution:
         s: (B, m) primal slacks, s ∈ K.
         status: per-element `Status`.
         iterations: (B,) iteration counts.
+        finished: per element, whether a first-order solve left it unconverged and an
+            interior point finished it (`finish_unconverged`); None: none was.
     """
 
     x: torch.Tensor
@@ -115,17 +117,23 @@ class Solution:
     s: torch.Tensor
     status: tuple[Status, ...]
     iterations: torch.Tensor
+    finished: tuple[bool, ...] | None = None
+
+    def finished_flags(self) -> tuple[bool, ...]:
+        return self.finished or (False,) * len(self.status)
 
 
 def select_rows(solution: Solution, index: torch.Tensor) -> Solution:
     """The solution of the elements at `index` (B',)."""
-    picked = [solution.status[i] for i in index.tolist()]
+    rows = index.tolist()
+    flags = solution.finished_flags()
     return Solution(
         solution.x[index],
         solution.y[index],
         solution.s[index],
-        tuple(picked),
+        tuple(solution.status[i] for i in rows),
         solution.iterations[index.cpu()],
+        tuple(flags[i] for i in rows),
     )
 
 
@@ -143,15 +151,44 @@ class Solver(Protocol):
     ) -> Solution: ...
 
 
+# an element "solved" by a first-order method whose residuals exceed its tolerance by more
+# than this factor is no solution (SCS checks the unscaled residuals itself: only a wrong
+# report or a returned non-converged iterate exceeds it)
+RESIDUAL_SLACK = 10.0
+
+
+def violates_tolerance(program: ConeProgram, solution: Solution, settings: SolveSettings):
+    """(B,) bool: the primal or dual residual of (x, y, s) exceeds `RESIDUAL_SLACK` times
+    SCS's tolerance, ‖Ax + s − b‖∞ > eps_abs + eps_rel·max(‖Ax‖∞, ‖s‖∞, ‖b‖∞) (and
+    ‖Px + Aᵀy + c‖∞ likewise); NaN counts as exceeding."""
+    ops = SparseOps.of(program.structure, program.b.device)
+    x, y, s = solution.x, solution.y, solution.s
+    Ax, Aty, Px = ops.a(program.A, x), ops.at(program.A, y), ops.p(program.P, x)
+
+    def exceeds(residual, *parts):
+        scale = torch.stack([inf_norm(p) for p in parts]).amax(0)
+        bound = RESIDUAL_SLACK * (settings.eps_abs + settings.eps_rel * scale)
+        return ~(inf_norm(residual) <= bound)
+
+    primal = exceeds(Ax + s - program.b, Ax, s, program.b)
+    dual = exceeds(Px + Aty + program.c, Px, Aty, program.c)
+    return primal | dual
+
+
 def solve_with_retry(
     solver: Solver,
     program: ConeProgram,
     settings: SolveSettings,
     warm_start: Solution | None = None,
+    finisher: Solver | None = None,
 ) -> Solution:
     """`solver.solve`, with diffcp's policy for inaccurate elements: those are solved once
     more without Anderson acceleration (sometimes unstable), and the retry's answer is kept
-    where it is accurate. An iterate with NaN or inf is a failure, whatever the solver said.
+    where it is accurate. Then, with a `finisher` (an interior point, for first-order
+    solvers), elements still inaccurate, or "solved" with residuals beyond the tolerance,
+    are solved by it, and its answer kept where it is accurate: a gradient is taken at a
+    solution, not at an unconverged iterate. An iterate with NaN or inf is a failure,
+    whatever the solver said.
     """
     solution = solver.solve(program, settings, warm_start)
     inaccurate = [i for i, st in enumerate(solution.status) if st.usable and not st.ok]
@@ -164,22 +201,45 @@ def solve_with_retry(
         better = [k for k, st in enumerate(again.status) if st.ok]
         if better:
             solution = put_rows(solution, index[better], select_rows(again, torch.tensor(better)))
+    if finisher is not None:
+        solution = _finish(finisher, program, solution, settings)
     finite = finite_rows(torch.cat([solution.x, solution.y, solution.s], 1))
     if not all(finite):
         status = tuple(
             st if ok or not st.usable else Status.FAILURE for st, ok in zip(solution.status, finite)
         )
-        solution = Solution(solution.x, solution.y, solution.s, status, solution.iterations)
+        solution = replace(solution, status=status)
     return solution
+
+
+def _finish(
+    finisher: Solver, program: ConeProgram, solution: Solution, settings: SolveSettings
+) -> Solution:
+    """`solution` with its unconverged elements (inaccurate, or beyond the tolerance while
+    "solved") solved again by `finisher`, where it solves them accurately."""
+    usable = torch.tensor([st.usable for st in solution.status], device=program.b.device)
+    ok = torch.tensor([st.ok for st in solution.status], device=program.b.device)
+    suspect = usable & (~ok | violates_tolerance(program, solution, settings))
+    if not bool(suspect.any()):
+        return solution
+    index = suspect.nonzero().flatten()
+    again = finisher.solve(program.select(index), settings)
+    better = [k for k, st in enumerate(again.status) if st.ok]
+    if not better:
+        return solution
+    done = select_rows(again, torch.tensor(better))
+    done = replace(done, finished=(True,) * len(better))
+    return put_rows(solution, index[better], done)
 
 
 def put_rows(base: Solution, index: torch.Tensor, part: Solution) -> Solution:
     """`base` with its rows at `index` replaced by `part`'s (differentiably); their status
-    becomes `part`'s and their iteration counts add up."""
-    status = list(base.status)
+    and finished flags become `part`'s and their iteration counts add up."""
+    status, finished = list(base.status), list(base.finished_flags())
+    part_finished = part.finished_flags()
     iterations = base.iterations.clone()
     for k, i in enumerate(index.tolist()):
-        status[i] = part.status[k]
+        status[i], finished[i] = part.status[k], part_finished[k]
         iterations[i] += part.iterations[k]
     return Solution(
         *(
@@ -188,4 +248,5 @@ def put_rows(base: Solution, index: torch.Tensor, part: Solution) -> Solution:
         ),
         tuple(status),
         iterations,
+        tuple(finished) if any(finished) else None,
     )

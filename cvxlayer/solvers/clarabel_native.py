@@ -31,6 +31,8 @@ _STATUS = {
     "AlmostDualInfeasible": Status.UNBOUNDED_INACCURATE,
     "MaxIterations": Status.MAX_ITERS,
     "MaxTime": Status.MAX_ITERS,
+    # stalled short of the caller's eps (rounding): its best iterate, with the warning
+    "InsufficientProgress": Status.SOLVED_INACCURATE,
 }
 # an interior point needs tens of iterations; SCS's iteration limit (100 000 by default) is
 # capped at this
@@ -38,7 +40,7 @@ MAX_ITERS = 200
 # Clarabel's tolerances from ours as the torch interior point sets its own: at a gap μ an
 # interior point's x can still move by ~√μ (measured: Clarabel's default 1e-8 left x 1e-4
 # from the solution on an SOCP), so it aims at eps², floored where rounding stalls it
-INNER_FLOOR = 1e-13
+INNER_FLOOR = 1e-10
 
 
 def _psd_upper_from_lower(side: int) -> np.ndarray:
