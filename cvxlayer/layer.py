@@ -26,6 +26,10 @@ _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
 # mode="auto": the batched torch solver on CUDA; native SCS on the CPU, where it is faster
 # for the small and medium problems layers usually hold (docs/benchmarks.md)
 AUTO_CPU, AUTO_CUDA = "scs", "torch"
+# fast paths a generic mode beats wherever the path's own rule (measured against native
+# SCS) would take it: the QP path's batched interior point took 0.6 s where native Clarabel
+# took 0.05 s (a 20-asset trading policy, B = 32; bench/policy_rollout.py)
+_SLOWER_THAN = {"clarabel": ("qp",)}
 # modes whose unconverged elements an interior point finishes before the backward
 FIRST_ORDER = ("scs", "scs-block", "torch")
 
@@ -237,7 +241,11 @@ class CvxpyLayer(torch.nn.Module):
         """(Solution, mode that ran) for a batch of θ̃ (B, d)."""
         path = self.fast_path
         if path is not None and (
-            self._fast_path_named or path.pays_off(theta.shape[0], theta.device)
+            self._fast_path_named
+            or (
+                path.pays_off(theta.shape[0], theta.device)
+                and path.name not in _SLOWER_THAN.get(mode, ())
+            )
         ):
             return self._solve_fast(theta, options, adjoint, mode)
         solution = solve_and_differentiate(

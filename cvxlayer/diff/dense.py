@@ -53,15 +53,21 @@ def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor
     J is singular.
 
     J is singular where the solution is not unique or not strictly complementary (a
-    degenerate program), and rounding then leaves LU a pivot of order ε‖J‖ instead of 0:
-    its solve would be of order 1/ε (gradients of 1e16 in training). A pivot below
-    N·ε times the largest one counts as singular, as pinv's default cut-off does.
+    degenerate program), and rounding then leaves LU a pivot of order ε‖J‖ instead of 0.
+    Where rhs lies in J's range the LU solve is still fine (the usual case: degenerate
+    interior-point solutions of trading policies); where it does not, the solve is of
+    order 1/ε (gradients of 1e16 in a supply-chain policy's training). So an element goes
+    to pinv when it has a pivot below N·ε times the largest (pinv's own cut-off) and its
+    solve amplifies rhs by more than 1/√ε relative to J's scale.
     """
     LU, pivots, info = lu_factor(Jt)
-    diag = LU.diagonal(dim1=1, dim2=2).abs()
-    cutoff = Jt.shape[-1] * torch.finfo(Jt.dtype).eps * diag.amax(1)
-    singular = (info.to(Jt.device) != 0) | (diag.amin(1) <= cutoff)
     r = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+    diag = LU.diagonal(dim1=1, dim2=2).abs()
+    largest = diag.amax(1)
+    eps = torch.finfo(Jt.dtype).eps
+    tiny_pivot = diag.amin(1) <= Jt.shape[-1] * eps * largest
+    amplified = r.abs().amax(1) * largest > rhs.abs().amax(1) / eps**0.5
+    singular = (info.to(Jt.device) != 0) | (tiny_pivot & amplified)
     if bool(singular.any()) or not all(finite_rows(r)):
         bad = singular | ~torch.isfinite(r).all(1)
         r[bad] = (torch.linalg.pinv(Jt[bad]) @ rhs[bad].unsqueeze(-1)).squeeze(-1)
