@@ -26,10 +26,6 @@ _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
 # mode="auto": the batched torch solver on CUDA; native SCS on the CPU, where it is faster
 # for the small and medium problems layers usually hold (docs/benchmarks.md)
 AUTO_CPU, AUTO_CUDA = "scs", "torch"
-# fast paths a generic mode beats wherever the path's own rule (measured against native
-# SCS) would take it: the QP path's batched interior point took 0.6 s where native Clarabel
-# took 0.05 s (a 20-asset trading policy, B = 32; bench/policy_rollout.py)
-_SLOWER_THAN = {"clarabel": ("qp",)}
 # modes whose unconverged elements an interior point finishes before the backward
 FIRST_ORDER = ("scs", "scs-block", "torch")
 
@@ -241,11 +237,7 @@ class CvxpyLayer(torch.nn.Module):
         """(Solution, mode that ran) for a batch of θ̃ (B, d)."""
         path = self.fast_path
         if path is not None and (
-            self._fast_path_named
-            or (
-                path.pays_off(theta.shape[0], theta.device)
-                and path.name not in _SLOWER_THAN.get(mode, ())
-            )
+            self._fast_path_named or path.pays_off(theta.shape[0], theta.device, mode)
         ):
             return self._solve_fast(theta, options, adjoint, mode)
         solution = solve_and_differentiate(
@@ -289,14 +281,13 @@ def _concatenate(parts: list[Solution]) -> Solution:
     """The solutions of consecutive chunks of a batch as one."""
     if len(parts) == 1:
         return parts[0]
-    finished = tuple(flag for p in parts for flag in p.finished_flags())
     return Solution(
         torch.cat([p.x for p in parts]),
         torch.cat([p.y for p in parts]),
         torch.cat([p.s for p in parts]),
         tuple(status for p in parts for status in p.status),
         torch.cat([p.iterations for p in parts]),
-        finished if any(finished) else None,
+        tuple(flag for p in parts for flag in p.finished_flags()),
     )
 
 

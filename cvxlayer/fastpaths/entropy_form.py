@@ -166,7 +166,7 @@ class EntropyForm:
             compiled.structure.m,
         )
 
-    def pays_off(self, batch: int, device: torch.device) -> bool:
+    def pays_off(self, batch: int, device: torch.device, mode: str) -> bool:
         """Always: a closed form or a recursion costs less than any generic solve."""
         return True
 

@@ -185,7 +185,7 @@ class LQRForm:
         linear = compiled.param_map.linear.restrict(flat)
         return cls(st, n, m, T, x_cols, e_cols, e_rows, init_rows, dyn_rows, shapes, linear)
 
-    def pays_off(self, batch: int, device: torch.device) -> bool:
+    def pays_off(self, batch: int, device: torch.device, mode: str) -> bool:
         """Always: a closed form or a recursion costs less than any generic solve."""
         return True
 

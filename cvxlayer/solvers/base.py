@@ -109,7 +109,7 @@ class Solution:
         status: per-element `Status`.
         iterations: (B,) iteration counts.
         finished: per element, whether a first-order solve left it unconverged and an
-            interior point finished it (`finish_unconverged`); None: none was.
+            interior point finished it (`solve_with_retry`); None: none was.
     """
 
     x: torch.Tensor
@@ -198,11 +198,16 @@ def solve_with_retry(
         again = solver.solve(
             program.select(index), replace(settings, acceleration_lookback=0), warm
         )
-        better = [k for k, st in enumerate(again.status) if st.ok]
-        if better:
-            solution = put_rows(solution, index[better], select_rows(again, torch.tensor(better)))
+        solution = _keep_accurate(solution, index, again)
     if finisher is not None:
-        solution = _finish(finisher, program, solution, settings)
+        usable = torch.tensor([st.usable for st in solution.status], device=program.b.device)
+        ok = torch.tensor([st.ok for st in solution.status], device=program.b.device)
+        suspect = usable & (~ok | violates_tolerance(program, solution, settings))
+        if bool(suspect.any()):
+            index = suspect.nonzero().flatten()
+            again = finisher.solve(program.select(index), settings)
+            again = replace(again, finished=(True,) * len(again.status))
+            solution = _keep_accurate(solution, index, again)
     finite = finite_rows(torch.cat([solution.x, solution.y, solution.s], 1))
     if not all(finite):
         status = tuple(
@@ -212,24 +217,12 @@ def solve_with_retry(
     return solution
 
 
-def _finish(
-    finisher: Solver, program: ConeProgram, solution: Solution, settings: SolveSettings
-) -> Solution:
-    """`solution` with its unconverged elements (inaccurate, or beyond the tolerance while
-    "solved") solved again by `finisher`, where it solves them accurately."""
-    usable = torch.tensor([st.usable for st in solution.status], device=program.b.device)
-    ok = torch.tensor([st.ok for st in solution.status], device=program.b.device)
-    suspect = usable & (~ok | violates_tolerance(program, solution, settings))
-    if not bool(suspect.any()):
-        return solution
-    index = suspect.nonzero().flatten()
-    again = finisher.solve(program.select(index), settings)
+def _keep_accurate(solution: Solution, index: torch.Tensor, again: Solution) -> Solution:
+    """`solution` with its rows at `index` replaced by `again`'s where `again` is accurate."""
     better = [k for k, st in enumerate(again.status) if st.ok]
     if not better:
         return solution
-    done = select_rows(again, torch.tensor(better))
-    done = replace(done, finished=(True,) * len(better))
-    return put_rows(solution, index[better], done)
+    return put_rows(solution, index[better], select_rows(again, torch.tensor(better)))
 
 
 def put_rows(base: Solution, index: torch.Tensor, part: Solution) -> Solution:
@@ -248,5 +241,5 @@ def put_rows(base: Solution, index: torch.Tensor, part: Solution) -> Solution:
         ),
         tuple(status),
         iterations,
-        tuple(finished) if any(finished) else None,
+        tuple(finished),
     )

@@ -72,7 +72,6 @@ class ClarabelLayout:
             + [clarabel.ExponentialConeT() for _ in range(cones.exp)]
             + [clarabel.PowerConeT(a) for a in cones.power]
         )
-        self.n, self.m = structure.n, structure.m
         perm = np.arange(structure.m)
         start = cones.zero + cones.nonneg + sum(cones.soc)
         for side in cones.psd:
@@ -88,17 +87,17 @@ class ClarabelLayout:
         permuted.sort_indices()
         self.value_perm = permuted.data.astype(np.int64)
         self.a_template = permuted
-        self.p_template = p_template
+        n = structure.n
+        self.p_template = sp.csc_matrix((n, n)) if p_template is None else p_template
 
     def matrices(self, A: np.ndarray, P: np.ndarray | None) -> tuple:
         """(P, A) as Clarabel's CSC matrices from our values A (nnz_A,), P (nnz_P,) or None."""
         a = self.a_template.copy()
         a.data = A[self.value_perm]
         if P is None:
-            p = sp.csc_matrix((self.n, self.n))
-        else:
-            p = self.p_template.copy()
-            p.data = P
+            return self.p_template, a
+        p = self.p_template.copy()
+        p.data = P
         return p, a
 
 
@@ -157,7 +156,7 @@ class ClarabelSerial:
         y[:, layout.row_perm], s[:, layout.row_perm] = z, slack
         status = tuple(_STATUS.get(str(sol[3].status), Status.FAILURE) for sol in sols)
         # no solution (certificates, failures): NaN, as SCS returns
-        unsolved = [i for i, st in enumerate(status) if not st.usable]
+        unsolved = [i for i, element in enumerate(status) if not element.usable]
         x[unsolved] = y[unsolved] = s[unsolved] = np.nan
         like = program.b
         return Solution(
