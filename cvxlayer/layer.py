@@ -373,6 +373,20 @@ def _raise_on_failure(info: SolveInfo) -> None:
         )
 
 
+def _warn_if_asymmetric(name: str, value: torch.Tensor) -> None:
+    """Warn when a symmetric/PSD parameter's (B, k, k) value is not symmetric (to rounding)."""
+    with torch.no_grad():
+        gap = (value - value.transpose(-1, -2)).abs().amax()
+        scale = value.abs().amax()
+        if gap > 100 * torch.finfo(value.dtype).eps * scale:
+            warnings.warn(
+                f"parameter '{name}' is declared symmetric/PSD but its value is not symmetric "
+                f"(max |C - Cᵀ| = {float(gap):.2e}); cvxlayer uses its upper triangle, "
+                "mirrored (cvxpy's and cvxpylayers' convention)",
+                stacklevel=6,  # the user's line: through nn.Module.__call__ and forward
+            )
+
+
 def _prepare_parameters(
     compiled: CompiledProblem, params: Sequence[torch.Tensor], allow_invalid: bool = False
 ) -> tuple[list[torch.Tensor], bool]:
@@ -432,6 +446,8 @@ def _prepare_parameters(
                 "to solve the other elements and get status 'invalid_input' for these)"
             )
         value = value.to(dtype)
+        if slot.symmetric:
+            _warn_if_asymmetric(slot.name, value)
         if k not in batch_sizes:
             value = value.unsqueeze(0).expand(B, *slot.shape)
         values.append(value)

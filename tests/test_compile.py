@@ -1,7 +1,10 @@
 """The compile stage against cvxpy's own numbers."""
 
+import warnings
+
 import cvxpy as cp
 import numpy as np
+import pytest
 import torch
 from problems import CASES, solve_reference
 
@@ -59,12 +62,36 @@ def test_lowered_variables_are_recovered():
     np.testing.assert_allclose(X_out.numpy(), X.value, atol=1e-5)
 
 
-def test_symmetric_parameter_gets_symmetric_gradient():
+def test_symmetric_parameter_reads_its_upper_triangle():
+    """cvxpylayers' convention: a non-symmetric value of a symmetric parameter is its upper
+    triangle mirrored (with a warning); the gradient is the sensitivity to C_ij (i ≤ j) with
+    both mirrored entries moving, zero below the diagonal. Checked by gradcheck on every
+    entry of a non-symmetric value (central differences, step 1e-6: error ~h² + eps/h)."""
     case = CASES["psd"]
     layer = CvxpyLayer(case.problem, case.parameters, case.variables)
-    C, t = (torch.as_tensor(v).requires_grad_() for v in case.draw(np.random.default_rng(11)))
-    (X,) = layer(C, t, solver_args={"eps": 1e-10})
-    (X * torch.arange(9.0, dtype=torch.float64).reshape(3, 3)).sum().backward()
-    torch.testing.assert_close(C.grad, C.grad.T)
-    (ref,) = solve_reference(case, [C.detach().numpy(), t.detach().numpy()])
-    np.testing.assert_allclose(X.detach().numpy(), ref, atol=1e-5)
+    C, t = (torch.as_tensor(v) for v in case.draw(np.random.default_rng(11)))
+    upper = torch.triu(C)
+    mirrored = upper + upper.T - torch.diag(torch.diag(C))
+    skewed = mirrored + torch.tril(torch.ones(3, 3, dtype=torch.float64), -1)
+    args = {"eps": 1e-10}
+    with pytest.warns(UserWarning, match="upper triangle"):
+        (X_skewed,) = layer(skewed, t, solver_args=args)
+    (X,) = layer(mirrored, t, solver_args=args)
+    torch.testing.assert_close(X_skewed, X, atol=1e-9, rtol=0)
+    (ref,) = solve_reference(case, [mirrored.numpy(), t.numpy()])
+    np.testing.assert_allclose(X.numpy(), ref, atol=1e-5)
+
+    leaf = skewed.clone().requires_grad_()
+    (out,) = layer(leaf, t, solver_args=args)
+    weights = torch.arange(9.0, dtype=torch.float64).reshape(3, 3)
+    (out * weights).sum().backward()
+    assert torch.all(torch.tril(leaf.grad, -1) == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.autograd.gradcheck(
+            lambda c: (layer(c, t, solver_args=args)[0] * weights).sum(),
+            (skewed.clone().requires_grad_(),),
+            eps=1e-6,
+            atol=1e-5,
+            rtol=1e-4,
+        )

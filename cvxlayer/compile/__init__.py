@@ -32,6 +32,7 @@ class ParameterSlot:
     shape: tuple[int, ...]
     param_id: int = -1  # the cvxpy Parameter's id
     log: bool = False  # geometric programs: θ̃ holds log(θ)
+    symmetric: bool = False  # symmetric/PSD/NSD: only the upper triangle is read
 
 
 def _vec_f(value: torch.Tensor) -> torch.Tensor:
@@ -111,9 +112,11 @@ def _parameter_columns(
     """Our θ̃ (the user's parameters, full size, in the user's order, then 1) ↦ cvxpy's θ̃.
 
     cvxpy lowers parameters with dimension-reducing attributes (symmetric, PSD, diag) to
-    their free entries. We lower by least squares, the average of the full entries that
-    share a lowered entry (C_ij and C_ji), so gradients of symmetric parameters are
-    symmetric.
+    their free entries. Where two full entries share a lowered one (C_ij and C_ji of a
+    symmetric C), we read the upper triangle (i ≤ j), as cvxpy's `lower_value` and
+    cvxpylayers do: a non-symmetric value means the matrix with its upper triangle
+    mirrored, and the gradient of C_ij (i < j) is the whole sensitivity to both entries,
+    with zeros below the diagonal.
 
     For a geometric program (`log_ids`: parameter id ↦ the id of its log in the convex
     form), the slots are marked `log` and θ̃ holds log θ.
@@ -138,12 +141,17 @@ def _parameter_columns(
             target = param_id_map[param.id][0]
             local = expansion_index(param, param_prob.param_id_to_size[target])
         full = np.flatnonzero(local >= 0)
-        counts = np.bincount(local[full])
+        shared = np.bincount(local[full])[local[full]] > 1
+        if shared.any():  # symmetric: keep row ≤ column (vec_F index = row + column·k)
+            k = param.shape[0]
+            full = full[~shared | (full % k <= full // k)]
         rows.append(param_prob.param_id_to_col[target] + local[full])
         cols.append(offset + full)
-        vals.append(1.0 / counts[local[full]])
+        vals.append(np.ones(full.size))
         shape = tuple(int(d) for d in param.shape)
-        slots.append(ParameterSlot(param.name(), shape, param.id, param.id in log_ids))
+        slots.append(
+            ParameterSlot(param.name(), shape, param.id, param.id in log_ids, bool(shared.any()))
+        )
         offset += param.size
     p_cvxpy = param_prob.total_param_size
     rows.append([p_cvxpy])
