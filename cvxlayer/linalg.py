@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import scipy.linalg
 import torch
 
 # On the CPU, batched LU factorizations run one element at a time: torch 2.13's MKL build,
@@ -19,6 +21,18 @@ def lu_factor(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         return torch.linalg.lu_factor_ex(M)
     parts = [torch.linalg.lu_factor_ex(M[i]) for i in range(M.shape[0])]
     return tuple(torch.stack(t) for t in zip(*parts))
+
+
+def min_norm_solve(M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """The minimum-norm least-squares solution r of M r = rhs, M (N, N), rhs (N,); singular
+    values below N·ε·σ_max count as zero (pinv's cut-off).
+
+    LAPACK's complete orthogonal factorization (xGELSY, QR with column pivoting) through
+    scipy, ~4× faster than an SVD. torch's batched "gelsy" driver is not used: measured on
+    rank-deficient residual-map Jacobians, it returned residuals of 5e-2 where this call
+    returns 1e-15."""
+    cutoff = M.shape[-1] * np.finfo(M.dtype).eps
+    return scipy.linalg.lstsq(M, rhs, cond=cutoff, lapack_driver="gelsy", check_finite=False)[0]
 
 
 def mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -24,12 +24,15 @@ Two ways to solve Jᵀ r = rhs for the whole batch, on the data's device:
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.linalg
 import torch
 
 from cvxlayer.cones.projections import ConeProjector
-from cvxlayer.linalg import finite_rows, lu_factor
+from cvxlayer.linalg import min_norm_solve
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
+from cvxlayer.solvers.elementwise import map_chunks
 
 
 def residual_jacobian_t(A, P, D) -> torch.Tensor:
@@ -57,21 +60,52 @@ def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor
     Where rhs lies in J's range the LU solve is still fine (the usual case: degenerate
     interior-point solutions of trading policies); where it does not, the solve is of
     order 1/ε (gradients of 1e16 in a supply-chain policy's training). So an element goes
-    to pinv when it has a pivot below N·ε times the largest (pinv's own cut-off) and its
-    solve amplifies rhs by more than 1/√ε relative to J's scale.
+    to the minimum-norm solve when LU meets an exact zero pivot, or a pivot below N·ε times
+    the largest (pinv's own cut-off) while its solve amplifies rhs by more than 1/√ε
+    relative to J's scale (`_unreliable`).
+
+    On the CPU each element is factored by LAPACK on its own, over torch's thread count
+    (a batched CPU factorization is a loop over elements anyway); on CUDA, batched.
     """
-    LU, pivots, info = lu_factor(Jt)
-    r = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
-    diag = LU.diagonal(dim1=1, dim2=2).abs()
-    largest = diag.amax(1)
-    eps = torch.finfo(Jt.dtype).eps
-    tiny_pivot = diag.amin(1) <= Jt.shape[-1] * eps * largest
-    amplified = r.abs().amax(1) * largest > rhs.abs().amax(1) / eps**0.5
-    singular = (info.to(Jt.device) != 0) | (tiny_pivot & amplified)
-    if bool(singular.any()) or not all(finite_rows(r)):
-        bad = singular | ~torch.isfinite(r).all(1)
-        r[bad] = (torch.linalg.pinv(Jt[bad]) @ rhs[bad].unsqueeze(-1)).squeeze(-1)
-    return r
+    if Jt.is_cuda:
+        LU, pivots, info = torch.linalg.lu_factor_ex(Jt)
+        r = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+        pivot = LU.diagonal(dim1=1, dim2=2).abs()
+        bad = (info != 0) | ~torch.isfinite(r).all(1)
+        eps = torch.finfo(Jt.dtype).eps
+        bad |= _unreliable(
+            pivot.amin(1), pivot.amax(1), r.abs().amax(1), rhs.abs().amax(1), Jt.shape[-1], eps
+        )
+        if bool(bad.any()):
+            r[bad] = (torch.linalg.pinv(Jt[bad]) @ rhs[bad].unsqueeze(-1)).squeeze(-1)
+        return r
+    M, b = Jt.detach().numpy(), rhs.detach().numpy()
+    getrf, getrs = scipy.linalg.get_lapack_funcs(("getrf", "getrs"), (M,))
+    size, eps = M.shape[-1], np.finfo(M.dtype).eps
+    r = np.empty_like(b)
+
+    def run(chunk):
+        for i in chunk:
+            lu, piv, info = getrf(M[i])
+            if info == 0:
+                r[i] = getrs(lu, piv, b[i])[0]
+                pivot = np.abs(np.diag(lu))
+                if np.isfinite(r[i]).all() and not _unreliable(
+                    pivot.min(), pivot.max(), np.abs(r[i]).max(), np.abs(b[i]).max(), size, eps
+                ):
+                    continue
+            r[i] = min_norm_solve(M[i], b[i])
+        return []
+
+    workers = max(1, min(torch.get_num_threads(), M.shape[0]))
+    map_chunks(run, np.array_split(np.arange(M.shape[0]), workers), workers)
+    return torch.as_tensor(r)
+
+
+def _unreliable(min_pivot, max_pivot, r_max, rhs_max, size: int, eps: float):
+    """Whether an LU solve of a size × size system can be 1/ε wrong (numpy or torch values,
+    per element): a pivot ≤ size·ε·max pivot and ‖r‖∞·max pivot > ‖rhs‖∞/√ε."""
+    return (min_pivot <= size * eps * max_pivot) & (r_max * max_pivot > rhs_max / eps**0.5)
 
 
 def lsqr(op, op_t, rhs: torch.Tensor, tol: float = 1e-10, max_iters: int | None = None):
