@@ -75,8 +75,42 @@ def dense_qp(batch: int = 128, n: int = 100, m: int = 100, seed: int = 0) -> Tas
     )
 
 
+def box_qp_uniform(batch: int = 128, n: int = 100, seed: int = 11) -> Task:
+    """T2: min ½‖Ux‖² + qᵀx + ½·1e-3‖x‖²  s.t. |x| ≤ 1, with U uniform on [0, 1] and
+    q = 10·randn per element (Q = UᵀU + 1e-3·I: ~63% of the bounds active)."""
+    g = _gen(seed)
+    U = cp.Parameter((n, n))
+    q = cp.Parameter(n)
+    x = cp.Variable(n)
+    eps = 1e-3
+    problem = cp.Problem(
+        cp.Minimize(0.5 * cp.sum_squares(U @ x) + q @ x + 0.5 * eps * cp.sum_squares(x)),
+        [x <= 1, x >= -1],
+    )
+    Uv = torch.rand(batch, n, n, generator=g, dtype=torch.float64)
+    qv = 10 * torch.randn(batch, n, generator=g, dtype=torch.float64)
+
+    def qpth_args(vals):
+        Uq, qq = vals
+        eye = torch.eye(n, dtype=Uq.dtype)
+        empty = torch.empty(0, dtype=Uq.dtype)
+        ones = torch.ones(2 * n, dtype=Uq.dtype)
+        return _qpth_q(Uq, eps), qq, torch.cat([eye, -eye]), ones, empty, empty
+
+    return Task(
+        "T2",
+        f"box QP, Q = UᵀU + 1e-3·I, U uniform, q = 10·randn, n={n} B={batch}",
+        problem,
+        [U, q],
+        x,
+        [Uv, qv],
+        qpth_args,
+        ("cvxpylayers", "qpth", "proxsuite", "osqp"),
+    )
+
+
 def box_qp(batch: int = 128, n: int = 100, seed: int = 1) -> Task:
-    """T2: min ½‖Lx‖² + pᵀx + ½ε‖x‖²  s.t. −1 ≤ x ≤ 1."""
+    """T2-normal (the earlier T2): min ½‖Lx‖² + pᵀx + ½ε‖x‖²  s.t. −1 ≤ x ≤ 1."""
     g = _gen(seed)
     L = cp.Parameter((n, n))
     p = cp.Parameter(n)
@@ -103,8 +137,8 @@ def box_qp(batch: int = 128, n: int = 100, seed: int = 1) -> Task:
         )
 
     return Task(
-        "T2",
-        f"box QP n={n} B={batch}",
+        "T2-normal",
+        f"box QP, L normal, n={n} B={batch}",
         problem,
         [L, p],
         x,
@@ -248,7 +282,8 @@ def lml_projection(batch: int = 128, d: int = 1000, k: int = 5, seed: int = 6) -
 
 TASKS: dict[str, Callable[..., Task]] = {
     "T1": dense_qp,
-    "T2": box_qp,
+    "T2": box_qp_uniform,
+    "T2-normal": box_qp,
     "T5-soc": ellipsoid_projection,
     "T5a": soc_projection,
     "T5b": entropy_projection,

@@ -51,7 +51,11 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     half = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     _train(model, x[half], target[half])
     torch.save(model.module.linear.state_dict(), f"{out_file}.{rank}")
+    dist.barrier()
     dist.destroy_process_group()
+    # Leave without C++ static destructors: gloo's teardown once aborted a finished worker
+    # in CI ("terminate called without an active exception"); the results are on disk.
+    os._exit(0)
 
 
 def test_ddp_two_processes_match_one_process_on_the_whole_batch():

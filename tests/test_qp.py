@@ -39,16 +39,20 @@ def _clarabel_qp(Q, q, G, h, A, b):
     return x.value
 
 
+METHODS = ["active_set", "ipm"]
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(6, 5, 2), (6, 8, 0), (6, 0, 3), (5, 0, 0)])
-def test_solve_qp_matches_clarabel(shape):
+def test_solve_qp_matches_clarabel(shape, method):
     n, m, p = shape
     data = _random_qp(np.random.default_rng(0), n, m, p)
-    z, status, iterations = solve_qp(*data, eps=1e-10, return_status=True)
+    z, status, iterations = solve_qp(*data, eps=1e-10, return_status=True, method=method)
     assert all(s is Status.SOLVED for s in status)
     for i in range(z.shape[0]):
         ref = _clarabel_qp(*(t[i].numpy() for t in data))
         np.testing.assert_allclose(z[i].numpy(), ref, atol=1e-6)
-    if m == 0:  # an equality-only QP is one KKT solve, plus refinement by the same factor
+    if m == 0 and method == "ipm":  # one KKT solve, plus refinement by the same factor
         assert int(iterations.max()) <= 3
 
 
@@ -70,15 +74,17 @@ def test_solve_qp_shared_arguments_broadcast_and_unbatched_call():
     assert single.shape == (Q.shape[-1],)
 
 
-def test_solve_qp_gradcheck():
+@pytest.mark.parametrize("method", METHODS)
+def test_solve_qp_gradcheck(method):
     data = _random_qp(np.random.default_rng(2), n=4, m=3, p=1, batch=2)
     leaves = tuple(t.clone().requires_grad_() for t in data)
     assert torch.autograd.gradcheck(
-        lambda *a: solve_qp(*a, eps=1e-10), leaves, atol=1e-4, rtol=1e-3
+        lambda *a: solve_qp(*a, eps=1e-10, method=method), leaves, atol=1e-4, rtol=1e-3
     )
 
 
-def test_solve_qp_gradients_of_duals_match_finite_differences():
+@pytest.mark.parametrize("method", METHODS)
+def test_solve_qp_gradients_of_duals_match_finite_differences(method):
     """λ and ν are differentiable too (through the layer's y)."""
     from cvxlayer.fastpaths.qp import QPData, qp_solve_differentiable
 
@@ -89,7 +95,8 @@ def test_solve_qp_gradients_of_duals_match_finite_differences():
     ]
 
     def loss(h):
-        z, lam, nu, _ = qp_solve_differentiable(QPData(*data[:3], h, *data[4:]), 1e-11, 1e-11)
+        qp = QPData(*data[:3], h, *data[4:])
+        z, lam, nu, _ = qp_solve_differentiable(qp, 1e-11, 1e-11, method=method)
         return sum((w * t).sum() for w, t in zip(weights, (z, lam, nu)))
 
     h = data[3].clone().requires_grad_()
@@ -100,7 +107,8 @@ def test_solve_qp_gradients_of_duals_match_finite_differences():
     torch.testing.assert_close((h.grad * direction).sum(), fd, atol=1e-5, rtol=1e-4)
 
 
-def test_solve_qp_errors():
+@pytest.mark.parametrize("method", METHODS)
+def test_solve_qp_errors(method):
     Q, q, G, h, A, b = _random_qp(np.random.default_rng(4))
     with pytest.raises(ValueError, match="G with h"):
         solve_qp(Q, q, G)
@@ -114,17 +122,20 @@ def test_solve_qp_errors():
     h_box = torch.ones(3, 12, dtype=torch.float64)
     h_box[1, :6], h_box[1, 6:] = -1.0, -2.0  # element 1: x ≤ −1 and x ≥ 2
     with pytest.raises(SolverError, match="element"):
-        solve_qp(Q, q, G_box, h_box)
-    z, status, _ = solve_qp(Q, q, G_box, h_box, return_status=True)
+        solve_qp(Q, q, G_box, h_box, method=method)
+    z, status, _ = solve_qp(Q, q, G_box, h_box, return_status=True, method=method)
     assert status[1] is not Status.SOLVED and status[0] is Status.SOLVED
+    with pytest.raises(ValueError, match="unknown QP method"):
+        solve_qp(Q, q, G, h, method="simplex")
 
 
-def test_float32_converges_to_its_tolerance():
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_converges_to_its_tolerance(method):
     """float32 stops at eps ≥ 1e-4 (relative residuals); with Q's smallest eigenvalue 0.1
     that leaves the solution within ~1e-2 of float64's."""
     data = _random_qp(np.random.default_rng(5))
     z64 = solve_qp(*data)
-    z32 = solve_qp(*(t.float() for t in data), eps=1e-5)
+    z32 = solve_qp(*(t.float() for t in data), eps=1e-5, method=method)
     assert z32.dtype == torch.float32
     torch.testing.assert_close(z32.double(), z64, atol=2e-2, rtol=0)
 

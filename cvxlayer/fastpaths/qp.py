@@ -42,12 +42,16 @@ import numpy as np
 import torch
 
 from cvxlayer.errors import SolverError
+from cvxlayer.fastpaths import active_set
 from cvxlayer.fastpaths.batching import broadcast_batch
 from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv
 from cvxlayer.solvers.base import Status, floor_tolerance
 
 # IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
 MAX_ITERS = 50
+# method="auto": the dual active set on CPU tensors up to this many variables (measured:
+# docs/benchmarks.md, "QPs on a dual active set")
+ACTIVE_SET_MAX_N = 200
 _STEP_FRACTION = 0.99
 _REG = {torch.float64: 1e-10, torch.float32: 1e-6}
 # λ/s grows like 1/μ on active constraints; the backward's factorization clips it here
@@ -218,6 +222,8 @@ class AdjointSystem:
     @staticmethod
     def assemble(parts: list[tuple[torch.Tensor, AdjointSystem]]) -> AdjointSystem:
         """One system for the batch from systems of disjoint sets of its rows."""
+        if len(parts) == 1:  # one set: the whole batch, in order
+            return parts[0][1]
         rows = torch.cat([r for r, _ in parts])
         order = torch.argsort(rows)
 
@@ -432,6 +438,58 @@ def pdipm(
     return PDIPMResult(z, s, lam, nu, status, iterations, system)
 
 
+def _active_set_applies(qp: QPData) -> bool:
+    """`method="auto"`: the active set on CPU tensors up to `ACTIVE_SET_MAX_N` variables."""
+    return qp.Q.device.type == "cpu" and qp.Q.shape[-1] <= ACTIVE_SET_MAX_N
+
+
+def solve_batch(
+    qp: QPData,
+    eps_abs: float = 1e-8,
+    eps_rel: float = 1e-8,
+    max_iters: int = MAX_ITERS,
+    verbose: bool = False,
+    method: str = "auto",
+) -> PDIPMResult:
+    """Solve a batch of QPs by the dual active set (`active_set.py`), the interior point
+    (`pdipm`), or, with "auto", the active set where it is measured faster
+    (`_active_set_applies`). Elements the active set does not solve, or whose solution
+    misses the stopping rule, are solved by the interior point (which then reports
+    infeasible or difficult elements as it does alone)."""
+    if method not in ("auto", "active_set", "ipm"):
+        raise ValueError(f"unknown QP method {method!r}; use 'auto', 'active_set' or 'ipm'")
+    if method == "ipm" or (method == "auto" and not _active_set_applies(qp)):
+        return pdipm(qp, eps_abs, eps_rel, max_iters, verbose)
+    eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
+    arrays = (t.detach().cpu().double().numpy() for t in (qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b))
+    B = qp.q.shape[0]
+    workers = max(1, min(torch.get_num_threads(), B))
+    *solution, flags, iterations = active_set.solve_each(*arrays, min(eps_abs, eps_rel), workers)
+    z, lam, nu = (torch.as_tensor(t, dtype=qp.Q.dtype, device=qp.Q.device) for t in solution)
+    s = (qp.h - g_mv(qp, z)).clamp(min=0)
+    solved = torch.as_tensor(np.isin(flags, active_set.SOLVED_FLAGS), device=qp.Q.device)
+    solved &= _Iterate(qp, z, s, lam, nu).converged(qp, eps_abs, eps_rel)
+    if verbose:
+        print(f"[qp] active set: {int(solved.sum())} of {B} solved, iterations {iterations}")
+    ok = solved.nonzero().flatten()
+    everyone = len(ok) == B
+    parts = []
+    if len(ok):
+        parts.append((ok, active_set_system(qp if everyone else _select(qp, ok), lam[ok] > 0)))
+    status = [Status.SOLVED] * B
+    iterations = torch.as_tensor(iterations)
+    rest = (~solved).nonzero().flatten()
+    if len(rest):
+        ipm = pdipm(_select(qp, rest), eps_abs, eps_rel, max_iters, verbose)
+        for t, t_ipm in zip((z, s, lam, nu), (ipm.z, ipm.s, ipm.lam, ipm.nu)):
+            t[rest] = t_ipm
+        for i, st in zip(rest.tolist(), ipm.status):
+            status[i] = st
+        iterations[rest.cpu()] = ipm.iterations
+        parts.append((rest, ipm.system))
+    return PDIPMResult(z, s, lam, nu, tuple(status), iterations, AdjointSystem.assemble(parts))
+
+
 def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
     """Snap converged elements to the exact solution of their active set (as OSQP polishes).
 
@@ -444,15 +502,20 @@ def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
         (z, s, λ, ν) polished, (B,) whether the polished point passes the stopping rule (a
         wrong active set fails it), and the active set's system (kept for the backward).
     """
-    active = lam > s
-    big = _D_POLISH[qp.Q.dtype]
-    d = torch.where(active, big, 1.0 / big).to(qp.Q.dtype)
-    system = AdjointSystem(KKTFactor(qp, d), torch.zeros_like(d), active)
+    system = active_set_system(qp, lam > s)
     z_p, lam_p, nu_p = _refined_solve(qp, system, -qp.q, qp.h, qp.b)
     s_p = (qp.h - g_mv(qp, z_p)).clamp(min=0)
     lam_p = lam_p.clamp(min=0)
     converged = _Iterate(qp, z_p, s_p, lam_p, nu_p).converged(qp, eps_abs, eps_rel)
     return z_p, s_p, lam_p, nu_p, converged & system.kkt.ok, system
+
+
+def active_set_system(qp: QPData, active: torch.Tensor) -> AdjointSystem:
+    """The KKT system of an active set, active (B, m) bool: G_i z = h_i on active rows,
+    λ_i = 0 on the others; factored with weights 1/δ and δ standing for the two."""
+    big = _D_POLISH[qp.Q.dtype]
+    d = torch.where(active, big, 1.0 / big).to(qp.Q.dtype)
+    return AdjointSystem(KKTFactor(qp, d), torch.zeros_like(d), active)
 
 
 def _adjoint_system(qp: QPData, s, lam, polished) -> AdjointSystem:
@@ -522,7 +585,7 @@ class _QPSolve(torch.autograd.Function):
     def forward(ctx, Q, q, G, h, A, b, settings, out):
         tensors = (t.detach() for t in (Q, q, G, h, A, b))
         qp = QPData(*tensors, out["G_pattern"])
-        sol = pdipm(qp, *settings)
+        sol = solve_batch(qp, *settings)
         out["result"] = sol
         ctx.qp, ctx.failed_nan = qp, out["failed_gradient"] == "nan"
         ctx.rest = (sol.s, sol.status, sol.iterations, sol.system)
@@ -548,8 +611,9 @@ def qp_solve_differentiable(
     max_iters: int = MAX_ITERS,
     verbose: bool = False,
     failed_gradient: str = "zero",
+    method: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PDIPMResult]:
-    """`pdipm` with autograd: (z, λ, ν) are differentiable w.r.t. every field of `qp`.
+    """`solve_batch` with autograd: (z, λ, ν) are differentiable w.r.t. every field of `qp`.
 
     Elements not solved get a zero (or NaN: `failed_gradient="nan"`) gradient.
 
@@ -558,7 +622,7 @@ def qp_solve_differentiable(
     """
     out = {"failed_gradient": failed_gradient, "G_pattern": qp.G_pattern}
     z, lam, nu = _QPSolve.apply(
-        qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b, (eps_abs, eps_rel, max_iters, verbose), out
+        qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b, (eps_abs, eps_rel, max_iters, verbose, method), out
     )
     return z, lam, nu, out["result"]
 
@@ -576,6 +640,7 @@ def solve_qp(
     verbose: bool = False,
     return_status: bool = False,
     failed_gradient: str = "zero",
+    method: str = "auto",
 ) -> torch.Tensor | tuple:
     """Differentiable batched QP: z* = argmin ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b (cf. qpth's
     `QPFunction`).
@@ -596,6 +661,9 @@ def solve_qp(
         return_status: also return per-element `Status` and iteration counts instead of
             raising for unsolved elements.
         failed_gradient: "zero" or "nan": the gradient of elements that were not solved.
+        method: "active_set" (DAQP per element, CPU), "ipm" (the batched interior point)
+            or "auto" (the active set for CPU tensors up to `ACTIVE_SET_MAX_N` variables).
+            Elements the active set does not solve go to the interior point.
 
     Returns:
         z (B, n) (or (n,) if every argument was shared); with `return_status`, the tuple
@@ -627,7 +695,7 @@ def solve_qp(
             raise ValueError(f"{k} has shape {tuple(tensors[k].shape[1:])}, expected {shape}")
     Q = 0.5 * (Q + Q.transpose(1, 2))
     z, _, _, result = qp_solve_differentiable(
-        QPData(Q, q, G, h, A, b), eps, eps, max_iters, verbose, failed_gradient
+        QPData(Q, q, G, h, A, b), eps, eps, max_iters, verbose, failed_gradient, method
     )
     if not batched:
         z = z.squeeze(0)

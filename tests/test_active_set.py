@@ -1,0 +1,52 @@
+"""The QP path's dual active set (DAQP) on the cases it decides itself: a singular Q, and
+weakly active constraints, whose derivative follows a stated rule."""
+
+import numpy as np
+import torch
+
+from cvxlayer import solve_qp
+from cvxlayer.fastpaths import active_set
+
+
+def test_singular_q_is_solved_by_proximal_iterations():
+    """Q = 0 (a box LP): DAQP's proximal outer iterations reach the vertex −sign(q)."""
+    n = 4
+    q = torch.tensor([[1.0, -2.0, 0.5, -0.1]], dtype=torch.float64)
+    G = torch.cat([torch.eye(n), -torch.eye(n)]).double()
+    h = torch.ones(2 * n, dtype=torch.float64)
+    Q = torch.zeros(n, n, dtype=torch.float64)
+    z, lam, _, flags, _ = active_set.solve_each(
+        Q[None].numpy(), q.numpy(), G[None].numpy(), h[None].numpy(),
+        np.zeros((1, 0, n)), np.zeros((1, 0)), 1e-9, 1,
+    )  # fmt: skip
+    assert flags[0] in active_set.SOLVED_FLAGS
+    np.testing.assert_allclose(z[0], -np.sign(q[0].numpy()), atol=1e-12)
+    # multipliers in our signs: Qz + q + Gᵀλ = 0, λ ≥ 0
+    np.testing.assert_allclose(q[0].numpy() + G.numpy().T @ lam[0], 0, atol=1e-12)
+    assert (lam >= 0).all()
+    torch.testing.assert_close(
+        solve_qp(Q, q, G, h, method="active_set"), -torch.sign(q), atol=1e-12, rtol=0
+    )
+
+
+def test_weakly_active_rows_are_differentiated_as_not_binding():
+    """Projection z = min(a, h) with a_0 = h_0: row 0 is weakly active (λ_0 = 0, s_0 = 0),
+    and z is not differentiable there. The rule (both methods): a row with λ = 0 is left out
+    of the active set, so the derivative is that of the side where it does not bind,
+    dz_0/da_0 = 1 and dz_0/dh_0 = 0: the one-sided derivatives for a_0 decreasing and h_0
+    increasing, checked here by one-sided differences (exact: z is piecewise linear)."""
+    n = 4
+    a = torch.tensor([1.0, 0.3, -2.0, 5.0], dtype=torch.float64)
+    h = torch.ones(n, dtype=torch.float64)
+    eye = torch.eye(n, dtype=torch.float64)
+    for method in ("active_set", "ipm"):
+        a_leaf, h_leaf = a.clone().requires_grad_(), h.clone().requires_grad_()
+        z = solve_qp(eye, -a_leaf, eye, h_leaf, eps=1e-10, method=method)
+        torch.testing.assert_close(z.detach(), torch.minimum(a, h), atol=1e-9, rtol=0)
+        z[0].backward()
+        assert torch.allclose(a_leaf.grad, eye[0]) and torch.all(h_leaf.grad == 0)
+        t = 1e-3
+        down = solve_qp(eye, -(a - t * eye[0]), eye, h, eps=1e-10, method=method)
+        up = solve_qp(eye, -a, eye, h + t * eye[0], eps=1e-10, method=method)
+        assert abs((z[0].item() - down[0].item()) / t - 1) < 1e-6
+        assert abs((up[0].item() - z[0].item()) / t) < 1e-6
