@@ -1,7 +1,8 @@
 """Fixed cost of one call on a small problem (issue 20): applications call a layer on one
 problem (or a handful) thousands of times, so what a call costs beyond the solve matters.
 
-    python bench/overhead.py [--calls 200] [--batches 1,8] [--sizes 10,50]
+    python bench/overhead.py [--calls 200] [--batches 1,8] [--sizes 10,50] [--kinds QP,SOCP]
+                               [--out bench/results/overhead]
 
 Problems, with n variables and parameters x (n) and M (n × n):
   QP:   min ‖y − x‖²  s.t.  M y ≤ 1
@@ -97,9 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--sizes", default="10,50")
+    parser.add_argument("--kinds", default="QP,SOCP")
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     rows = []
-    for kind in ("QP", "SOCP"):
+    for kind in args.kinds.split(","):
         for n in map(int, args.sizes.split(",")):
             for batch in map(int, args.batches.split(",")):
                 vals = values(n, batch)
@@ -129,8 +132,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write(rows: list[dict], args) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(rows, indent=1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
     lines = [
         f"# Fixed cost of a call on small problems (ms per call, median of {args.calls} calls)",
         "",
@@ -158,12 +162,12 @@ def write(rows: list[dict], args) -> None:
         cells += [ratio(peer, ours), cell(loose), ratio(peer, loose)]
         cells += [cell(moreau), ratio(moreau, ours)]
         lines.append("| " + " | ".join(cells) + " |")
-    (OUT / "results.md").write_text("\n".join(lines) + "\n")
-    plot(rows)
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot(rows, out)
     print("\n".join(lines))
 
 
-def plot(rows: list[dict]) -> None:
+def plot(rows: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,7 +187,7 @@ def plot(rows: list[dict]) -> None:
     axes[0].set_ylabel("ms per call")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(OUT / "results.png", dpi=120)
+    fig.savefig(out / "results.png", dpi=120)
 
 
 if __name__ == "__main__":

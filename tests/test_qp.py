@@ -7,7 +7,7 @@ import torch
 from problems import CASES, solve_reference
 
 from cvxlayer import CvxpyLayer, SolverError, Status, solve_qp
-from cvxlayer.fastpaths import QPForm
+from cvxlayer.fastpaths import QPForm, qp_form
 from cvxlayer.fastpaths.qp_form import QP_MIN_BATCH
 
 TIGHT = {"eps": 1e-9, "max_iters": 200_000}
@@ -370,17 +370,21 @@ def test_pinned_variables_are_eliminated_and_match_the_generic_path():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_auto_takes_the_qp_path_for_large_cpu_batches_only():
-    """On the CPU, small batches are cheaper one element at a time with native SCS; from
-    QP_MIN_BATCH elements the batched interior point wins (bench/overhead.py). Both answer
-    the same."""
+def test_auto_takes_the_qp_path_on_the_cpu_by_size_and_batch(monkeypatch):
+    """On the CPU, QPs up to ACTIVE_SET_MAX_N variables take the QP path (the active set
+    per element) at any batch size; larger ones from QP_MIN_BATCH elements (below, native
+    SCS one element at a time beats the batched interior point; bench/overhead.py). All
+    answer the same."""
     n = 3
     x, lo = cp.Variable(n), cp.Parameter(n)
     prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, x <= 1])
     layer = CvxpyLayer(prob, [lo], [x])
     gen = torch.Generator().manual_seed(5)
-    for batch, mode in ((QP_MIN_BATCH - 1, "scs"), (QP_MIN_BATCH, "qp")):
-        lo_v = torch.rand(batch, n, generator=gen, dtype=torch.float64) - 0.5
-        (sol,), info = layer(lo_v, return_status=True)
-        assert info.mode == mode
-        torch.testing.assert_close(sol, lo_v.clamp(min=0), atol=1e-5, rtol=0)
+    expected = {1: "qp", QP_MIN_BATCH - 1: "qp"}
+    for limit, cases in ((n, expected), (n - 1, {QP_MIN_BATCH - 1: "scs", QP_MIN_BATCH: "qp"})):
+        monkeypatch.setattr(qp_form, "ACTIVE_SET_MAX_N", limit)
+        for batch, mode in cases.items():
+            lo_v = torch.rand(batch, n, generator=gen, dtype=torch.float64) - 0.5
+            (sol,), info = layer(lo_v, return_status=True)
+            assert info.mode == mode, (limit, batch)
+            torch.testing.assert_close(sol, lo_v.clamp(min=0), atol=1e-5, rtol=0)

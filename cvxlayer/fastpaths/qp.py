@@ -51,7 +51,7 @@ from cvxlayer.solvers.base import Status, floor_tolerance
 MAX_ITERS = 50
 # method="auto": the dual active set on CPU tensors up to this many variables (measured:
 # docs/benchmarks.md, "QPs on a dual active set")
-ACTIVE_SET_MAX_N = 200
+ACTIVE_SET_MAX_N = 500
 _STEP_FRACTION = 0.99
 _REG = {torch.float64: 1e-10, torch.float32: 1e-6}
 # λ/s grows like 1/μ on active constraints; the backward's factorization clips it here

@@ -39,6 +39,7 @@ import torch
 from cvxlayer.compile.parametric import ParametricMap, SparseLinear
 from cvxlayer.elimination import eliminated_gradient, one_per, reduced_objective
 from cvxlayer.fastpaths.qp import (
+    ACTIVE_SET_MAX_N,
     MAX_ITERS,
     GPattern,
     QPData,
@@ -210,15 +211,18 @@ class QPForm:
         )  # fmt: skip
 
     def pays_off(self, batch: int, device: torch.device, mode: str) -> bool:
-        """Whether the batched interior point beats the generic `mode`: never native
-        Clarabel (0.6 s against its 0.05 s on a 20-asset trading policy, B = 32;
-        bench/policy_rollout.py); otherwise on the CPU only from `QP_MIN_BATCH` elements
-        (below, native SCS one element at a time costs less than the interior point's
-        hundreds of small batched operations; bench/overhead.py), except without
-        inequalities, where it is one linear solve."""
+        """Whether the QP path beats the generic `mode`: never native Clarabel (0.6 s
+        against its 0.05 s on a 20-asset trading policy, B = 32; bench/policy_rollout.py);
+        always on the CPU up to `ACTIVE_SET_MAX_N` variables, where the dual active set
+        runs per element (n = 50, B = 1: 4 ms a call against native SCS's 15, forward and
+        backward; bench/overhead.py); above, from `QP_MIN_BATCH` elements (below, native
+        SCS one element at a time costs less than the batched interior point's hundreds of
+        small operations), or without inequalities, where it is one linear solve."""
         if mode == "clarabel":
             return False
-        return device.type != "cpu" or batch >= QP_MIN_BATCH or self.ineq_rows.size == 0
+        if device.type != "cpu" or self.keep.size <= ACTIVE_SET_MAX_N:
+            return True
+        return batch >= QP_MIN_BATCH or self.ineq_rows.size == 0
 
     def describe(self) -> str:
         return (
