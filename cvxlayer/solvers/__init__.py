@@ -7,11 +7,12 @@ by its `mode=` name; the layer never branches on modes itself.
 from cvxlayer.solvers.admm import TorchADMM
 from cvxlayer.solvers.base import Solution, Solver, SolveSettings, Status
 from cvxlayer.solvers.clarabel_native import ClarabelSerial
-from cvxlayer.solvers.ipm import InteriorPoint
+from cvxlayer.solvers.ipm import InteriorPoint, TorchInteriorPoint
 from cvxlayer.solvers.scs_native import ScsBlock, ScsSerial
 
 SOLVERS: dict[str, type] = {
     InteriorPoint.name: InteriorPoint,
+    TorchInteriorPoint.name: TorchInteriorPoint,
     TorchADMM.name: TorchADMM,
     ScsSerial.name: ScsSerial,
     ScsBlock.name: ScsBlock,

@@ -42,6 +42,7 @@ iterate for when rounding stalls the iteration on a degenerate element.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -274,21 +275,52 @@ class _KKT:
 
 
 class InteriorPoint:
-    """Mode "ipm": the batched homogeneous interior-point method (module docstring) on the
-    program's device and dtype, for zero, nonnegative, second-order, PSD, exponential and
-    power cones."""
+    """Mode "ipm": the interior point on the input's device: on CPU tensors the compiled
+    engine (`ipm_compiled`) where it handles the cones (zero, nonnegative, second-order),
+    else the batched torch engine of this module (module docstring), for zero, nonnegative,
+    second-order, PSD, exponential and power cones."""
 
     name = "ipm"
+    compiled = True
 
     def solve(
         self, program: ConeProgram, settings: SolveSettings, warm_start: Solution | None = None
     ) -> Solution:
-        if not supports(program.structure.cones):
+        cones = program.structure.cones
+        if not supports(cones):
             raise NotImplementedError(
-                "mode 'ipm' handles zero, nonnegative, second-order, PSD, exponential and "
-                f"power cones; this program has {program.structure.cones.describe()}"
+                f"mode {self.name!r} handles zero, nonnegative, second-order, PSD, exponential"
+                f" and power cones; this program has {cones.describe()}"
             )
+        if self.compiled and program.b.device.type == "cpu":
+            compiled = _compiled_engine()
+            if compiled is not None and compiled.supports(cones):
+                return compiled.solve(program, settings)
         return _solve(program, settings)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_engine():
+    """The compiled engine's module, or None (with one warning) where numba cannot load."""
+    try:
+        from cvxlayer.solvers import ipm_compiled
+    except Exception as err:  # numba missing or unusable on this platform
+        warnings.warn(
+            f"cvxlayer: the compiled CPU interior point is unavailable ({err}); mode 'ipm' "
+            "uses the torch engine on the CPU",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+    return ipm_compiled
+
+
+class TorchInteriorPoint(InteriorPoint):
+    """Mode "ipm-torch": the batched torch engine on any device (the compiled engine's
+    reference)."""
+
+    name = "ipm-torch"
+    compiled = False
 
 
 _SPARSE_DENSITY = 0.25  # A's products go through its nonzeros below this fraction

@@ -1,0 +1,473 @@
+"""The interior point of `ipm.py` as compiled code (numba): one element's whole solve is
+one call, run over the batch by the kept thread pool (`elementwise.map_chunks`).
+
+Same algorithm as the torch engine (its module docstring has the math): the homogeneous
+embedding, Nesterov–Todd scaling, Mehrotra's predictor-corrector with one factorization
+of M = P + Σ_k (W_k⁻ᵀA_k)ᵀ(W_k⁻ᵀA_k) + δI per iteration, the equality rows through the
+Schur complement A_eq M⁻¹ A_eqᵀ, static and dynamic regularization removed by iterative
+refinement, SCS's stopping rule at eps², certificates, and each element's best iterate.
+The data are prepared by the torch engine's own `_prepare` (equilibration, densifying,
+elimination of lifted variables) and restored by its `_unscale`, so the two engines differ
+only in the loop.
+
+Cones: zero, nonnegative and second-order (the nonnegative rows travel as one-row
+second-order blocks, `cvxlayer.cones.soc_kernels`). Other programs stay on the torch
+engine. Small dense systems: M is factored by a compiled Cholesky.
+
+Everything here is float64 numpy; nothing calls torch inside the compiled code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from numba import njit
+
+from cvxlayer.cones import nonneg
+from cvxlayer.cones import soc_kernels as cone
+from cvxlayer.cones.projections import ConeProjector
+from cvxlayer.program import ConeProgram
+from cvxlayer.solvers import ipm
+from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
+from cvxlayer.solvers.elementwise import map_chunks, worker_count
+
+FAMILIES = ("nonneg", "soc")  # besides the zero cone
+_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}  # x/0: inf, no raise
+_STEP_FRACTION = 0.99
+_REG = 1e-9
+_REFINE, _REFINE_TOL = 10, 1e-10
+_DYNAMIC_TRIES = 6
+_STALL, _DIVERGED = 5, 1e3
+_EPS = np.finfo(np.float64).eps
+
+
+def supports(cones) -> bool:
+    """Whether every cone of a `ConeSpec` is one the compiled engine handles."""
+    return all(g.family in FAMILIES + ("zero",) for g in ConeProjector.of(cones).groups)
+
+
+# ------------------------------------------------------------------ dense linear algebra
+@njit(**_OPTIONS)
+def _cholesky(M, L):
+    """L Lᵀ = M (lower L); False where a pivot is not positive."""
+    n = M.shape[0]
+    L[:] = 0.0
+    for j in range(n):
+        d = M[j, j]
+        for k in range(j):
+            d -= L[j, k] * L[j, k]
+        if not d > 0.0:
+            return False
+        d = math.sqrt(d)
+        L[j, j] = d
+        for i in range(j + 1, n):
+            v = M[i, j]
+            for k in range(j):
+                v -= L[i, k] * L[j, k]
+            L[i, j] = v / d
+    return True
+
+
+@njit(**_OPTIONS)
+def _chol_solve(L, v):
+    """v ← (L Lᵀ)⁻¹ v in place."""
+    n = L.shape[0]
+    for i in range(n):
+        t = v[i]
+        for k in range(i):
+            t -= L[i, k] * v[k]
+        v[i] = t / L[i, i]
+    for i in range(n - 1, -1, -1):
+        t = v[i]
+        for k in range(i + 1, n):
+            t -= L[k, i] * v[k]
+        v[i] = t / L[i, i]
+
+
+# ------------------------------------------------------------------ the reduced KKT system
+@njit(**_OPTIONS)
+def _factor(P, AT, p, starts, w, eta, L, LS, MinvAt):
+    """Factor M = P + Σ (W⁻ᵀA_c)ᵀ(W⁻ᵀA_c) + shift I, the shift raised ×100 while Cholesky
+    breaks down (refinement removes it), and, with p equality rows (first in A),
+    S = A_eq M⁻¹ A_eqᵀ + δI. AT (n, m) is Aᵀ. False if a factorization failed."""
+    n, m = AT.shape
+    C = np.empty((n, m - p))
+    for j in range(n):  # row j of C: W⁻¹ applied to column j of A's cone rows
+        cone.apply_w(starts, w, eta, AT[j, p:], C[j], True)
+    M = P + C @ C.T
+    largest = 0.0
+    for j in range(n):
+        largest = max(largest, abs(M[j, j]))
+    shift = _REG + _EPS * largest
+    ok = False
+    for _ in range(_DYNAMIC_TRIES + 1):
+        for j in range(n):
+            M[j, j] += shift
+        ok = _cholesky(M, L)
+        for j in range(n):
+            M[j, j] -= shift
+        if ok:
+            break
+        shift *= 100.0
+    if not ok or p == 0:
+        return ok
+    for i in range(p):
+        v = AT[:, i].copy()
+        _chol_solve(L, v)
+        MinvAt[:, i] = v
+    S = np.ascontiguousarray(AT[:, :p].T) @ MinvAt
+    for i in range(p):
+        S[i, i] += _REG
+    return _cholesky(S, LS)
+
+
+@njit(**_OPTIONS)
+def _solve_once(A, AT, p, starts, w, eta, L, LS, MinvAt, r1, r2):
+    """(Δx, Δz) from the factors: M Δx = r1 + A_cᵀH⁻¹r2_c − A_eqᵀΔz_eq with A_eq Δx =
+    r2_eq, then Δz_c = H⁻¹(A_cΔx − r2_c)."""
+    m = A.shape[0]
+    hinv_r2 = np.zeros(m)
+    cone.apply_h(starts, w, eta, r2[p:], hinv_r2[p:], True)
+    dx = r1 + AT @ hinv_r2
+    _chol_solve(L, dx)
+    dz = np.zeros(m)
+    if p > 0:
+        y = A[:p] @ dx - r2[:p]
+        _chol_solve(LS, y)
+        dx -= MinvAt @ y
+        dz[:p] = y
+    Adx = A @ dx
+    cone.apply_h(starts, w, eta, Adx[p:], dz[p:], True)
+    dz[p:] -= hinv_r2[p:]
+    return dx, dz
+
+
+@njit(**_OPTIONS)
+def _max_abs(v):
+    out = 0.0
+    for i in range(v.size):
+        out = max(out, abs(v[i]))
+    return out
+
+
+@njit(**_OPTIONS)
+def _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, r1, r2):
+    """(Δx, Δz) with P Δx + AᵀΔz = r1, A Δx − H Δz = r2 (H = 0 on equality rows): a solve
+    with the regularized factors, then refinement against the exact system while its
+    residual keeps halving (up to `_REFINE` steps)."""
+    dx, dz = _solve_once(A, AT, p, starts, w, eta, L, LS, MinvAt, r1, r2)
+    size = max(max(_max_abs(r1), _max_abs(r2)), 1e-300)
+    previous = np.inf
+    h_dz = np.zeros(A.shape[0])
+    for _ in range(_REFINE):
+        cone.apply_h(starts, w, eta, dz[p:], h_dz[p:], False)
+        e1 = r1 - P @ dx - AT @ dz
+        e2 = r2 - A @ dx + h_dz
+        error = max(_max_abs(e1), _max_abs(e2)) / size
+        if error <= _REFINE_TOL or error > 0.5 * previous:
+            break
+        previous = error
+        cx, cz = _solve_once(A, AT, p, starts, w, eta, L, LS, MinvAt, e1, e2)
+        dx += cx
+        dz += cz
+    return dx, dz
+
+
+# ------------------------------------------------------------------ one element's solve
+@njit(**_OPTIONS)
+def _measures(P, A, AT, b, c, d_inv, e_inv, x, z, s, tau, kappa, r_x, r_z, out):
+    """Residuals r_x, r_z (written) and r_τ (returned) of the embedding at (x, z, s, τ, κ);
+    out (12,): the primal, dual and gap residuals and their scales (SCS's rule on the
+    unscaled (x, z, s)/τ), then ‖Aᵀz‖, ‖Px‖, ‖Ax + s‖ (unscaled), cᵀx, bᵀz."""
+    Px, Ax, Atz = P @ x, A @ x, AT @ z
+    xPx, cx, bz = x @ Px, c @ x, b @ z
+    r_x[:] = Px + Atz + c * tau
+    r_z[:] = Ax + s - b * tau
+    out[0] = _max_abs(d_inv * r_z) / tau
+    out[1] = max(_max_abs(d_inv * Ax), _max_abs(d_inv * s), _max_abs(d_inv * b) * tau) / tau
+    out[2] = _max_abs(e_inv * r_x) / tau
+    out[3] = max(_max_abs(e_inv * Px), _max_abs(e_inv * Atz), _max_abs(e_inv * c) * tau) / tau
+    out[4] = abs(xPx / tau + cx + bz) / tau
+    out[5] = max(abs(xPx) / tau, abs(cx), abs(bz)) / tau
+    out[6], out[7] = _max_abs(e_inv * Atz), _max_abs(e_inv * Px)
+    out[8] = _max_abs(d_inv * (Ax + s))
+    out[9], out[10] = cx, bz
+    return kappa + cx + bz + xPx / tau
+
+
+@njit(**_OPTIONS)
+def _meets(measure, eps_abs, eps_rel):
+    return (
+        measure[0] <= eps_abs + eps_rel * measure[1]
+        and measure[2] <= eps_abs + eps_rel * measure[3]
+        and measure[4] <= eps_abs + eps_rel * measure[5]
+    )
+
+
+@njit(**_OPTIONS)
+def _merit(measure):
+    """The smallest eps with `_meets(eps, eps)`."""
+    return max(
+        measure[0] / (1 + measure[1]), measure[2] / (1 + measure[3]), measure[4] / (1 + measure[5])
+    )
+
+
+@njit(**_OPTIONS)
+def _direction(
+    P, A, AT, b, p, starts, w, eta, lam, L, LS, MinvAt, c2, x1, z1, denominator, tau, kappa,
+    d_x, d_z, d_tau, d_s, d_kappa,
+):  # fmt: skip
+    """The direction (Δx, Δz, Δs, Δτ, Δκ) and its scaled cone parts (W⁻¹Δs, WΔz) for the
+    right-hand side (d_x, d_z, d_τ, d_s, d_κ) (ipm._Newton.direction)."""
+    mc = lam.size
+    scratch, offset = np.empty(mc), np.empty(mc)
+    cone.divide(starts, lam, d_s, scratch)
+    cone.apply_w(starts, w, eta, scratch, offset, False)
+    r2 = -d_z
+    r2[p:] += offset
+    x2, z2 = _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, -d_x, r2)
+    numerator = -d_tau + d_kappa / tau - c2 @ x2 - b @ z2
+    dtau = numerator / denominator
+    dx = x2 + dtau * x1
+    dz = z2 + dtau * z1
+    ds = -d_z - A @ dx + b * dtau
+    ds[:p] = 0.0
+    sds, wdz = np.empty(mc), np.empty(mc)
+    cone.apply_w(starts, w, eta, ds[p:], sds, True)
+    cone.apply_w(starts, w, eta, dz[p:], wdz, False)
+    dkappa = -(d_kappa + kappa * dtau) / tau
+    return dx, dz, ds, dtau, dkappa, sds, wdz
+
+
+@njit(**_OPTIONS)
+def _max_step(starts, lam, sds, wdz, tau, dtau, kappa, dkappa):
+    """The largest α keeping s, z, τ, κ in their cones along a direction."""
+    scratch = np.empty(lam.size)
+    alpha = min(cone.step(starts, lam, sds, scratch), cone.step(starts, lam, wdz, scratch))
+    if dtau < 0:
+        alpha = min(alpha, -tau / dtau)
+    if dkappa < 0:
+        alpha = min(alpha, -kappa / dkappa)
+    return alpha
+
+
+@njit(**_OPTIONS)
+def _finite(v):
+    return np.isfinite(v).all()
+
+
+@njit(**_OPTIONS)
+def solve_one(P, A, b, c, d_inv, e_inv, p, starts, tolerances, max_iters, x, z, s, final):
+    """One element's solve. P (n, n), A (m, n) with its p equality rows first, b (m,),
+    c (n,), d_inv (m,), e_inv (n,) (inverse equilibration, for the stopping rule), starts
+    the cone rows' blocks (relative to row p); tolerances (inner_abs, inner_rel, eps_abs,
+    eps_rel, eps_infeas). Writes the chosen iterate into x (n,), z, s (m,) and the primal,
+    dual and gap residuals of the last iterate into final (3,); returns (τ, code,
+    iterations) with `ipm`'s codes."""
+    m, n = A.shape
+    mc = m - p
+    AT = np.ascontiguousarray(A.T)
+    inner_abs, inner_rel, eps_abs, eps_rel, eps_inf = tolerances
+    w, eta, lam = np.empty(mc), np.empty(starts.size - 1), np.empty(mc)
+    L, LS, MinvAt = np.empty((n, n)), np.empty((p, p)), np.empty((n, p))
+    e = np.empty(mc)
+    cone.unit(starts, e)
+    degree = cone.degree(starts)
+    # the start (symmetric cones): the KKT solution with H = I, shifted into the cones
+    cone.scaling(starts, e, e, w, eta, lam)
+    ok = _factor(P, AT, p, starts, w, eta, L, LS, MinvAt)
+    x[:] = _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, -c, b)[0]
+    s[:] = b - A @ x
+    s[:p] = 0.0
+    z[:] = -s
+    for v in (s, z):
+        shift = 1.0 - cone.margin(starts, v[p:])
+        if shift > 0:
+            v[p:] += shift * e
+    tau, kappa = 1.0, 1.0
+    best_x, best_z, best_s, best_tau = x.copy(), z.copy(), s.copy(), tau
+    best_merit, best_k = np.inf, 0
+    r_x, r_z, measure = np.empty(n), np.empty(m), np.empty(11)
+    ok = True
+    code, k = _FAILED, 0
+    for k in range(max_iters + 1):
+        r_tau = _measures(P, A, AT, b, c, d_inv, e_inv, x, z, s, tau, kappa, r_x, r_z, measure)
+        merit = _merit(measure)
+        finite = math.isfinite(merit) and ok
+        done = finite and _meets(measure, inner_abs, inner_rel)
+        cx, bz = measure[9], measure[10]
+        infeasible = finite and not done and bz < 0 and measure[6] <= -eps_inf * bz
+        unbounded = (
+            finite and not done and not infeasible and cx < 0
+            and measure[8] <= -eps_inf * cx and measure[7] <= -eps_inf * cx
+        )  # fmt: skip
+        if finite and merit < best_merit:
+            best_x[:], best_z[:], best_s[:], best_tau = x, z, s, tau
+            best_merit, best_k = merit, k
+        good_enough = best_merit <= min(eps_abs, eps_rel)
+        stalled = (
+            math.isfinite(best_merit) and not done and not infeasible and not unbounded
+            and (
+                not finite or merit > _DIVERGED * best_merit
+                or (good_enough and k - best_k >= _STALL) or k == max_iters
+            )
+        )  # fmt: skip
+        if done or stalled or infeasible or unbounded or not finite or k == max_iters:
+            final[0], final[1], final[2] = measure[0], measure[2], measure[4]
+            code = _MAX_ITERS
+            if not finite:
+                code = _FAILED
+            if unbounded:
+                code = _UNBOUNDED
+            if infeasible:
+                code = _INFEASIBLE
+            if stalled:
+                code = _MAX_ITERS
+            if done or (stalled and good_enough):
+                code = _SOLVED
+            if stalled:
+                x[:], z[:], s[:], tau = best_x, best_z, best_s, best_tau
+            break
+        # Newton: scaling, factors, μ and the constant direction
+        cone.scaling(starts, s[p:], z[p:], w, eta, lam)
+        ok = _factor(P, AT, p, starts, w, eta, L, LS, MinvAt)
+        mu = (s @ z + tau * kappa) / (degree + 1)
+        xi = x / tau
+        Pxi = P @ xi
+        c2 = c + 2.0 * Pxi
+        x1, z1 = _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, -c, b)
+        denominator = -kappa / tau + c2 @ x1 + b @ z1 - xi @ Pxi
+        # Mehrotra: the affine direction, then the centered and corrected one
+        d_s = np.empty(mc)
+        cone.jordan(starts, lam, lam, d_s)
+        _, _, _, dtau_a, dkappa_a, sds_a, wdz_a = _direction(
+            P, A, AT, b, p, starts, w, eta, lam, L, LS, MinvAt, c2, x1, z1, denominator,
+            tau, kappa, r_x, r_z, r_tau, d_s, tau * kappa,
+        )  # fmt: skip
+        alpha_a = _max_step(starts, lam, sds_a, wdz_a, tau, dtau_a, kappa, dkappa_a)
+        sigma = (1.0 - min(alpha_a, 1.0)) ** 3
+        target = sigma * mu
+        correction = np.empty(mc)
+        cone.jordan(starts, sds_a, wdz_a, correction)
+        d_s += correction - target * e
+        d_kappa = tau * kappa + dtau_a * dkappa_a - target
+        keep = 1.0 - sigma
+        dx, dz, ds, dtau, dkappa, sds, wdz = _direction(
+            P, A, AT, b, p, starts, w, eta, lam, L, LS, MinvAt, c2, x1, z1, denominator,
+            tau, kappa, keep * r_x, keep * r_z, keep * r_tau, d_s, d_kappa,
+        )  # fmt: skip
+        alpha = _STEP_FRACTION * _max_step(starts, lam, sds, wdz, tau, dtau, kappa, dkappa)
+        alpha = min(alpha, 1.0)
+        usable = ok and _finite(dx) and _finite(dz) and _finite(ds)
+        usable = usable and math.isfinite(dtau) and math.isfinite(dkappa)
+        if not usable:
+            alpha = 0.0
+        if alpha > 0:
+            x += alpha * dx
+            z += alpha * dz
+            s += alpha * ds
+            tau += alpha * dtau
+            kappa += alpha * dkappa
+    return tau, code, k
+
+
+_SOLVED, _INFEASIBLE, _UNBOUNDED, _FAILED, _MAX_ITERS = range(5)
+
+
+# ------------------------------------------------------------------ the batch
+def _layout(cones: ipm._Cones) -> tuple[np.ndarray, np.ndarray, int]:
+    """(order, starts, p): the rows in the engine's order (equality rows, then each group's
+    cones), the cone blocks' starts relative to row p, and p."""
+    order, sizes = [cones.eq.cpu().numpy()], []
+    for family, rows in cones.groups:
+        index = rows.index.cpu().numpy()
+        order.append(index.reshape(-1))
+        # the orthant's rows as one-row second-order blocks (cone.soc_kernels)
+        size = 1 if family is nonneg else index.shape[1]
+        sizes += [size] * (index.size // size)
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+    return np.concatenate(order).astype(np.int64), starts, int(cones.eq.numel())
+
+
+def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
+    """Mode "ipm" on CPU tensors for zero, nonnegative and second-order cones: `ipm`'s
+    preparation, `solve_one` per element over the kept thread pool, `ipm`'s restoration."""
+    dtype = program.b.dtype
+    eps_abs, eps_rel = (floor_tolerance(e, dtype) for e in (settings.eps_abs, settings.eps_rel))
+    eps_inf = floor_tolerance(settings.eps_infeas, dtype)
+    inner = [max(e * e, ipm._INNER_EPS[dtype]) for e in (eps_abs, eps_rel)]
+    tolerances = np.array(inner + [eps_abs, eps_rel, eps_inf])
+    max_iters = min(settings.max_iters, ipm.MAX_ITERS)
+    data, cone_spec = ipm._prepare(program, settings.normalize)
+    order, starts, p = _layout(ipm._Cones(cone_spec, data.b))
+
+    def numpy(t: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().double().numpy())
+
+    P, A, b, c = numpy(data.P), numpy(data.A[:, order]), numpy(data.b[:, order]), numpy(data.c)
+    d_inv, e_inv = 1.0 / numpy(data.row_scale[:, order]), 1.0 / numpy(data.col_scale)
+    B, m, n = A.shape
+    x, z, s = np.zeros((B, n)), np.zeros((B, m)), np.zeros((B, m))
+    tau, codes = np.ones(B), np.full(B, _FAILED, dtype=np.int64)
+    iterations, final = np.zeros(B, dtype=np.int64), np.zeros((B, 3))
+    _announce_compile()
+
+    def run(chunk):
+        for i in chunk:
+            tau[i], codes[i], iterations[i] = solve_one(
+                P[i], A[i], b[i], c[i], d_inv[i], e_inv[i], p, starts, tolerances, max_iters,
+                x[i], z[i], s[i], final[i],
+            )  # fmt: skip
+            if settings.verbose:  # one worker then: the lines keep their order
+                print(
+                    f"[ipm] element {i}: {ipm._STATUS[codes[i]].value} in {iterations[i]} "
+                    "iterations, res_pri {:.2e}, res_dual {:.2e}, gap {:.2e}".format(*final[i])
+                )
+        return []
+
+    workers = worker_count(settings, B)
+    map_chunks(run, np.array_split(np.arange(B), workers), workers)
+    z_rows, s_rows = np.empty_like(z), np.empty_like(s)
+    z_rows[:, order], s_rows[:, order] = z, s
+
+    def back(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=dtype)
+
+    code = torch.as_tensor(codes)
+    out = ipm._unscale(data, back(x), back(z_rows), back(s_rows), back(tau), code)
+    status = tuple(ipm._STATUS[k] for k in codes.tolist())
+    return Solution(*out, status, torch.as_tensor(iterations))
+
+
+_announced = False
+
+
+def _announce_compile() -> None:
+    """Say once per process, on stderr, when the kernels are about to be compiled (no
+    cached build found): the first compile takes a while."""
+    global _announced
+    if _announced:
+        return
+    _announced = True
+    if not _cached():
+        print(
+            "cvxlayer: compiling the CPU interior point (numba), once; later runs load it "
+            "from numba's cache",
+            file=sys.stderr,
+        )
+
+
+def _cached() -> bool:
+    """Whether numba's cache holds a build of `solve_one` (its index file)."""
+    cache = getattr(solve_one, "_cache", None)
+    if cache is None:  # NUMBA_DISABLE_JIT: nothing to compile
+        return True
+    path = cache._impl.locator.get_cache_path()
+    return os.path.isdir(path) and any(
+        name.startswith("ipm_compiled.solve_one") and name.endswith(".nbi")
+        for name in os.listdir(path)
+    )
