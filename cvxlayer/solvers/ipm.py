@@ -326,9 +326,11 @@ class TorchInteriorPoint(InteriorPoint):
 _SPARSE_DENSITY = 0.25  # A's products go through its nonzeros below this fraction
 
 
-def _prepare(program: ConeProgram, normalize: bool) -> tuple[_Data, ConeSpec]:
+def _prepare(
+    program: ConeProgram, normalize: bool, equilibrator=equilibrate
+) -> tuple[_Data, ConeSpec]:
     """`_reduce`, then A's nonzero pattern (over the batch) kept for sparse products."""
-    data, cones = _reduce(program, normalize)
+    data, cones = _reduce(program, normalize, equilibrator)
     pattern = (data.A != 0).any(0)
     if pattern.numel() and float(pattern.float().mean()) <= _SPARSE_DENSITY:
         rows, cols = pattern.nonzero(as_tuple=True)
@@ -336,14 +338,17 @@ def _prepare(program: ConeProgram, normalize: bool) -> tuple[_Data, ConeSpec]:
     return data, cones
 
 
-def _reduce(program: ConeProgram, normalize: bool) -> tuple[_Data, ConeSpec]:
-    """Equilibrate (Â = D A E, P̂ = E P E, b̂ = D b, ĉ = E c), densify, and eliminate the
+def _reduce(
+    program: ConeProgram, normalize: bool, equilibrator=equilibrate
+) -> tuple[_Data, ConeSpec]:
+    """Equilibrate (Â = D A E, P̂ = E P E, b̂ = D b, ĉ = E c; `equilibrator` gives D, E:
+    `admm.equilibrate` or its compiled twin), densify, and eliminate the
     lifted variables (`_lifted_columns`): x_E = T x_K + u. Returns the data of the reduced
     program (with what `_restore` and `_unscale` need) and its cone."""
     st, B = program.structure, program.batch_size
     ops = SparseOps.of(st, program.b.device)
     if normalize:
-        D, E = equilibrate(program, ops)
+        D, E = equilibrator(program, ops)
     else:
         D, E = program.b.new_ones(B, st.m), program.b.new_ones(B, st.n)
     A_vals = program.A * D[:, ops.a_rows] * E[:, ops.a_cols]

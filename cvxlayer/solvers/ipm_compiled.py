@@ -31,7 +31,7 @@ from cvxlayer.cones import nonneg
 from cvxlayer.cones import soc_kernels as cone
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.program import ConeProgram
-from cvxlayer.solvers import ipm
+from cvxlayer.solvers import ipm, ruiz_kernels
 from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
 from cvxlayer.solvers.elementwise import map_chunks, worker_count
 
@@ -53,22 +53,11 @@ def supports(cones) -> bool:
 # ------------------------------------------------------------------ dense linear algebra
 @njit(**_OPTIONS)
 def _cholesky(M, L):
-    """L Lᵀ = M (lower L); False where a pivot is not positive."""
-    n = M.shape[0]
-    L[:] = 0.0
-    for j in range(n):
-        d = M[j, j]
-        for k in range(j):
-            d -= L[j, k] * L[j, k]
-        if not d > 0.0:
-            return False
-        d = math.sqrt(d)
-        L[j, j] = d
-        for i in range(j + 1, n):
-            v = M[i, j]
-            for k in range(j):
-                v -= L[i, k] * L[j, k]
-            L[i, j] = v / d
+    """L Lᵀ = M (lower L, LAPACK's potrf); False where M is not positive definite."""
+    try:
+        L[:] = np.linalg.cholesky(M)
+    except Exception:
+        return False
     return True
 
 
@@ -105,11 +94,8 @@ def _factor(P, AT, p, starts, w, eta, L, LS, MinvAt):
     shift = _REG + _EPS * largest
     ok = False
     for _ in range(_DYNAMIC_TRIES + 1):
-        for j in range(n):
-            M[j, j] += shift
-        ok = _cholesky(M, L)
-        for j in range(n):
-            M[j, j] -= shift
+        shifted = M + shift * np.eye(n)
+        ok = _cholesky(shifted, L)
         if ok:
             break
         shift *= 100.0
@@ -119,9 +105,7 @@ def _factor(P, AT, p, starts, w, eta, L, LS, MinvAt):
         v = AT[:, i].copy()
         _chol_solve(L, v)
         MinvAt[:, i] = v
-    S = np.ascontiguousarray(AT[:, :p].T) @ MinvAt
-    for i in range(p):
-        S[i, i] += _REG
+    S = np.ascontiguousarray(AT[:, :p].T) @ MinvAt + _REG * np.eye(p)
     return _cholesky(S, LS)
 
 
@@ -402,7 +386,7 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     inner = [max(e * e, ipm._INNER_EPS[dtype]) for e in (eps_abs, eps_rel)]
     tolerances = np.array(inner + [eps_abs, eps_rel, eps_inf])
     max_iters = min(settings.max_iters, ipm.MAX_ITERS)
-    data, cone_spec = ipm._prepare(program, settings.normalize)
+    data, cone_spec = ipm._prepare(program, settings.normalize, ruiz_kernels.equilibrate)
     order, starts, p = _layout(ipm._Cones(cone_spec, data.b))
 
     def numpy(t: torch.Tensor) -> np.ndarray:
