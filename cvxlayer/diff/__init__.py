@@ -5,8 +5,11 @@ from functools import partial
 from cvxlayer.diff.dense import ResidualMapAdjoint
 from cvxlayer.diff.diffcp_backend import DiffcpAdjoint
 from cvxlayer.diff.implicit import Adjoint, solve_and_differentiate
+from cvxlayer.diff.kkt import KKTAdjoint
 
-ADJOINTS = {method: partial(ResidualMapAdjoint, method) for method in ("auto", "dense", "lsqr")}
+ADJOINTS = {method: partial(ResidualMapAdjoint, method) for method in ("dense", "lsqr")}
+ADJOINTS["auto"] = partial(KKTAdjoint, "auto")
+ADJOINTS["kkt"] = partial(KKTAdjoint, "kkt")
 ADJOINTS[DiffcpAdjoint.name] = DiffcpAdjoint
 
 

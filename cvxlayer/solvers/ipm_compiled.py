@@ -42,6 +42,7 @@ _REG = 1e-9
 _REFINE, _REFINE_TOL = 10, 1e-10
 _DYNAMIC_TRIES = 6
 _STALL, _DIVERGED = 5, 1e3
+_ADJOINT_CLIP = 1e8  # the backward's bound on H's spectrum (as the QP path's polish)
 _EPS = np.finfo(np.float64).eps
 
 
@@ -455,3 +456,40 @@ def _cached() -> bool:
         name.startswith("ipm_compiled.solve_one") and name.endswith(".nbi")
         for name in os.listdir(path)
     )
+
+
+# ------------------------------------------------------------------ the backward
+@njit(**_OPTIONS)
+def adjoint_one(P, A, p, starts, s, y, gx, gy, gs, u, v):
+    """The adjoint of one element's solution map through the interior point's KKT system
+    at an interior solution (s, y) (rows as in `solve_one`, equality rows first): with
+    H = WᵀW the Nesterov–Todd scaling at (s, y) (0 on equality rows), solve
+
+        [P  Aᵀ] [u]   [gx         ]
+        [A −H ] [v] = [gy − H gs  ]
+
+    (the linearized optimality conditions with Δs = −HΔy, as OptNet does with λ/s), H's
+    spectrum clipped into [1/δ, δ] (`_ADJOINT_CLIP`; near the solution it spans μ to 1/μ,
+    and the factorization's regularization, proportional to its largest entry, would then
+    leave refinement too much to undo); writes u (n,), v (m,). Returns False where a
+    factorization failed."""
+    m, n = A.shape
+    mc = m - p
+    AT = np.ascontiguousarray(A.T)
+    w, eta, lam = np.empty(mc), np.empty(starts.size - 1), np.empty(mc)
+    cone.scaling(starts, s[p:], y[p:], w, eta, lam)
+    cone.clip_scaling(starts, s[p:], y[p:], w, eta, _ADJOINT_CLIP)
+    L, LS, MinvAt = np.empty((n, n)), np.empty((p, p)), np.empty((n, p))
+    ok = _factor(P, AT, p, starts, w, eta, L, LS, MinvAt)
+    r2 = gy.copy()
+    h_gs = np.empty(mc)
+    cone.apply_h(starts, w, eta, gs[p:], h_gs, False)
+    r2[p:] -= h_gs
+    u[:], v[:] = _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, gx, r2)
+    return ok
+
+
+@njit(**_OPTIONS)
+def interior(starts, s, y, p):
+    """Whether (s, y) lie strictly inside the cones on the rows after the first p."""
+    return cone.margin(starts, s[p:]) > 0 and cone.margin(starts, y[p:]) > 0

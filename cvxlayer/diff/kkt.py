@@ -1,0 +1,125 @@
+"""Backward "kkt": the adjoint through the interior point's own KKT system (OptNet's way),
+at solutions that lie strictly inside the cones (interior-point solutions: modes "ipm",
+"ipm-torch", "clarabel").
+
+At such a solution, with H = WᵀW the Nesterov–Todd scaling at (s, y) (H = 0 on the zero
+cone's rows), the optimality conditions linearize as
+
+    P dx + Aᵀ dy = −(dP x + dAᵀ y + dc),    A dx − H dy = db − dA x,    ds = −H dy,
+
+the same system the interior point factors. For a loss with gradients (gx, gy, gs) solve
+[[P, Aᵀ], [A, −H]] [u; v] = [gx; gy − H gs]; then
+
+    dc = −u,   db = v,   dA = −(y uᵀ + v xᵀ),   dP = −½ (u xᵀ + x uᵀ).
+
+As the interior point's μ → 0 this is the derivative of the solution map wherever that is
+differentiable (strict complementarity); at μ ~ 1e-13 (the ipm modes aim at eps²) the two
+agree to ~1e-7 relative or better. Each element is factored once by Cholesky of
+P + A_cᵀH⁻¹A_c (n × n, the equality rows through its Schur complement) in the compiled
+engine (`ipm_compiled.adjoint_one`), per element over the kept thread pool, instead of the
+residual map's (n + m)² LU. Programs with other cones, and solutions on the boundary of
+the cones (first-order modes, fast paths), use the residual map (`dense.py`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cvxlayer.diff.dense import ResidualMapAdjoint
+from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
+from cvxlayer.solvers.base import Solution
+from cvxlayer.solvers.elementwise import map_chunks
+
+
+class KKTAdjoint:
+    """Backward "kkt" (and what "auto" uses where it applies; module docstring)."""
+
+    supports_quadratic = True
+
+    def __init__(self, name: str = "kkt", fallback: str = "auto") -> None:
+        self.name = name
+        self.fallback = ResidualMapAdjoint(fallback)
+
+    def check(self, structure: ConeStructure) -> None:
+        self.fallback.check(structure)
+
+    def vjp(
+        self,
+        program: ConeProgram,
+        solution: Solution,
+        dx: torch.Tensor,
+        dy: torch.Tensor,
+        ds: torch.Tensor,
+        active: list[int],
+    ):
+        engine = _engine(program)
+        if engine is None or not active:
+            return self.fallback.vjp(program, solution, dx, dy, ds, active)
+        ipm_compiled, order, starts, p = engine
+        st = program.structure
+        ops = SparseOps.of(st, program.b.device)
+        A_dense, P_dense = ops.dense(program.A, program.P)
+
+        def numpy(t: torch.Tensor | None, rows=None) -> np.ndarray:
+            t = t if rows is None else t[:, rows]
+            return np.ascontiguousarray(t.detach().cpu().double().numpy())
+
+        A = numpy(A_dense, order)
+        P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else numpy(P_dense)
+        x = numpy(solution.x)
+        s, y = numpy(solution.s, order), numpy(solution.y, order)
+        if not all(ipm_compiled.interior(starts, s[i], y[i], p) for i in active):
+            return self.fallback.vjp(program, solution, dx, dy, ds, active)
+        gx, gy, gs = numpy(dx), numpy(dy, order), numpy(ds, order)
+        u, v = np.zeros_like(x), np.zeros_like(y)
+        ok = np.ones(len(x), dtype=bool)
+
+        def run(chunk):
+            for i in chunk:
+                ok[i] = ipm_compiled.adjoint_one(
+                    P[i], A[i], p, starts, s[i], y[i], gx[i], gy[i], gs[i], u[i], v[i]
+                )
+            return []
+
+        workers = max(1, min(torch.get_num_threads(), len(active)))
+        map_chunks(run, np.array_split(np.asarray(active), workers), workers)
+        if not ok[active].all():
+            return self.fallback.vjp(program, solution, dx, dy, ds, active)
+        v_rows = np.empty_like(v)
+        v_rows[:, order] = v
+
+        def back(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=program.b.dtype, device=program.b.device)
+
+        u, v, x, y = back(u), back(v_rows), back(x), solution.y.detach()
+        rows, cols = ops.a_rows, ops.a_cols
+        grads = [-(y[:, rows] * u[:, cols] + v[:, rows] * x[:, cols]), v, -u]
+        if program.P is not None:
+            # an upper-triangle value stands for P_ij and P_ji: off-diagonal gradients double
+            full = -(u[:, ops.p_rows] * x[:, ops.p_cols] + x[:, ops.p_rows] * u[:, ops.p_cols])
+            grads.append(torch.where(ops.p_on_diagonal, full / 2, full))
+        else:
+            grads.append(None)
+        inactive = torch.ones(program.batch_size, dtype=torch.bool)
+        inactive[active] = False
+        return tuple(None if g is None else g.masked_fill(_rows(inactive, g), 0) for g in grads)
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """mask (B,) broadcast over like (B, k)."""
+    return mask.to(like.device).unsqueeze(1).expand_as(like)
+
+
+def _engine(program: ConeProgram):
+    """(the compiled engine's module, row order, cone blocks, equality rows) for CPU
+    programs whose cones it handles; None otherwise."""
+    if program.b.device.type != "cpu":
+        return None
+    from cvxlayer.solvers import ipm
+
+    compiled = ipm._compiled_engine()
+    if compiled is None or not compiled.supports(program.structure.cones):
+        return None
+    order, starts, p = compiled._layout(ipm._Cones(program.structure.cones, program.b))
+    return compiled, order, starts, p
