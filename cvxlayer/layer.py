@@ -21,11 +21,15 @@ from cvxlayer.linalg import all_finite
 from cvxlayer.options import CallOptions, parse_solver_args
 from cvxlayer.solvers import Solution, SolveSettings, Status, get_solver
 from cvxlayer.solvers.base import put_rows
+from cvxlayer.solvers.ipm import compiled_engine_supports
 
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
-# mode="auto": the batched torch solver on CUDA; native SCS on the CPU, where it is faster
-# for the small and medium problems layers usually hold (docs/benchmarks.md)
-AUTO_CPU, AUTO_CUDA = "scs", "torch"
+# mode="auto": the batched torch solver on CUDA; on the CPU the compiled interior point
+# from AUTO_IPM_MIN_BATCH elements where it handles the cones (zero, nonnegative,
+# second-order: 1.1-1.4x native SCS forward+backward at B = 8-128, 0.6-0.8x at B = 1;
+# docs/benchmarks.md), native SCS otherwise
+AUTO_CPU, AUTO_CUDA, AUTO_CPU_IPM = "scs", "torch", "ipm"
+AUTO_IPM_MIN_BATCH = 8
 # modes whose unconverged elements an interior point finishes before the backward
 FIRST_ORDER = ("scs", "scs-block", "torch")
 
@@ -120,7 +124,8 @@ class CvxpyLayer(torch.nn.Module):
             )
         self.mode = mode
         self.solvers = {
-            m: get_solver(m) for m in ((AUTO_CPU, AUTO_CUDA) if mode == "auto" else (mode,))
+            m: get_solver(m)
+            for m in ((AUTO_CPU, AUTO_CUDA, AUTO_CPU_IPM) if mode == "auto" else (mode,))
         }  # a call may name another mode (diffcp's solve_method): added when first used
         self.defaults: CallOptions = parse_solver_args(
             solver_args, CallOptions(SolveSettings(verbose=verbose), "auto")
@@ -197,7 +202,7 @@ class CvxpyLayer(torch.nn.Module):
         if mode not in self.solvers and mode != "auto":
             self.solvers[mode] = get_solver(mode)
         if mode == "auto":
-            mode = AUTO_CUDA if values[0].is_cuda else AUTO_CPU
+            mode = self._auto_mode(values)
         # with return_status, invalid elements are reported instead of raising (`_valid_rows`)
         valid = _valid_rows(self.compiled, values) if return_status else None
         if valid is None or bool(valid.all()):
@@ -219,6 +224,16 @@ class CvxpyLayer(torch.nn.Module):
         if not batched:
             outputs = tuple(o.squeeze(0) for o in outputs)
         return (outputs, info) if return_status else outputs
+
+    def _auto_mode(self, values: list[torch.Tensor]) -> str:
+        """mode="auto" for this call (see AUTO_CPU)."""
+        if values[0].is_cuda:
+            return AUTO_CUDA
+        batch = values[0].shape[0]
+        cones = self.compiled.structure.cones
+        if batch >= AUTO_IPM_MIN_BATCH and compiled_engine_supports(cones):
+            return AUTO_CPU_IPM
+        return AUTO_CPU
 
     def _solve_batch(self, values: list[torch.Tensor], options: CallOptions, adjoint, mode: str):
         """(Solution, mode that ran) for valid parameter values, in chunks of `max_batch`."""

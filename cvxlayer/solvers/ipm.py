@@ -315,6 +315,12 @@ def _compiled_engine():
     return ipm_compiled
 
 
+def compiled_engine_supports(cones) -> bool:
+    """Whether mode "ipm" runs the compiled engine on CPU tensors of programs with `cones`."""
+    compiled = _compiled_engine()
+    return compiled is not None and compiled.supports(cones)
+
+
 class TorchInteriorPoint(InteriorPoint):
     """Mode "ipm-torch": the batched torch engine on any device (the compiled engine's
     reference)."""
