@@ -130,7 +130,8 @@ def osqp_system(task: Task) -> Runner:
 
 def mpc_system(task: Task) -> Runner:
     """mpc.pytorch's LQR (time-major), on the same problem: T + 1 stages, the last one with a
-    control of cost ½‖u‖² that the cvxpy form does not have (it comes out 0)."""
+    control of cost ½‖u‖² that the cvxpy form does not have (it comes out 0); with box-DDP
+    on the controls' bounds for T7."""
     if "T" not in task.extras:
         raise NotImplementedError("mpc.pytorch applies to LQR tasks only")
     from mpc import mpc as mpc_lib
@@ -144,8 +145,13 @@ def mpc_system(task: Task) -> Runner:
         C = torch.eye(n + m, dtype=x0.dtype).expand(T + 1, batch, n + m, n + m)
         c = torch.zeros(T + 1, batch, n + m, dtype=x0.dtype)
         F = torch.cat([A, B], 2).unsqueeze(0).expand(T, batch, n, n + m)
+        box = {}
+        if "u_max" in task.extras:  # box-DDP (T7): its own iterations on the bounds
+            bound = torch.full((T + 1, batch, m), task.extras["u_max"], dtype=x0.dtype)
+            box = {"u_lower": -bound, "u_upper": bound, "lqr_iter": 20}
         ctrl = mpc_lib.MPC(
-            n, m, T + 1, lqr_iter=1, n_batch=batch, verbose=-1, exit_unconverged=False
+            n, m, T + 1, n_batch=batch, verbose=-1, exit_unconverged=False,
+            **{"lqr_iter": 1, **box},
         )
         _, u, _ = ctrl(x0, QuadCost(C, c), LinDx(F))
         return u[:T].permute(1, 2, 0)  # (B, m, T), like the cvxpy variable U

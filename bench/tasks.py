@@ -262,6 +262,26 @@ def lqr_control(batch: int = 128, n: int = 10, m: int = 2, T: int = 5, seed: int
     )
 
 
+def box_lqr(
+    batch: int = 128, n: int = 10, m: int = 2, T: int = 10, u_max: float = 0.3, seed: int = 12
+) -> Task:
+    """T7 (box-constrained MPC): T3 with |u_t| ≤ u_max (A, B, x_init batched)."""
+    task = lqr_control(batch, n, m, T, seed)
+    X, U = task.problem.variables()
+    X, U = (X, U) if X.shape[0] == n else (U, X)
+    constraints = task.problem.constraints + [cp.abs(U) <= u_max]
+    return Task(
+        "T7",
+        f"box-constrained LQR n={n} m={m} T={T} |u|<={u_max} B={batch}",
+        cp.Problem(task.problem.objective, constraints),
+        task.parameters,
+        U,
+        task.values,
+        peers=("cvxpylayers", "mpc.pytorch"),
+        extras={**task.extras, "u_max": u_max},
+    )
+
+
 def lml_projection(batch: int = 128, d: int = 1000, k: int = 5, seed: int = 6) -> Task:
     """T4: the LML projection min −xᵀy − Σ H_b(y_i) s.t. 1ᵀy = k."""
     gen = _gen(seed)
@@ -292,6 +312,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "T5-exp": softmax,
     "T5-psd": nearest_psd,
     "T3": lqr_control,
+    "T7": box_lqr,
+    "T7-T100": lambda batch=32: box_lqr(batch, T=100),
     "T4": lml_projection,
     "T4-d100": lambda batch=128: lml_projection(batch, d=100),
     "T4-d10000": lambda batch=128: lml_projection(batch, d=10_000),

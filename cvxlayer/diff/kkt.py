@@ -56,22 +56,21 @@ class KKTAdjoint:
         engine = _engine(program)
         if engine is None or not active:
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
-        ipm_compiled, order, starts, p = engine
+        ipm_compiled, starts, p = engine
         st = program.structure
         ops = SparseOps.of(st, program.b.device)
         A_dense, P_dense = ops.dense(program.A, program.P)
 
-        def numpy(t: torch.Tensor | None, rows=None) -> np.ndarray:
-            t = t if rows is None else t[:, rows]
+        def numpy(t: torch.Tensor) -> np.ndarray:
             return np.ascontiguousarray(t.detach().cpu().double().numpy())
 
-        A = numpy(A_dense, order)
+        A = numpy(A_dense)
         P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else numpy(P_dense)
         x = numpy(solution.x)
-        s, y = numpy(solution.s, order), numpy(solution.y, order)
+        s, y = numpy(solution.s), numpy(solution.y)
         if not all(ipm_compiled.interior(starts, s[i], y[i], p) for i in active):
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
-        gx, gy, gs = numpy(dx), numpy(dy, order), numpy(ds, order)
+        gx, gy, gs = numpy(dx), numpy(dy), numpy(ds)
         u, v = np.zeros_like(x), np.zeros_like(y)
         ok = np.ones(len(x), dtype=bool)
 
@@ -86,13 +85,11 @@ class KKTAdjoint:
         map_chunks(run, np.array_split(np.asarray(active), workers), workers)
         if not ok[active].all():
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
-        v_rows = np.empty_like(v)
-        v_rows[:, order] = v
 
         def back(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(a, dtype=program.b.dtype, device=program.b.device)
 
-        u, v, x, y = back(u), back(v_rows), back(x), solution.y.detach()
+        u, v, x, y = back(u), back(v), back(x), solution.y.detach()
         rows, cols = ops.a_rows, ops.a_cols
         grads = [-(y[:, rows] * u[:, cols] + v[:, rows] * x[:, cols]), v, -u]
         if program.P is not None:
@@ -112,8 +109,8 @@ def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _engine(program: ConeProgram):
-    """(the compiled engine's module, row order, cone blocks, equality rows) for CPU
-    programs whose cones it handles; None otherwise."""
+    """(the compiled engine's module, cone blocks, equality rows) for CPU programs whose
+    cones it handles; None otherwise."""
     if program.b.device.type != "cpu":
         return None
     from cvxlayer.solvers import ipm
@@ -121,5 +118,4 @@ def _engine(program: ConeProgram):
     compiled = ipm._compiled_engine()
     if compiled is None or not compiled.supports(program.structure.cones):
         return None
-    order, starts, p = compiled._layout(ipm._Cones(program.structure.cones, program.b))
-    return compiled, order, starts, p
+    return (compiled, *compiled.layout(program.structure.cones))

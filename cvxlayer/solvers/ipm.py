@@ -362,13 +362,11 @@ def _reduce(
     A, P = ops.dense(A_vals, P_vals)
     b, c = program.b * D, program.c * E
     full = {"D": D, "E": E, "b_full": b, "c_full": c}  # for `_unscale`
-    cols, rows = _lifted_columns(st)
+    cols, rows, keep, other = _lifted_columns(st)
     a = A[:, rows, cols]
     if cols.size == 0 or not bool((a != 0).all()):  # a zero coefficient: nothing eliminated
         P = A.new_zeros(B, st.n, st.n) if P is None else P
         return _Data(A=A, P=P, b=b, c=c, row_scale=D, col_scale=E, **full), st.cones
-    keep = np.setdiff1d(np.arange(st.n), cols)
-    other = np.setdiff1d(np.arange(st.m), rows)
     T = -A[:, rows][:, :, keep] / a.unsqueeze(-1)
     u = b[:, rows] / a
     lifted = {"T": T, "u": u, "a": a, "c_E": c[:, cols]}
@@ -391,13 +389,16 @@ def _reduce(
 
 
 @functools.lru_cache(maxsize=64)
-def _lifted_columns(structure: ConeStructure) -> tuple[np.ndarray, np.ndarray]:
-    """(columns E, rows R): variables whose only nonzero in A sits in an equality row (one per
-    row), e.g. the t = L x that cvxpy introduces for sum_squares(L @ x)."""
+def _lifted_columns(structure: ConeStructure) -> tuple[np.ndarray, ...]:
+    """(columns E, rows R, the other columns, the other rows): variables whose only nonzero
+    in A sits in an equality row (one per row), e.g. the t = L x that cvxpy introduces for
+    sum_squares(L @ x)."""
     rows, cols = structure.a_coords()
     counts = np.bincount(cols, minlength=structure.n)
     entry = one_per(np.flatnonzero((counts[cols] == 1) & (rows < structure.cones.zero)), rows)
-    return cols[entry].astype(np.int64), rows[entry].astype(np.int64)
+    cols, rows = cols[entry].astype(np.int64), rows[entry].astype(np.int64)
+    keep = np.setdiff1d(np.arange(structure.n), cols)
+    return cols, rows, keep, np.setdiff1d(np.arange(structure.m), rows)
 
 
 def _restore(data: _Data, x, z, s, tau):

@@ -19,6 +19,7 @@ Everything here is float64 numpy; nothing calls torch inside the compiled code.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -27,15 +28,13 @@ import numpy as np
 import torch
 from numba import njit
 
-from cvxlayer.cones import nonneg
 from cvxlayer.cones import soc_kernels as cone
-from cvxlayer.cones.projections import ConeProjector
+from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.program import ConeProgram
 from cvxlayer.solvers import ipm, ruiz_kernels
 from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
 from cvxlayer.solvers.elementwise import map_chunks, worker_count
 
-FAMILIES = ("nonneg", "soc")  # besides the zero cone
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}  # x/0: inf, no raise
 _STEP_FRACTION = 0.99
 _REG = 1e-9
@@ -46,9 +45,9 @@ _ADJOINT_CLIP = 1e8  # the backward's bound on H's spectrum (as the QP path's po
 _EPS = np.finfo(np.float64).eps
 
 
-def supports(cones) -> bool:
+def supports(cones: ConeSpec) -> bool:
     """Whether every cone of a `ConeSpec` is one the compiled engine handles."""
-    return all(g.family in FAMILIES + ("zero",) for g in ConeProjector.of(cones).groups)
+    return not (cones.psd or cones.exp or cones.exp_dual or cones.power)
 
 
 # ------------------------------------------------------------------ dense linear algebra
@@ -364,18 +363,13 @@ _SOLVED, _INFEASIBLE, _UNBOUNDED, _FAILED, _MAX_ITERS = range(5)
 
 
 # ------------------------------------------------------------------ the batch
-def _layout(cones: ipm._Cones) -> tuple[np.ndarray, np.ndarray, int]:
-    """(order, starts, p): the rows in the engine's order (equality rows, then each group's
-    cones), the cone blocks' starts relative to row p, and p."""
-    order, sizes = [cones.eq.cpu().numpy()], []
-    for family, rows in cones.groups:
-        index = rows.index.cpu().numpy()
-        order.append(index.reshape(-1))
-        # the orthant's rows as one-row second-order blocks (cone.soc_kernels)
-        size = 1 if family is nonneg else index.shape[1]
-        sizes += [size] * (index.size // size)
-    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
-    return np.concatenate(order).astype(np.int64), starts, int(cones.eq.numel())
+@functools.lru_cache(maxsize=64)
+def layout(cones: ConeSpec) -> tuple[np.ndarray, int]:
+    """(starts, p) for a program with zero, nonnegative and second-order cones, whose rows
+    come in that order (SCS's): p equality rows first, then the cone blocks from row p,
+    starts relative to it (an orthant row is a one-row block, `cone.soc_kernels`)."""
+    sizes = [1] * cones.nonneg + list(cones.soc)
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), cones.zero
 
 
 def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
@@ -388,13 +382,13 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     tolerances = np.array(inner + [eps_abs, eps_rel, eps_inf])
     max_iters = min(settings.max_iters, ipm.MAX_ITERS)
     data, cone_spec = ipm._prepare(program, settings.normalize, ruiz_kernels.equilibrate)
-    order, starts, p = _layout(ipm._Cones(cone_spec, data.b))
+    starts, p = layout(cone_spec)
 
     def numpy(t: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(t.detach().double().numpy())
 
-    P, A, b, c = numpy(data.P), numpy(data.A[:, order]), numpy(data.b[:, order]), numpy(data.c)
-    d_inv, e_inv = 1.0 / numpy(data.row_scale[:, order]), 1.0 / numpy(data.col_scale)
+    P, A, b, c = numpy(data.P), numpy(data.A), numpy(data.b), numpy(data.c)
+    d_inv, e_inv = 1.0 / numpy(data.row_scale), 1.0 / numpy(data.col_scale)
     B, m, n = A.shape
     x, z, s = np.zeros((B, n)), np.zeros((B, m)), np.zeros((B, m))
     tau, codes = np.ones(B), np.full(B, _FAILED, dtype=np.int64)
@@ -416,14 +410,12 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
 
     workers = worker_count(settings, B)
     map_chunks(run, np.array_split(np.arange(B), workers), workers)
-    z_rows, s_rows = np.empty_like(z), np.empty_like(s)
-    z_rows[:, order], s_rows[:, order] = z, s
 
     def back(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=dtype)
 
     code = torch.as_tensor(codes)
-    out = ipm._unscale(data, back(x), back(z_rows), back(s_rows), back(tau), code)
+    out = ipm._unscale(data, back(x), back(z), back(s), back(tau), code)
     status = tuple(ipm._STATUS[k] for k in codes.tolist())
     return Solution(*out, status, torch.as_tensor(iterations))
 
