@@ -63,18 +63,31 @@ def _cholesky(M, L):
 
 @njit(**_OPTIONS)
 def _chol_solve(L, v):
-    """v ← (L Lᵀ)⁻¹ v in place."""
+    """(L Lᵀ)⁻¹ v by two triangular substitutions (loops: n is small, and a BLAS call per
+    row would cost more than its arithmetic)."""
     n = L.shape[0]
+    x = v.copy()
     for i in range(n):
-        t = v[i]
+        t = x[i]
         for k in range(i):
-            t -= L[i, k] * v[k]
-        v[i] = t / L[i, i]
+            t -= L[i, k] * x[k]
+        x[i] = t / L[i, i]
     for i in range(n - 1, -1, -1):
-        t = v[i]
+        t = x[i]
         for k in range(i + 1, n):
-            t -= L[k, i] * v[k]
-        v[i] = t / L[i, i]
+            t -= L[k, i] * x[k]
+        x[i] = t / L[i, i]
+    return x
+
+
+@njit(**_OPTIONS)
+def _forward_substitution(L, B):
+    """L⁻¹ B for a block B (n, p) of right-hand sides, row by row (each row one BLAS
+    product with the rows above: n²p/2 flops in n calls)."""
+    X = np.empty_like(B)
+    for i in range(L.shape[0]):
+        X[i] = (B[i] - L[i, :i] @ X[:i]) / L[i, i]
+    return X
 
 
 # ------------------------------------------------------------------ the reduced KKT system
@@ -94,19 +107,16 @@ def _factor(P, AT, p, starts, w, eta, L, LS, MinvAt):
     shift = _REG + _EPS * largest
     ok = False
     for _ in range(_DYNAMIC_TRIES + 1):
-        shifted = M + shift * np.eye(n)
-        ok = _cholesky(shifted, L)
+        ok = _cholesky(M + shift * np.eye(n), L)
         if ok:
             break
         shift *= 100.0
     if not ok or p == 0:
         return ok
-    for i in range(p):
-        v = AT[:, i].copy()
-        _chol_solve(L, v)
-        MinvAt[:, i] = v
-    S = np.ascontiguousarray(AT[:, :p].T) @ MinvAt + _REG * np.eye(p)
-    return _cholesky(S, LS)
+    X = _forward_substitution(L, np.ascontiguousarray(AT[:, :p]))  # L⁻¹ A_eqᵀ
+    # M⁻¹A_eqᵀ = L⁻ᵀX: the substitution with Lᵀ reversed (rows and columns)
+    MinvAt[:] = _forward_substitution(np.ascontiguousarray(L.T[::-1, ::-1]), X[::-1].copy())[::-1]
+    return _cholesky(X.T @ X + _REG * np.eye(p), LS)
 
 
 @njit(**_OPTIONS)
@@ -116,12 +126,10 @@ def _solve_once(A, AT, p, starts, w, eta, L, LS, MinvAt, r1, r2):
     m = A.shape[0]
     hinv_r2 = np.zeros(m)
     cone.apply_h(starts, w, eta, r2[p:], hinv_r2[p:], True)
-    dx = r1 + AT @ hinv_r2
-    _chol_solve(L, dx)
+    dx = _chol_solve(L, r1 + AT @ hinv_r2)
     dz = np.zeros(m)
     if p > 0:
-        y = A[:p] @ dx - r2[:p]
-        _chol_solve(LS, y)
+        y = _chol_solve(LS, A[:p] @ dx - r2[:p])
         dx -= MinvAt @ y
         dz[:p] = y
     Adx = A @ dx
