@@ -46,6 +46,7 @@ from cvxlayer.fastpaths import active_set
 from cvxlayer.fastpaths.batching import broadcast_batch
 from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv
 from cvxlayer.solvers.base import Status, floor_tolerance
+from cvxlayer.solvers.elementwise import map_chunks
 
 # IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
 MAX_ITERS = 50
@@ -60,6 +61,7 @@ _D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
 # enough for refinement to converge fast, small enough to keep H's conditioning moderate
 _D_POLISH = {torch.float64: 1e8, torch.float32: 1e3}
 _REFINE_STEPS = 3
+_TINY_SLACK = 1e-30  # an exact zero of s or λ, as the compiled backward's scaling sees it
 _IPM_EPS = {torch.float64: 1e-8, torch.float32: 1e-4}
 _RETRY = 1e-3  # an element whose polish fails iterates on until its gap is this much smaller
 # an element that meets the user's tolerance ends at its best iterate once it has not
@@ -212,12 +214,22 @@ class AdjointSystem:
     active rows have w_scale = 0 and the inactive ones are not free.
     """
 
-    kkt: KKTFactor
+    kkt: KKTFactor | None  # None: an active set's, not factored yet (`factored`)
     w_scale: torch.Tensor  # (B, m)
     free: torch.Tensor  # (B, m) bool
 
     def select(self, keep: torch.Tensor) -> AdjointSystem:
-        return AdjointSystem(_select(self.kkt, keep), self.w_scale[keep], self.free[keep])
+        kkt = None if self.kkt is None else _select(self.kkt, keep)
+        return AdjointSystem(kkt, self.w_scale[keep], self.free[keep])
+
+    def factored(self, qp: QPData) -> AdjointSystem:
+        """This system with its factorization (an active set's: weights 1/δ and δ standing
+        for active and inactive rows)."""
+        if self.kkt is not None:
+            return self
+        big = _D_POLISH[qp.Q.dtype]
+        d = torch.where(self.free, big, 1.0 / big).to(qp.Q.dtype)
+        return AdjointSystem(KKTFactor(qp, d), self.w_scale, self.free)
 
     @staticmethod
     def assemble(parts: list[tuple[torch.Tensor, AdjointSystem]]) -> AdjointSystem:
@@ -474,8 +486,9 @@ def solve_batch(
     ok = solved.nonzero().flatten()
     everyone = len(ok) == B
     parts = []
-    if len(ok):
-        parts.append((ok, active_set_system(qp if everyone else _select(qp, ok), lam[ok] > 0)))
+    if len(ok):  # factored in the backward (on CPU by the compiled kernel, `_adjoint_solve`)
+        part = qp if everyone else _select(qp, ok)
+        parts.append((ok, active_set_system(part, lam[ok] > 0, factor=False)))
     status = [Status.SOLVED] * B
     iterations = torch.as_tensor(iterations)
     rest = (~solved).nonzero().flatten()
@@ -486,6 +499,8 @@ def solve_batch(
         for i, st in zip(rest.tolist(), ipm.status):
             status[i] = st
         iterations[rest.cpu()] = ipm.iterations
+        if parts:  # one system for the batch: factor the active set's part now
+            parts[0] = (ok, parts[0][1].factored(_select(qp, ok)))
         parts.append((rest, ipm.system))
     return PDIPMResult(z, s, lam, nu, tuple(status), iterations, AdjointSystem.assemble(parts))
 
@@ -510,12 +525,12 @@ def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
     return z_p, s_p, lam_p, nu_p, converged & system.kkt.ok, system
 
 
-def active_set_system(qp: QPData, active: torch.Tensor) -> AdjointSystem:
+def active_set_system(qp: QPData, active: torch.Tensor, factor: bool = True) -> AdjointSystem:
     """The KKT system of an active set, active (B, m) bool: G_i z = h_i on active rows,
-    λ_i = 0 on the others; factored with weights 1/δ and δ standing for the two."""
-    big = _D_POLISH[qp.Q.dtype]
-    d = torch.where(active, big, 1.0 / big).to(qp.Q.dtype)
-    return AdjointSystem(KKTFactor(qp, d), torch.zeros_like(d), active)
+    λ_i = 0 on the others; factored (unless not `factor`) with weights 1/δ and δ standing
+    for the two."""
+    system = AdjointSystem(None, torch.zeros_like(qp.h), active)
+    return system.factored(qp) if factor else system
 
 
 def _adjoint_system(qp: QPData, s, lam, polished) -> AdjointSystem:
@@ -569,12 +584,53 @@ def qp_vjp(qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu) -> tuple[torch.Tensor
     """Gradients (∇Q, ∇q, ∇G, ∇h, ∇A, ∇b) of ⟨g, (z, λ, ν)⟩ by OptNet's differentials, from
     the factorization at the solution (module docstring)."""
     z, lam, nu = sol.z, sol.lam, sol.nu
-    d_z, d_lam, d_nu = _refined_solve(qp, sol.system, g_z, g_lam, g_nu)
+    d_z, d_lam, d_nu = _adjoint_solve(qp, sol.system, g_z, g_lam, g_nu)
     outer = torch.einsum
     grad_Q = -0.5 * (outer("bi,bj->bij", d_z, z) + outer("bi,bj->bij", z, d_z))
     grad_G = -(outer("bi,bj->bij", lam, d_z) + outer("bi,bj->bij", d_lam, z))
     grad_A = -(outer("bi,bj->bij", nu, d_z) + outer("bi,bj->bij", d_nu, z))
     return grad_Q, -d_z, grad_G, d_lam, grad_A, d_nu
+
+
+def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
+    """(x, w, v) of `_refined_solve`'s system: on CPU tensors per element by the compiled
+    interior point's kernel (`ipm_compiled.adjoint_one`: the rows of A as equalities, those
+    of G as one-row cones with H = w_scale on free rows and H = ∞ on the others, clipped to
+    [1e-8, 1e8]); else batched with the torch factorization."""
+    from cvxlayer.solvers import ipm
+
+    engine = ipm._compiled_engine() if qp.Q.device.type == "cpu" else None
+    if engine is None:
+        return _refined_solve(qp, system.factored(qp), g_z, g_lam, g_nu)
+    B, m, p = qp.h.shape[0], qp.h.shape[1], qp.b.shape[1]
+
+    def numpy(t: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().double().numpy())
+
+    one = torch.ones_like(system.w_scale)
+    zeros = qp.b.new_zeros(B, p)
+    # H = s/y per row: w_scale where free (0: active), ∞ where not; kept off exact zeros
+    # (the scaling needs interior points; the kernel clips H to [1e-8, 1e8] anyway)
+    s = torch.where(system.free, system.w_scale.clamp(min=_TINY_SLACK), one)
+    y = torch.where(system.free, one, _TINY_SLACK)
+    s, y = (numpy(torch.cat([zeros, t], 1)) for t in (s, y))
+    Q, rows = numpy(qp.Q), numpy(torch.cat([qp.A, qp.G], 1))
+    gx, gy, gs = numpy(g_z), numpy(torch.cat([g_nu, g_lam], 1)), np.zeros((B, p + m))
+    starts = np.arange(m + 1, dtype=np.int64)
+    u, v = np.zeros_like(gx), np.zeros_like(gy)
+
+    def run(chunk):
+        for i in chunk:
+            engine.adjoint_one(
+                Q[i], rows[i], p, starts, s[i], y[i], gx[i], gy[i], gs[i], u[i], v[i]
+            )
+        return []
+
+    workers = max(1, min(torch.get_num_threads(), B))
+    map_chunks(run, np.array_split(np.arange(B), workers), workers)
+    u, v = (torch.as_tensor(a, dtype=qp.Q.dtype) for a in (u, v))
+    # rows outside `free` have λ fixed at 0: no multiplier of their own (exactly, not 1e-8)
+    return u, torch.where(system.free, v[:, p:], 0.0), v[:, :p]
 
 
 class _QPSolve(torch.autograd.Function):
