@@ -26,10 +26,15 @@ from cvxlayer.solvers.ipm import compiled_engine_supports
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
 # mode="auto": the batched torch solver on CUDA; on the CPU the compiled interior point
 # from AUTO_IPM_MIN_BATCH elements where it handles the cones (zero, nonnegative,
-# second-order: 1.1-1.4x native SCS forward+backward at B = 8-128, 0.6-0.8x at B = 1;
-# docs/benchmarks.md), native SCS otherwise
+# second-order) and its dense factorizations suit the program (`_dense_enough`), native SCS
+# otherwise (docs/benchmarks.md, "Where auto runs it")
 AUTO_CPU, AUTO_CUDA, AUTO_CPU_IPM = "scs", "torch", "ipm"
 AUTO_IPM_MIN_BATCH = 8
+# the compiled engine factors dense n × n systems: it beat native SCS by 1.1-1.4x on
+# programs whose A is 22-26% nonzero (T5a, an SOCP family up to n = 301), and lost 4x on
+# T7 (box-constrained LQR, 5.5% nonzero, n + m = 320; 100x at horizon 100), where SCS's
+# sparse factorization pays
+AUTO_IPM_MIN_DENSITY, AUTO_IPM_SMALL = 0.1, 100
 # modes whose unconverged elements an interior point finishes before the backward
 FIRST_ORDER = ("scs", "scs-block", "torch")
 
@@ -231,9 +236,16 @@ class CvxpyLayer(torch.nn.Module):
             return AUTO_CUDA
         batch = values[0].shape[0]
         cones = self.compiled.structure.cones
-        if batch >= AUTO_IPM_MIN_BATCH and compiled_engine_supports(cones):
+        if batch >= AUTO_IPM_MIN_BATCH and compiled_engine_supports(cones) and self._dense_enough():
             return AUTO_CPU_IPM
         return AUTO_CPU
+
+    def _dense_enough(self) -> bool:
+        """Whether the program suits the compiled engine's dense factorizations: small
+        (n + m ≤ AUTO_IPM_SMALL) or with A at least AUTO_IPM_MIN_DENSITY nonzero."""
+        st = self.compiled.structure
+        nnz = len(st.a_coords()[0])
+        return st.n + st.m <= AUTO_IPM_SMALL or nnz >= AUTO_IPM_MIN_DENSITY * st.n * st.m
 
     def _solve_batch(self, values: list[torch.Tensor], options: CallOptions, adjoint, mode: str):
         """(Solution, mode that ran) for valid parameter values, in chunks of `max_batch`."""
