@@ -86,10 +86,9 @@ class KKTAdjoint:
         if not ok[active].all():
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
 
-        def back(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, dtype=program.b.dtype, device=program.b.device)
-
-        u, v, x, y = back(u), back(v), back(x), solution.y.detach()
+        # u, v are 0 for elements not in `active`, whose x, y may be NaN: their gradients 0
+        u, v = (torch.as_tensor(t, dtype=program.b.dtype) for t in (u, v))
+        x, y = (torch.nan_to_num(t.detach()) for t in (solution.x, solution.y))
         rows, cols = ops.a_rows, ops.a_cols
         grads = [-(y[:, rows] * u[:, cols] + v[:, rows] * x[:, cols]), v, -u]
         if program.P is not None:
@@ -98,14 +97,7 @@ class KKTAdjoint:
             grads.append(torch.where(ops.p_on_diagonal, full / 2, full))
         else:
             grads.append(None)
-        inactive = torch.ones(program.batch_size, dtype=torch.bool)
-        inactive[active] = False
-        return tuple(None if g is None else g.masked_fill(_rows(inactive, g), 0) for g in grads)
-
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """mask (B,) broadcast over like (B, k)."""
-    return mask.to(like.device).unsqueeze(1).expand_as(like)
+        return tuple(grads)
 
 
 def _engine(program: ConeProgram):

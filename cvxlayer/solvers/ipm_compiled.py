@@ -12,7 +12,9 @@ only in the loop.
 
 Cones: zero, nonnegative and second-order (the nonnegative rows travel as one-row
 second-order blocks, `cvxlayer.cones.soc_kernels`). Other programs stay on the torch
-engine. Small dense systems: M is factored by a compiled Cholesky.
+engine. M is dense and factored by LAPACK's Cholesky (through numba). The backward
+(`adjoint_one`, backward "kkt" in `cvxlayer.diff.kkt`) solves the same reduced system at
+the solution.
 
 Everything here is float64 numpy; nothing calls torch inside the compiled code.
 """
@@ -36,11 +38,13 @@ from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
 from cvxlayer.solvers.elementwise import map_chunks, worker_count
 
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}  # x/0: inf, no raise
-_STEP_FRACTION = 0.99
-_REG = 1e-9
-_REFINE, _REFINE_TOL = 10, 1e-10
-_DYNAMIC_TRIES = 6
-_STALL, _DIVERGED = 5, 1e3
+# the torch engine's constants and status codes (one algorithm; numba reads them as
+# compile-time constants)
+_STEP_FRACTION, _REG = ipm._STEP_FRACTION, ipm._REG[torch.float64]
+_REFINE, _REFINE_TOL, _DYNAMIC_TRIES = ipm._REFINE, ipm._REFINE_TOL, ipm._DYNAMIC_TRIES
+_STALL, _DIVERGED = ipm._STALL, ipm._DIVERGED
+_SOLVED, _INFEASIBLE, _UNBOUNDED = ipm._SOLVED, ipm._INFEASIBLE, ipm._UNBOUNDED
+_FAILED, _MAX_ITERS = ipm._FAILED, ipm._MAX_ITERS
 _ADJOINT_CLIP = 1e8  # the backward's bound on H's spectrum (as the QP path's polish)
 _EPS = np.finfo(np.float64).eps
 
@@ -366,8 +370,6 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, starts, tolerances, max_iters, x, z, 
             kappa += alpha * dkappa
     return tau, code, k
 
-
-_SOLVED, _INFEASIBLE, _UNBOUNDED, _FAILED, _MAX_ITERS = range(5)
 
 
 # ------------------------------------------------------------------ the batch
