@@ -159,3 +159,34 @@ def test_auto_backward_takes_the_kkt_route_at_interior_solutions(monkeypatch):
         leaves = [v.requires_grad_(True) for v in _values(2, seed=13)]
         layer(*leaves, solver_args=TIGHT)[0].sum().backward()
     assert routes == ["scs"]
+
+
+def test_auto_runs_the_compiled_engine_on_dense_batches_only():
+    """mode="auto" on CPU tensors: the compiled interior point from AUTO_IPM_MIN_BATCH
+    elements when A is dense enough (the SOCP here: ~25% nonzero), native SCS for a
+    single element and for a sparse program (a chain of differences: ~3% nonzero,
+    n + m > 100), where SCS's sparse factorization wins (docs/benchmarks.md)."""
+    from cvxlayer.layer import AUTO_IPM_MIN_BATCH
+
+    gen = torch.Generator().manual_seed(17)
+    k = 10
+    y, x, M = cp.Variable(k), cp.Parameter(k), cp.Parameter((k, k))
+    dense = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [cp.norm(M @ y) <= 1])
+    layer = CvxpyLayer(dense, [x, M], [y], fast_path=False)
+    for batch, mode in ((1, "scs"), (AUTO_IPM_MIN_BATCH, "ipm")):
+        noise = torch.randn(batch, k, k, generator=gen, dtype=torch.float64)
+        values = [
+            torch.randn(batch, k, generator=gen, dtype=torch.float64),
+            torch.eye(k, dtype=torch.float64) + 0.3 * noise,
+        ]
+        (_,), info = layer(*values, return_status=True)
+        assert info.mode == mode
+    n = 60
+    z, d = cp.Variable(n), cp.Parameter(n - 1)
+    chain = cp.Problem(cp.Minimize(cp.sum_squares(z) + cp.norm(z[:3])), [cp.diff(z) >= d])
+    layer = CvxpyLayer(chain, [d], [z], fast_path=False)
+    (_,), info = layer(
+        torch.rand(AUTO_IPM_MIN_BATCH, n - 1, generator=gen, dtype=torch.float64),
+        return_status=True,
+    )
+    assert info.mode == "scs"
