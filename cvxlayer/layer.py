@@ -25,16 +25,15 @@ from cvxlayer.solvers.ipm import compiled_engine_supports
 
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
 # mode="auto": the batched torch solver on CUDA; on the CPU the compiled interior point
-# from AUTO_IPM_MIN_BATCH elements where it handles the cones (zero, nonnegative,
-# second-order) and its dense factorizations suit the program (`_dense_enough`), native SCS
-# otherwise (docs/benchmarks.md, "Where auto runs it")
+# where it handles the cones (zero, nonnegative, second-order) and `_ipm_pays` says its
+# dense per-element factorizations beat native SCS; native SCS otherwise
 AUTO_CPU, AUTO_CUDA, AUTO_CPU_IPM = "scs", "torch", "ipm"
-AUTO_IPM_MIN_BATCH = 8
-# the compiled engine factors dense n × n systems: it beat native SCS by 1.1-1.4x on
-# programs whose A is 22-26% nonzero (T5a, an SOCP family up to n = 301), and lost 4x on
-# T7 (box-constrained LQR, 5.5% nonzero, n + m = 320; 100x at horizon 100), where SCS's
-# sparse factorization pays
-AUTO_IPM_MIN_DENSITY, AUTO_IPM_SMALL = 0.1, 100
+# measured forward + backward against native SCS (docs/benchmarks.md, "Where auto runs
+# it"): 1.1-1.4x faster from B = 8 when B·(n + m) ≥ ~1000 on programs whose A is 22-26%
+# nonzero (T5a; an SOCP family, n + m = 43 to 603); slower at B = 1 (0.6-0.8x: its fixed
+# cost) and at B·(n + m) = 344 (0.8x); 4x slower on T7 as a generic program (A 5.5%
+# nonzero), where SCS's sparse factorization pays
+AUTO_IPM_MIN_BATCH, AUTO_IPM_MIN_WORK, AUTO_IPM_MIN_DENSITY = 8, 1000, 0.1
 # modes whose unconverged elements an interior point finishes before the backward
 FIRST_ORDER = ("scs", "scs-block", "torch")
 
@@ -236,16 +235,20 @@ class CvxpyLayer(torch.nn.Module):
             return AUTO_CUDA
         batch = values[0].shape[0]
         cones = self.compiled.structure.cones
-        if batch >= AUTO_IPM_MIN_BATCH and compiled_engine_supports(cones) and self._dense_enough():
+        if compiled_engine_supports(cones) and self._ipm_pays(batch):
             return AUTO_CPU_IPM
         return AUTO_CPU
 
-    def _dense_enough(self) -> bool:
-        """Whether the program suits the compiled engine's dense factorizations: small
-        (n + m ≤ AUTO_IPM_SMALL) or with A at least AUTO_IPM_MIN_DENSITY nonzero."""
+    def _ipm_pays(self, batch: int) -> bool:
+        """Whether the compiled interior point beats native SCS on `batch` elements of this
+        program (the measured rule above AUTO_IPM_MIN_BATCH)."""
         st = self.compiled.structure
         nnz = len(st.a_coords()[0])
-        return st.n + st.m <= AUTO_IPM_SMALL or nnz >= AUTO_IPM_MIN_DENSITY * st.n * st.m
+        return (
+            batch >= AUTO_IPM_MIN_BATCH
+            and batch * (st.n + st.m) >= AUTO_IPM_MIN_WORK
+            and nnz >= AUTO_IPM_MIN_DENSITY * st.n * st.m
+        )
 
     def _solve_batch(self, values: list[torch.Tensor], options: CallOptions, adjoint, mode: str):
         """(Solution, mode that ran) for valid parameter values, in chunks of `max_batch`."""

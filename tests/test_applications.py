@@ -319,8 +319,7 @@ def test_portfolio_policy_with_clarabel_keys_runs_clarabel_step_after_step():
     """The VIX portfolio pattern of cvxpylayers' examples: a trading policy called with
     diffcp's keys {"solve_method": "CLARABEL", "n_jobs_forward": 1} at every step of a
     simulated horizon runs native Clarabel; its trades and the horizon loss's gradient
-    equal the default mode's (at B = 16 the compiled interior point) at eps 1e-9 (both
-    accurate to ~1e-8; asserted at 1e-6)."""
+    equal native SCS's at eps 1e-9 (both accurate to ~1e-8; asserted at 1e-6)."""
     rng = np.random.default_rng(3)
     n, B, steps = 6, 16, 4
     F = rng.standard_normal((n, 2)) * 0.1
@@ -337,7 +336,7 @@ def test_portfolio_policy_with_clarabel_keys_runs_clarabel_step_after_step():
     runs = {}
     for name, args in {
         "clarabel": {"solve_method": "CLARABEL", "n_jobs_forward": 1, "eps": 1e-9},
-        "default": {"eps": 1e-9},
+        "scs": {"eps": 1e-9, "max_iters": 200_000},
     }.items():
         log_gamma = torch.tensor(np.log(5.0), dtype=torch.float64, requires_grad=True)
         holdings, loss, modes = torch.full((B, n), 1.0 / n, dtype=torch.float64), 0.0, set()
@@ -353,6 +352,6 @@ def test_portfolio_policy_with_clarabel_keys_runs_clarabel_step_after_step():
             loss = loss - (holdings.sum(1)).mean()
         loss.backward()
         runs[name] = (modes, loss.detach(), log_gamma.grad)
-    assert runs["clarabel"][0] == {"clarabel"} and runs["default"][0] == {"ipm"}
-    torch.testing.assert_close(runs["clarabel"][1], runs["default"][1], atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(runs["clarabel"][2], runs["default"][2], atol=1e-6, rtol=1e-6)
+    assert runs["clarabel"][0] == {"clarabel"} and runs["scs"][0] == {"scs"}
+    torch.testing.assert_close(runs["clarabel"][1], runs["scs"][1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(runs["clarabel"][2], runs["scs"][2], atol=1e-6, rtol=1e-6)

@@ -162,18 +162,17 @@ def test_auto_backward_takes_the_kkt_route_at_interior_solutions(monkeypatch):
 
 
 def test_auto_runs_the_compiled_engine_on_dense_batches_only():
-    """mode="auto" on CPU tensors: the compiled interior point from AUTO_IPM_MIN_BATCH
-    elements when A is dense enough (the SOCP here: ~25% nonzero), native SCS for a
-    single element and for a sparse program (a chain of differences: ~3% nonzero,
-    n + m > 100), where SCS's sparse factorization wins (docs/benchmarks.md)."""
-    from cvxlayer.layer import AUTO_IPM_MIN_BATCH
-
+    """mode="auto" on CPU tensors: the compiled interior point on batches with enough work
+    (B ≥ 8 and B·(n + m) ≥ 1000) of programs whose A is dense enough (the SOCP here: ~25%
+    nonzero, n + m = 43), native SCS for a single element, for B = 8 of this small program,
+    and for a sparse program (a chain of differences: ~3% nonzero), where SCS's sparse
+    factorization wins (docs/benchmarks.md)."""
     gen = torch.Generator().manual_seed(17)
     k = 10
     y, x, M = cp.Variable(k), cp.Parameter(k), cp.Parameter((k, k))
     dense = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [cp.norm(M @ y) <= 1])
     layer = CvxpyLayer(dense, [x, M], [y], fast_path=False)
-    for batch, mode in ((1, "scs"), (AUTO_IPM_MIN_BATCH, "ipm")):
+    for batch, mode in ((1, "scs"), (8, "scs"), (32, "ipm")):
         noise = torch.randn(batch, k, k, generator=gen, dtype=torch.float64)
         values = [
             torch.randn(batch, k, generator=gen, dtype=torch.float64),
@@ -186,7 +185,7 @@ def test_auto_runs_the_compiled_engine_on_dense_batches_only():
     chain = cp.Problem(cp.Minimize(cp.sum_squares(z) + cp.norm(z[:3])), [cp.diff(z) >= d])
     layer = CvxpyLayer(chain, [d], [z], fast_path=False)
     (_,), info = layer(
-        torch.rand(AUTO_IPM_MIN_BATCH, n - 1, generator=gen, dtype=torch.float64),
+        torch.rand(32, n - 1, generator=gen, dtype=torch.float64),
         return_status=True,
     )
     assert info.mode == "scs"

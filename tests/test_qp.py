@@ -373,15 +373,15 @@ def test_pinned_variables_are_eliminated_and_match_the_generic_path():
 def test_auto_takes_the_qp_path_on_the_cpu_by_size_and_batch(monkeypatch):
     """On the CPU, QPs up to ACTIVE_SET_MAX_N variables take the QP path (the active set
     per element) at any batch size; larger ones from QP_MIN_BATCH elements (below, the
-    generic auto mode beats the batched interior point: native SCS for a single element,
-    the compiled interior point from 8; bench/overhead.py). All answer the same."""
+    generic auto mode, native SCS for this small program, beats the batched interior
+    point; bench/overhead.py). All answer the same."""
     n = 3
     x, lo = cp.Variable(n), cp.Parameter(n)
     prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, x <= 1])
     layer = CvxpyLayer(prob, [lo], [x])
     gen = torch.Generator().manual_seed(5)
     small = {1: "qp", QP_MIN_BATCH - 1: "qp"}
-    large = {1: "scs", QP_MIN_BATCH - 1: "ipm", QP_MIN_BATCH: "qp"}
+    large = {1: "scs", QP_MIN_BATCH - 1: "scs", QP_MIN_BATCH: "qp"}
     for limit, cases in ((n, small), (n - 1, large)):
         monkeypatch.setattr(qp_form, "ACTIVE_SET_MAX_N", limit)
         for batch, mode in cases.items():
