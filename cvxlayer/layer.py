@@ -243,11 +243,10 @@ class CvxpyLayer(torch.nn.Module):
         """Whether the compiled interior point beats native SCS on `batch` elements of this
         program (the measured rule above AUTO_IPM_MIN_BATCH)."""
         st = self.compiled.structure
-        nnz = len(st.a_coords()[0])
         return (
             batch >= AUTO_IPM_MIN_BATCH
             and batch * (st.n + st.m) >= AUTO_IPM_MIN_WORK
-            and nnz >= AUTO_IPM_MIN_DENSITY * st.n * st.m
+            and st.a_nnz >= AUTO_IPM_MIN_DENSITY * st.n * st.m
         )
 
     def _solve_batch(self, values: list[torch.Tensor], options: CallOptions, adjoint, mode: str):

@@ -32,7 +32,7 @@ from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.linalg import min_norm_solve
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
-from cvxlayer.solvers.elementwise import map_chunks
+from cvxlayer.solvers.elementwise import for_each
 
 
 def residual_jacobian_t(A, P, D) -> torch.Tensor:
@@ -84,21 +84,18 @@ def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor
     size, eps = M.shape[-1], np.finfo(M.dtype).eps
     r = np.empty_like(b)
 
-    def run(chunk):
-        for i in chunk:
-            lu, piv, info = getrf(M[i])
-            if info == 0:
-                r[i] = getrs(lu, piv, b[i])[0]
-                pivot = np.abs(np.diag(lu))
-                if np.isfinite(r[i]).all() and not _unreliable(
-                    pivot.min(), pivot.max(), np.abs(r[i]).max(), np.abs(b[i]).max(), size, eps
-                ):
-                    continue
-            r[i] = min_norm_solve(M[i], b[i])
-        return []
+    def run(i):
+        lu, piv, info = getrf(M[i])
+        if info == 0:
+            r[i] = getrs(lu, piv, b[i])[0]
+            pivot = np.abs(np.diag(lu))
+            if np.isfinite(r[i]).all() and not _unreliable(
+                pivot.min(), pivot.max(), np.abs(r[i]).max(), np.abs(b[i]).max(), size, eps
+            ):
+                return
+        r[i] = min_norm_solve(M[i], b[i])
 
-    workers = max(1, min(torch.get_num_threads(), M.shape[0]))
-    map_chunks(run, np.array_split(np.arange(M.shape[0]), workers), workers)
+    for_each(run, range(M.shape[0]))
     return torch.as_tensor(r)
 
 

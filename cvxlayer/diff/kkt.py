@@ -29,7 +29,7 @@ import torch
 from cvxlayer.diff.dense import ResidualMapAdjoint
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
-from cvxlayer.solvers.elementwise import map_chunks
+from cvxlayer.solvers.elementwise import as_array, for_each
 
 
 class KKTAdjoint:
@@ -61,28 +61,21 @@ class KKTAdjoint:
         ops = SparseOps.of(st, program.b.device)
         A_dense, P_dense = ops.dense(program.A, program.P)
 
-        def numpy(t: torch.Tensor) -> np.ndarray:
-            return np.ascontiguousarray(t.detach().cpu().double().numpy())
-
-        A = numpy(A_dense)
-        P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else numpy(P_dense)
-        x = numpy(solution.x)
-        s, y = numpy(solution.s), numpy(solution.y)
+        A = as_array(A_dense)
+        P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else as_array(P_dense)
+        x, s, y = (as_array(t) for t in (solution.x, solution.s, solution.y))
         if not all(ipm_compiled.interior(starts, s[i], y[i], p) for i in active):
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
-        gx, gy, gs = numpy(dx), numpy(dy), numpy(ds)
+        gx, gy, gs = (as_array(t) for t in (dx, dy, ds))
         u, v = np.zeros_like(x), np.zeros_like(y)
         ok = np.ones(len(x), dtype=bool)
 
-        def run(chunk):
-            for i in chunk:
-                ok[i] = ipm_compiled.adjoint_one(
-                    P[i], A[i], p, starts, s[i], y[i], gx[i], gy[i], gs[i], u[i], v[i]
-                )
-            return []
+        def run(i):
+            ok[i] = ipm_compiled.adjoint_one(
+                P[i], A[i], p, starts, s[i], y[i], gx[i], gy[i], gs[i], u[i], v[i]
+            )
 
-        workers = max(1, min(torch.get_num_threads(), len(active)))
-        map_chunks(run, np.array_split(np.asarray(active), workers), workers)
+        for_each(run, active)
         if not ok[active].all():
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
 
@@ -103,11 +96,10 @@ class KKTAdjoint:
 def _engine(program: ConeProgram):
     """(the compiled engine's module, cone blocks, equality rows) for CPU programs whose
     cones it handles; None otherwise."""
-    if program.b.device.type != "cpu":
-        return None
     from cvxlayer.solvers import ipm
 
-    compiled = ipm._compiled_engine()
-    if compiled is None or not compiled.supports(program.structure.cones):
+    cones = program.structure.cones
+    if program.b.device.type != "cpu" or not ipm.compiled_engine_supports(cones):
         return None
-    return (compiled, *compiled.layout(program.structure.cones))
+    compiled = ipm._compiled_engine()
+    return (compiled, *compiled.layout(cones))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import daqp
 import numpy as np
 
-from cvxlayer.solvers.elementwise import map_chunks
+from cvxlayer.solvers.elementwise import for_each
 
 # DAQP's exit flags: 1 optimal, 2 optimal with soft constraints relaxed; the others
 # (-1 infeasible, -2 cycling, -3 unbounded, -4 iteration limit, -5 nonconvex, -6 an
@@ -62,10 +62,11 @@ def solve_each(
     A: np.ndarray,
     b: np.ndarray,
     eps: float,
-    workers: int,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """DAQP on every element of a batch: Q (B, n, n), q (B, n), G (B, m, n), h (B, m),
-    A (B, p, n), b (B, p); `eps` the caller's tolerance.
+    A (B, p, n), b (B, p); `eps` the caller's tolerance; `workers` threads (default:
+    torch's thread count).
 
     Rows of G that bound one variable (`_bound_rows`, e.g. box constraints) go to DAQP as
     simple bounds, which it handles without row products (2× faster on a box QP, n = 100).
@@ -91,17 +92,15 @@ def solve_each(
     z, mult = np.zeros_like(q), np.zeros((B, n + p + general.size))
     flags, iterations = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
 
-    def run(chunk):
-        for i in chunk:
-            x, _, flag, info = daqp.solve(
-                Q[i], q[i], rows[i], upper_all[i], lower_all[i], sense, primal_tol=tol, eps_prox=-1
-            )
-            flags[i], iterations[i] = flag, info["iterations"]
-            if flag in SOLVED_FLAGS:
-                z[i], mult[i] = x, info["lam"]
-        return []
+    def run(i):
+        x, _, flag, info = daqp.solve(
+            Q[i], q[i], rows[i], upper_all[i], lower_all[i], sense, primal_tol=tol, eps_prox=-1
+        )
+        flags[i], iterations[i] = flag, info["iterations"]
+        if flag in SOLVED_FLAGS:
+            z[i], mult[i] = x, info["lam"]
 
-    map_chunks(run, np.array_split(np.arange(B), workers), workers)
+    for_each(run, range(B), workers)
     lam = np.zeros((B, m))
     lam[:, general] = mult[:, n + p :]
     # a bound's multiplier μ_j (> 0 upper, < 0 lower active) is g λ for its row g z_j ≤ h

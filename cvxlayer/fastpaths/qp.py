@@ -46,7 +46,7 @@ from cvxlayer.fastpaths import active_set
 from cvxlayer.fastpaths.batching import broadcast_batch
 from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv
 from cvxlayer.solvers.base import Status, floor_tolerance
-from cvxlayer.solvers.elementwise import map_chunks
+from cvxlayer.solvers.elementwise import as_array, for_each
 
 # IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
 MAX_ITERS = 50
@@ -214,7 +214,7 @@ class AdjointSystem:
     active rows have w_scale = 0 and the inactive ones are not free.
     """
 
-    kkt: KKTFactor | None  # None: an active set's, not factored yet (`factored`)
+    kkt: KKTFactor | None  # None: not factored (the compiled backward needs no factor)
     w_scale: torch.Tensor  # (B, m)
     free: torch.Tensor  # (B, m) bool
 
@@ -223,17 +223,19 @@ class AdjointSystem:
         return AdjointSystem(kkt, self.w_scale[keep], self.free[keep])
 
     def factored(self, qp: QPData) -> AdjointSystem:
-        """This system with its factorization (an active set's: weights 1/δ and δ standing
-        for active and inactive rows)."""
+        """This system with its factorization: weights 1/w_scale on free rows (δ where
+        w_scale = 0, an active row) and 1/δ on the others."""
         if self.kkt is not None:
             return self
-        big = _D_POLISH[qp.Q.dtype]
-        d = torch.where(self.free, big, 1.0 / big).to(qp.Q.dtype)
+        big = torch.tensor(_D_POLISH[qp.Q.dtype], dtype=qp.Q.dtype, device=qp.Q.device)
+        weight = torch.where(self.w_scale > 0, 1.0 / self.w_scale, big)
+        d = torch.where(self.free, weight, 1.0 / big)
         return AdjointSystem(KKTFactor(qp, d), self.w_scale, self.free)
 
     @staticmethod
     def assemble(parts: list[tuple[torch.Tensor, AdjointSystem]]) -> AdjointSystem:
-        """One system for the batch from systems of disjoint sets of its rows."""
+        """One system for the batch from systems of disjoint sets of its rows (not factored
+        if one of them is not)."""
         if len(parts) == 1:  # one set: the whole batch, in order
             return parts[0][1]
         rows = torch.cat([r for r, _ in parts])
@@ -242,10 +244,12 @@ class AdjointSystem:
         def cat(values):
             return torch.cat(values)[order]
 
-        kkt = copy.copy(parts[0][1].kkt)
-        for key, value in vars(kkt).items():
-            if isinstance(value, torch.Tensor):
-                setattr(kkt, key, cat([getattr(p.kkt, key) for _, p in parts]))
+        kkt = None
+        if all(p.kkt is not None for _, p in parts):
+            kkt = copy.copy(parts[0][1].kkt)
+            for key, value in vars(kkt).items():
+                if isinstance(value, torch.Tensor):
+                    setattr(kkt, key, cat([getattr(p.kkt, key) for _, p in parts]))
         return AdjointSystem(
             kkt, cat([p.w_scale for _, p in parts]), cat([p.free for _, p in parts])
         )
@@ -253,7 +257,7 @@ class AdjointSystem:
 
 @dataclass(frozen=True, eq=False)
 class PDIPMResult:
-    """Primal-dual solution of a batch, with the KKT factorization at it for the backward."""
+    """Primal-dual solution of a batch, with the KKT system at it for the backward."""
 
     z: torch.Tensor  # (B, n)
     s: torch.Tensor  # (B, m)
@@ -473,10 +477,9 @@ def solve_batch(
     if method == "ipm" or (method == "auto" and not _active_set_applies(qp)):
         return pdipm(qp, eps_abs, eps_rel, max_iters, verbose)
     eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
-    arrays = (t.detach().cpu().double().numpy() for t in (qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b))
+    arrays = (as_array(t) for t in (qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b))
     B = qp.q.shape[0]
-    workers = max(1, min(torch.get_num_threads(), B))
-    *solution, flags, iterations = active_set.solve_each(*arrays, min(eps_abs, eps_rel), workers)
+    *solution, flags, iterations = active_set.solve_each(*arrays, min(eps_abs, eps_rel))
     z, lam, nu = (torch.as_tensor(t, dtype=qp.Q.dtype, device=qp.Q.device) for t in solution)
     s = (qp.h - g_mv(qp, z)).clamp(min=0)
     solved = torch.as_tensor(np.isin(flags, active_set.SOLVED_FLAGS), device=qp.Q.device)
@@ -486,9 +489,9 @@ def solve_batch(
     ok = solved.nonzero().flatten()
     everyone = len(ok) == B
     parts = []
-    if len(ok):  # factored in the backward (on CPU by the compiled kernel, `_adjoint_solve`)
+    if len(ok):
         part = qp if everyone else _select(qp, ok)
-        parts.append((ok, active_set_system(part, lam[ok] > 0, factor=False)))
+        parts.append((ok, active_set_system(part, lam[ok] > 0, _torch_backward(qp))))
     status = [Status.SOLVED] * B
     iterations = torch.as_tensor(iterations)
     rest = (~solved).nonzero().flatten()
@@ -499,8 +502,6 @@ def solve_batch(
         for i, st in zip(rest.tolist(), ipm.status):
             status[i] = st
         iterations[rest.cpu()] = ipm.iterations
-        if parts:  # one system for the batch: factor the active set's part now
-            parts[0] = (ok, parts[0][1].factored(_select(qp, ok)))
         parts.append((rest, ipm.system))
     return PDIPMResult(z, s, lam, nu, tuple(status), iterations, AdjointSystem.assemble(parts))
 
@@ -527,8 +528,8 @@ def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
 
 def active_set_system(qp: QPData, active: torch.Tensor, factor: bool = True) -> AdjointSystem:
     """The KKT system of an active set, active (B, m) bool: G_i z = h_i on active rows,
-    λ_i = 0 on the others; factored (unless not `factor`) with weights 1/δ and δ standing
-    for the two."""
+    λ_i = 0 on the others; factored (if `factor`) with weights δ and 1/δ standing for the
+    two."""
     system = AdjointSystem(None, torch.zeros_like(qp.h), active)
     return system.factored(qp) if factor else system
 
@@ -592,6 +593,14 @@ def qp_vjp(qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu) -> tuple[torch.Tensor
     return grad_Q, -d_z, grad_G, d_lam, grad_A, d_nu
 
 
+def _torch_backward(qp: QPData) -> bool:
+    """Whether the backward solves with the torch factorization (CUDA tensors, or no
+    compiled engine), so that the active set's system is factored in the forward."""
+    from cvxlayer.solvers import ipm
+
+    return qp.Q.device.type != "cpu" or ipm._compiled_engine() is None
+
+
 def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     """(x, w, v) of `_refined_solve`'s system: on CPU tensors per element by the compiled
     interior point's kernel (`ipm_compiled.adjoint_one`: the rows of A as equalities, those
@@ -599,13 +608,10 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     [1e-8, 1e8]); else batched with the torch factorization."""
     from cvxlayer.solvers import ipm
 
-    engine = ipm._compiled_engine() if qp.Q.device.type == "cpu" else None
-    if engine is None:
+    if _torch_backward(qp):
         return _refined_solve(qp, system.factored(qp), g_z, g_lam, g_nu)
+    engine = ipm._compiled_engine()
     B, m, p = qp.h.shape[0], qp.h.shape[1], qp.b.shape[1]
-
-    def numpy(t: torch.Tensor) -> np.ndarray:
-        return np.ascontiguousarray(t.detach().double().numpy())
 
     one = torch.ones_like(system.w_scale)
     zeros = qp.b.new_zeros(B, p)
@@ -613,21 +619,16 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     # (the scaling needs interior points; the kernel clips H to [1e-8, 1e8] anyway)
     s = torch.where(system.free, system.w_scale.clamp(min=_TINY_SLACK), one)
     y = torch.where(system.free, one, _TINY_SLACK)
-    s, y = (numpy(torch.cat([zeros, t], 1)) for t in (s, y))
-    Q, rows = numpy(qp.Q), numpy(torch.cat([qp.A, qp.G], 1))
-    gx, gy, gs = numpy(g_z), numpy(torch.cat([g_nu, g_lam], 1)), np.zeros((B, p + m))
+    s, y = (as_array(torch.cat([zeros, t], 1)) for t in (s, y))
+    Q, rows = as_array(qp.Q), as_array(torch.cat([qp.A, qp.G], 1))
+    gx, gy, gs = as_array(g_z), as_array(torch.cat([g_nu, g_lam], 1)), np.zeros((B, p + m))
     starts = np.arange(m + 1, dtype=np.int64)
     u, v = np.zeros_like(gx), np.zeros_like(gy)
 
-    def run(chunk):
-        for i in chunk:
-            engine.adjoint_one(
-                Q[i], rows[i], p, starts, s[i], y[i], gx[i], gy[i], gs[i], u[i], v[i]
-            )
-        return []
+    def run(i):
+        engine.adjoint_one(Q[i], rows[i], p, starts, s[i], y[i], gx[i], gy[i], gs[i], u[i], v[i])
 
-    workers = max(1, min(torch.get_num_threads(), B))
-    map_chunks(run, np.array_split(np.arange(B), workers), workers)
+    for_each(run, range(B))
     u, v = (torch.as_tensor(a, dtype=qp.Q.dtype) for a in (u, v))
     # rows outside `free` have λ fixed at 0: no multiplier of their own (exactly, not 1e-8)
     return u, torch.where(system.free, v[:, p:], 0.0), v[:, :p]

@@ -49,6 +49,29 @@ def map_chunks(run: Callable[[Sequence[int]], list], chunks: Sequence, workers: 
     return [out for chunk in chunks for out in run(chunk)]
 
 
+def for_each(
+    run: Callable[[int], object], indices: Sequence[int], workers: int | None = None
+) -> None:
+    """run(i) for every index, over `workers` threads (default: torch's thread count, at
+    most one per index), each thread taking a run of consecutive indices (`map_chunks`)."""
+    indices = np.asarray(indices)
+    if workers is None:
+        workers = max(1, min(torch.get_num_threads(), indices.size))
+
+    def run_chunk(chunk):
+        for i in chunk:
+            run(i)
+        return []
+
+    map_chunks(run_chunk, np.array_split(indices, workers), workers)
+
+
+def as_array(tensor: torch.Tensor) -> np.ndarray:
+    """`tensor` as a C-contiguous float64 numpy array on the host (for the compiled and
+    LAPACK kernels)."""
+    return np.ascontiguousarray(tensor.detach().cpu().double().numpy())
+
+
 def as_tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """`array` with `like`'s dtype and device."""
     return torch.as_tensor(array, dtype=like.dtype, device=like.device)

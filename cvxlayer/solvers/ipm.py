@@ -292,10 +292,8 @@ class InteriorPoint:
                 f"mode {self.name!r} handles zero, nonnegative, second-order, PSD, exponential"
                 f" and power cones; this program has {cones.describe()}"
             )
-        if self.compiled and program.b.device.type == "cpu":
-            compiled = _compiled_engine()
-            if compiled is not None and compiled.supports(cones):
-                return compiled.solve(program, settings)
+        if self.compiled and program.b.device.type == "cpu" and compiled_engine_supports(cones):
+            return _compiled_engine().solve(program, settings)
         return _solve(program, settings)
 
 

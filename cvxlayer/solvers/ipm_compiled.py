@@ -35,7 +35,7 @@ from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.program import ConeProgram
 from cvxlayer.solvers import ipm, ruiz_kernels
 from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
-from cvxlayer.solvers.elementwise import map_chunks, worker_count
+from cvxlayer.solvers.elementwise import as_array, for_each, worker_count
 
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}  # x/0: inf, no raise
 # the torch engine's constants and status codes (one algorithm; numba reads them as
@@ -275,7 +275,7 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, starts, tolerances, max_iters, x, z, 
     degree = cone.degree(starts)
     # the start (symmetric cones): the KKT solution with H = I, shifted into the cones
     cone.scaling(starts, e, e, w, eta, lam)
-    ok = _factor(P, AT, p, starts, w, eta, L, LS, MinvAt)
+    _factor(P, AT, p, starts, w, eta, L, LS, MinvAt)  # its failure shows in the first merit
     x[:] = _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, -c, b)[0]
     s[:] = b - A @ x
     s[:p] = 0.0
@@ -394,32 +394,26 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     data, cone_spec = ipm._prepare(program, settings.normalize, ruiz_kernels.equilibrate)
     starts, p = layout(cone_spec)
 
-    def numpy(t: torch.Tensor) -> np.ndarray:
-        return np.ascontiguousarray(t.detach().double().numpy())
-
-    P, A, b, c = numpy(data.P), numpy(data.A), numpy(data.b), numpy(data.c)
-    d_inv, e_inv = 1.0 / numpy(data.row_scale), 1.0 / numpy(data.col_scale)
+    P, A, b, c = (as_array(t) for t in (data.P, data.A, data.b, data.c))
+    d_inv, e_inv = 1.0 / as_array(data.row_scale), 1.0 / as_array(data.col_scale)
     B, m, n = A.shape
     x, z, s = np.zeros((B, n)), np.zeros((B, m)), np.zeros((B, m))
     tau, codes = np.ones(B), np.full(B, _FAILED, dtype=np.int64)
     iterations, final = np.zeros(B, dtype=np.int64), np.zeros((B, 3))
     _announce_compile()
 
-    def run(chunk):
-        for i in chunk:
-            tau[i], codes[i], iterations[i] = solve_one(
-                P[i], A[i], b[i], c[i], d_inv[i], e_inv[i], p, starts, tolerances, max_iters,
-                x[i], z[i], s[i], final[i],
-            )  # fmt: skip
-            if settings.verbose:  # one worker then: the lines keep their order
-                print(
-                    f"[ipm] element {i}: {ipm._STATUS[codes[i]].value} in {iterations[i]} "
-                    "iterations, res_pri {:.2e}, res_dual {:.2e}, gap {:.2e}".format(*final[i])
-                )
-        return []
+    def run(i):
+        tau[i], codes[i], iterations[i] = solve_one(
+            P[i], A[i], b[i], c[i], d_inv[i], e_inv[i], p, starts, tolerances, max_iters,
+            x[i], z[i], s[i], final[i],
+        )  # fmt: skip
+        if settings.verbose:  # one worker then: the lines keep their order
+            print(
+                f"[ipm] element {i}: {ipm._STATUS[codes[i]].value} in {iterations[i]} "
+                "iterations, res_pri {:.2e}, res_dual {:.2e}, gap {:.2e}".format(*final[i])
+            )
 
-    workers = worker_count(settings, B)
-    map_chunks(run, np.array_split(np.arange(B), workers), workers)
+    for_each(run, range(B), worker_count(settings, B))
 
     def back(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=dtype)
