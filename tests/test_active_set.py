@@ -86,7 +86,11 @@ def test_layer_gradients_match_diffcp_with_equalities_and_active_rows():
         (
             "diffcp",
             CvxpyLayer(
-                prob, params, [x], mode="clarabel", fast_path=False,
+                prob,
+                params,
+                [x],
+                mode="clarabel",
+                fast_path=False,
                 solver_args={"backward": "diffcp"},
             ),
             {"eps": 1e-10},

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.errors import SolverError
 from cvxlayer.fastpaths import active_set
 from cvxlayer.fastpaths.batching import broadcast_batch
@@ -622,11 +623,14 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     s, y = (as_array(torch.cat([zeros, t], 1)) for t in (s, y))
     Q, rows = as_array(qp.Q), as_array(torch.cat([qp.A, qp.G], 1))
     gx, gy, gs = as_array(g_z), as_array(torch.cat([g_nu, g_lam], 1)), np.zeros((B, p + m))
-    starts = np.arange(m + 1, dtype=np.int64)
+    lay = engine.layout(ConeSpec(zero=p, nonneg=m))[0]
+    none = np.zeros((0, 3, 3))  # no nonsymmetric blocks
     u, v = np.zeros_like(gx), np.zeros_like(gy)
 
     def run(i):
-        engine.adjoint_one(Q[i], rows[i], p, starts, s[i], y[i], gx[i], gy[i], gs[i], u[i], v[i])
+        engine.adjoint_one(
+            Q[i], rows[i], p, lay, s[i], y[i], none, none, gx[i], gy[i], gs[i], u[i], v[i]
+        )
 
     for_each(run, range(B))
     u, v = (torch.as_tensor(a, dtype=qp.Q.dtype) for a in (u, v))

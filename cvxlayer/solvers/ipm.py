@@ -66,6 +66,9 @@ FAMILIES = {
     "exp": exp.interior,
     "power": power.interior,
 }
+# the constants below are also the compiled engine's (`ipm_compiled` reads them when
+# numba compiles it; numba's cache does not notice a change here: clear it, or touch
+# ipm_compiled.py, after editing them)
 MAX_ITERS = 100
 _STEP_FRACTION = 0.99
 _INNER_EPS = {torch.float64: 1e-13, torch.float32: 1e-6}  # floors of the inner tolerance
@@ -74,6 +77,10 @@ _REFINE = 10
 _REFINE_TOL = 1e-10
 _DYNAMIC_TRIES = 6
 _STALL, _DIVERGED = 5, 1e3
+# once within the caller's tolerance, _SLOW_COUNT iterations in a row that each cut the
+# merit by less than 1/_SLOW end the solve: rounding has taken over (the exponential and
+# power cones' barriers lose digits near their boundary from μ ~ 1e-10 on)
+_SLOW, _SLOW_COUNT = 0.5, 2
 
 
 def supports(cones) -> bool:
@@ -609,6 +616,8 @@ def _solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     best = [t.clone() for t in state[:4]]
     best_merit = data.b.new_full((B,), float("inf"))
     best_k = torch.zeros(B, dtype=torch.long, device=device)
+    previous = data.b.new_full((B,), float("inf"))
+    slow = torch.zeros(B, dtype=torch.long, device=device)
     ok = torch.ones(B, dtype=torch.bool, device=device)
     for k in range(max_iters + 1):
         it = _Iterate(data, *state)
@@ -622,6 +631,8 @@ def _solve(program: ConeProgram, settings: SolveSettings) -> Solution:
             t_best[better] = t[better]
         best_merit = torch.where(better, merit, best_merit)
         best_k = torch.where(better, k, best_k)
+        slow = torch.where(merit > _SLOW * previous, slow + 1, 0)
+        previous = merit
         # broken down, far worse than before, or (once within the caller's tolerance) no
         # progress for a while: back to the best iterate, which is solved if it meets the
         # caller's tolerance (max_iters otherwise)
@@ -630,7 +641,7 @@ def _solve(program: ConeProgram, settings: SolveSettings) -> Solution:
         stalled &= (
             ~finite
             | (merit > _DIVERGED * best_merit)
-            | (good_enough & (k - best_k >= _STALL))
+            | (good_enough & ((k - best_k >= _STALL) | (slow >= _SLOW_COUNT)))
             | (k == max_iters)
         )
         stop = done | stalled | infeasible | unbounded | ~finite | (k == max_iters)
@@ -666,6 +677,7 @@ def _solve(program: ConeProgram, settings: SolveSettings) -> Solution:
             state = tuple(t[keep] for t in state)
             best = [t[keep] for t in best]
             best_merit, best_k = best_merit[keep], best_k[keep]
+            previous, slow = previous[keep], slow[keep]
             it = _Iterate(data, *state)
         newton = _Newton(data, cones, it, reg)
         ok = newton.kkt.ok

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from cvxlayer.cones import soc_kernels as cone
+from cvxlayer.cones import composite_kernels as cone
+from cvxlayer.cones import nonsymmetric_kernels, soc_kernels
 from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.program import ConeProgram
 from cvxlayer.solvers import ipm, ruiz_kernels
@@ -42,7 +43,7 @@ _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}  # x/0: inf, n
 # compile-time constants)
 _STEP_FRACTION, _REG = ipm._STEP_FRACTION, ipm._REG[torch.float64]
 _REFINE, _REFINE_TOL, _DYNAMIC_TRIES = ipm._REFINE, ipm._REFINE_TOL, ipm._DYNAMIC_TRIES
-_STALL, _DIVERGED = ipm._STALL, ipm._DIVERGED
+_STALL, _DIVERGED, _SLOW, _SLOW_COUNT = ipm._STALL, ipm._DIVERGED, ipm._SLOW, ipm._SLOW_COUNT
 _SOLVED, _INFEASIBLE, _UNBOUNDED = ipm._SOLVED, ipm._INFEASIBLE, ipm._UNBOUNDED
 _FAILED, _MAX_ITERS = ipm._FAILED, ipm._MAX_ITERS
 _ADJOINT_CLIP = 1e8  # the backward's bound on H's spectrum (as the QP path's polish)
@@ -51,7 +52,7 @@ _EPS = np.finfo(np.float64).eps
 
 def supports(cones: ConeSpec) -> bool:
     """Whether every cone of a `ConeSpec` is one the compiled engine handles."""
-    return not (cones.psd or cones.exp or cones.exp_dual or cones.power)
+    return not (cones.psd or cones.exp_dual)
 
 
 # ------------------------------------------------------------------ dense linear algebra
@@ -96,14 +97,13 @@ def _forward_substitution(L, B):
 
 # ------------------------------------------------------------------ the reduced KKT system
 @njit(**_OPTIONS)
-def _factor(P, AT, p, starts, w, eta, L, LS, MinvAt):
+def _factor(P, AT, p, lay, st, L, LS, MinvAt):
     """Factor M = P + Σ (W⁻ᵀA_c)ᵀ(W⁻ᵀA_c) + shift I, the shift raised ×100 while Cholesky
     breaks down (refinement removes it), and, with p equality rows (first in A),
     S = A_eq M⁻¹ A_eqᵀ + δI. AT (n, m) is Aᵀ. False if a factorization failed."""
     n, m = AT.shape
     C = np.empty((n, m - p))
-    for j in range(n):  # row j of C: W⁻¹ applied to column j of A's cone rows
-        cone.apply_w(starts, w, eta, AT[j, p:], C[j], True)
+    cone.winv_t_columns(lay, st, np.ascontiguousarray(AT[:, p:]), C)
     M = P + C @ C.T
     largest = 0.0
     for j in range(n):
@@ -124,12 +124,12 @@ def _factor(P, AT, p, starts, w, eta, L, LS, MinvAt):
 
 
 @njit(**_OPTIONS)
-def _solve_once(A, AT, p, starts, w, eta, L, LS, MinvAt, r1, r2):
+def _solve_once(A, AT, p, lay, st, L, LS, MinvAt, r1, r2):
     """(Δx, Δz) from the factors: M Δx = r1 + A_cᵀH⁻¹r2_c − A_eqᵀΔz_eq with A_eq Δx =
     r2_eq, then Δz_c = H⁻¹(A_cΔx − r2_c)."""
     m = A.shape[0]
     hinv_r2 = np.zeros(m)
-    cone.apply_h(starts, w, eta, r2[p:], hinv_r2[p:], True)
+    cone.apply_h(lay, st, r2[p:], hinv_r2[p:], True)
     dx = _chol_solve(L, r1 + AT @ hinv_r2)
     dz = np.zeros(m)
     if p > 0:
@@ -137,7 +137,7 @@ def _solve_once(A, AT, p, starts, w, eta, L, LS, MinvAt, r1, r2):
         dx -= MinvAt @ y
         dz[:p] = y
     Adx = A @ dx
-    cone.apply_h(starts, w, eta, Adx[p:], dz[p:], True)
+    cone.apply_h(lay, st, Adx[p:], dz[p:], True)
     dz[p:] -= hinv_r2[p:]
     return dx, dz
 
@@ -151,23 +151,23 @@ def _max_abs(v):
 
 
 @njit(**_OPTIONS)
-def _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, r1, r2):
+def _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, r1, r2):
     """(Δx, Δz) with P Δx + AᵀΔz = r1, A Δx − H Δz = r2 (H = 0 on equality rows): a solve
     with the regularized factors, then refinement against the exact system while its
     residual keeps halving (up to `_REFINE` steps)."""
-    dx, dz = _solve_once(A, AT, p, starts, w, eta, L, LS, MinvAt, r1, r2)
+    dx, dz = _solve_once(A, AT, p, lay, st, L, LS, MinvAt, r1, r2)
     size = max(max(_max_abs(r1), _max_abs(r2)), 1e-300)
     previous = np.inf
     h_dz = np.zeros(A.shape[0])
     for _ in range(_REFINE):
-        cone.apply_h(starts, w, eta, dz[p:], h_dz[p:], False)
+        cone.apply_h(lay, st, dz[p:], h_dz[p:], False)
         e1 = r1 - P @ dx - AT @ dz
         e2 = r2 - A @ dx + h_dz
         error = max(_max_abs(e1), _max_abs(e2)) / size
         if error <= _REFINE_TOL or error > 0.5 * previous:
             break
         previous = error
-        cx, cz = _solve_once(A, AT, p, starts, w, eta, L, LS, MinvAt, e1, e2)
+        cx, cz = _solve_once(A, AT, p, lay, st, L, LS, MinvAt, e1, e2)
         dx += cx
         dz += cz
     return dx, dz
@@ -214,18 +214,17 @@ def _merit(measure):
 
 @njit(**_OPTIONS)
 def _direction(
-    P, A, AT, b, p, starts, w, eta, lam, L, LS, MinvAt, c2, x1, z1, denominator, tau, kappa,
+    P, A, AT, b, p, lay, st, L, LS, MinvAt, c2, x1, z1, denominator, tau, kappa,
     d_x, d_z, d_tau, d_s, d_kappa,
 ):  # fmt: skip
-    """The direction (Δx, Δz, Δs, Δτ, Δκ) and its scaled cone parts (W⁻¹Δs, WΔz) for the
-    right-hand side (d_x, d_z, d_τ, d_s, d_κ) (ipm._Newton.direction)."""
-    mc = lam.size
-    scratch, offset = np.empty(mc), np.empty(mc)
-    cone.divide(starts, lam, d_s, scratch)
-    cone.apply_w(starts, w, eta, scratch, offset, False)
+    """The direction (Δx, Δz, Δs, Δτ, Δκ) and its scaled cone parts (`cone.scaled`) for
+    the right-hand side (d_x, d_z, d_τ, d_s, d_κ) (ipm._Newton.direction)."""
+    mc = d_s.size
+    offset = np.empty(mc)
+    cone.offset(lay, st, d_s, offset)
     r2 = -d_z
     r2[p:] += offset
-    x2, z2 = _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, -d_x, r2)
+    x2, z2 = _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, -d_x, r2)
     numerator = -d_tau + d_kappa / tau - c2 @ x2 - b @ z2
     dtau = numerator / denominator
     dx = x2 + dtau * x1
@@ -233,17 +232,16 @@ def _direction(
     ds = -d_z - A @ dx + b * dtau
     ds[:p] = 0.0
     sds, wdz = np.empty(mc), np.empty(mc)
-    cone.apply_w(starts, w, eta, ds[p:], sds, True)
-    cone.apply_w(starts, w, eta, dz[p:], wdz, False)
+    cone.scaled(lay, st, ds[p:], dz[p:], sds, wdz)
     dkappa = -(d_kappa + kappa * dtau) / tau
     return dx, dz, ds, dtau, dkappa, sds, wdz
 
 
 @njit(**_OPTIONS)
-def _max_step(starts, lam, sds, wdz, tau, dtau, kappa, dkappa):
-    """The largest α keeping s, z, τ, κ in their cones along a direction."""
-    scratch = np.empty(lam.size)
-    alpha = min(cone.step(starts, lam, sds, scratch), cone.step(starts, lam, wdz, scratch))
+def _max_step(lay, st, s, z, sds, wdz, tau, dtau, kappa, dkappa):
+    """The largest α keeping s, z, τ, κ in their cones along a direction (s, z: cone
+    rows)."""
+    alpha = cone.step(lay, st, s, z, sds, wdz)
     if dtau < 0:
         alpha = min(alpha, -tau / dtau)
     if dkappa < 0:
@@ -257,36 +255,41 @@ def _finite(v):
 
 
 @njit(**_OPTIONS)
-def solve_one(P, A, b, c, d_inv, e_inv, p, starts, tolerances, max_iters, x, z, s, final):
+def solve_one(P, A, b, c, d_inv, e_inv, p, lay, tolerances, max_iters, x, z, s, final):
     """One element's solve. P (n, n), A (m, n) with its p equality rows first, b (m,),
-    c (n,), d_inv (m,), e_inv (n,) (inverse equilibration, for the stopping rule), starts
-    the cone rows' blocks (relative to row p); tolerances (inner_abs, inner_rel, eps_abs,
-    eps_rel, eps_infeas). Writes the chosen iterate into x (n,), z, s (m,) and the primal,
-    dual and gap residuals of the last iterate into final (3,); returns (τ, code,
-    iterations) with `ipm`'s codes."""
+    c (n,), d_inv (m,), e_inv (n,) (inverse equilibration, for the stopping rule), lay the
+    cone rows' blocks (a `cone.Layout`, relative to row p); tolerances (inner_abs,
+    inner_rel, eps_abs, eps_rel, eps_infeas). Writes the chosen iterate into x (n,), z,
+    s (m,) and the primal, dual and gap residuals of the last iterate into final (3,);
+    returns (τ, code, iterations) with `ipm`'s codes."""
     m, n = A.shape
     mc = m - p
     AT = np.ascontiguousarray(A.T)
     inner_abs, inner_rel, eps_abs, eps_rel, eps_inf = tolerances
-    w, eta, lam = np.empty(mc), np.empty(starts.size - 1), np.empty(mc)
+    st = cone.state(lay)
     L, LS, MinvAt = np.empty((n, n)), np.empty((p, p)), np.empty((n, p))
     e = np.empty(mc)
-    cone.unit(starts, e)
-    degree = cone.degree(starts)
-    # the start (symmetric cones): the KKT solution with H = I, shifted into the cones
-    cone.scaling(starts, e, e, w, eta, lam)
-    _factor(P, AT, p, starts, w, eta, L, LS, MinvAt)  # its failure shows in the first merit
-    x[:] = _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, -c, b)[0]
-    s[:] = b - A @ x
-    s[:p] = 0.0
-    z[:] = -s
-    for v in (s, z):
-        shift = 1.0 - cone.margin(starts, v[p:])
-        if shift > 0:
-            v[p:] += shift * e
+    cone.unit(lay, e)
+    degree = cone.degree(lay)
+    x[:], z[:], s[:] = 0.0, 0.0, 0.0
+    s[p:], z[p:] = e, e
+    if cone.symmetric(lay):
+        # the KKT solution with H = I, shifted into the cones (with nonsymmetric cones: x = 0,
+        # s = z = the central point, as Clarabel)
+        cone.scaling(lay, e, e, st)
+        _factor(P, AT, p, lay, st, L, LS, MinvAt)  # its failure shows in the first merit
+        x[:] = _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, -c, b)[0]
+        s[:] = b - A @ x
+        s[:p] = 0.0
+        z[:] = -s
+        for v in (s, z):
+            shift = 1.0 - cone.margin(lay, v[p:])
+            if shift > 0:
+                v[p:] += shift * e
     tau, kappa = 1.0, 1.0
     best_x, best_z, best_s, best_tau = x.copy(), z.copy(), s.copy(), tau
     best_merit, best_k = np.inf, 0
+    previous, slow = np.inf, 0
     r_x, r_z, measure = np.empty(n), np.empty(m), np.empty(11)
     ok = True
     code, k = _FAILED, 0
@@ -304,12 +307,15 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, starts, tolerances, max_iters, x, z, 
         if finite and merit < best_merit:
             best_x[:], best_z[:], best_s[:], best_tau = x, z, s, tau
             best_merit, best_k = merit, k
+        slow = slow + 1 if merit > _SLOW * previous else 0
+        previous = merit
         good_enough = best_merit <= min(eps_abs, eps_rel)
         stalled = (
             math.isfinite(best_merit) and not done and not infeasible and not unbounded
             and (
                 not finite or merit > _DIVERGED * best_merit
-                or (good_enough and k - best_k >= _STALL) or k == max_iters
+                or (good_enough and (k - best_k >= _STALL or slow >= _SLOW_COUNT))
+                or k == max_iters
             )
         )  # fmt: skip
         if done or stalled or infeasible or unbounded or not finite or k == max_iters:
@@ -329,34 +335,34 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, starts, tolerances, max_iters, x, z, 
                 x[:], z[:], s[:], tau = best_x, best_z, best_s, best_tau
             break
         # Newton: scaling, factors, μ and the constant direction
-        cone.scaling(starts, s[p:], z[p:], w, eta, lam)
-        ok = _factor(P, AT, p, starts, w, eta, L, LS, MinvAt)
+        cone.scaling(lay, s[p:], z[p:], st)
+        ok = _factor(P, AT, p, lay, st, L, LS, MinvAt)
         mu = (s @ z + tau * kappa) / (degree + 1)
         xi = x / tau
         Pxi = P @ xi
         c2 = c + 2.0 * Pxi
-        x1, z1 = _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, -c, b)
+        x1, z1 = _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, -c, b)
         denominator = -kappa / tau + c2 @ x1 + b @ z1 - xi @ Pxi
         # Mehrotra: the affine direction, then the centered and corrected one
         d_s = np.empty(mc)
-        cone.jordan(starts, lam, lam, d_s)
+        cone.affine_ds(lay, st, s[p:], d_s)
         _, _, _, dtau_a, dkappa_a, sds_a, wdz_a = _direction(
-            P, A, AT, b, p, starts, w, eta, lam, L, LS, MinvAt, c2, x1, z1, denominator,
+            P, A, AT, b, p, lay, st, L, LS, MinvAt, c2, x1, z1, denominator,
             tau, kappa, r_x, r_z, r_tau, d_s, tau * kappa,
         )  # fmt: skip
-        alpha_a = _max_step(starts, lam, sds_a, wdz_a, tau, dtau_a, kappa, dkappa_a)
+        alpha_a = _max_step(lay, st, s[p:], z[p:], sds_a, wdz_a, tau, dtau_a, kappa, dkappa_a)
         sigma = (1.0 - min(alpha_a, 1.0)) ** 3
         target = sigma * mu
-        correction = np.empty(mc)
-        cone.jordan(starts, sds_a, wdz_a, correction)
-        d_s += correction - target * e
+        cone.combined_ds(lay, st, s[p:], z[p:], sds_a, wdz_a, target, d_s)
         d_kappa = tau * kappa + dtau_a * dkappa_a - target
         keep = 1.0 - sigma
         dx, dz, ds, dtau, dkappa, sds, wdz = _direction(
-            P, A, AT, b, p, starts, w, eta, lam, L, LS, MinvAt, c2, x1, z1, denominator,
+            P, A, AT, b, p, lay, st, L, LS, MinvAt, c2, x1, z1, denominator,
             tau, kappa, keep * r_x, keep * r_z, keep * r_tau, d_s, d_kappa,
         )  # fmt: skip
-        alpha = _STEP_FRACTION * _max_step(starts, lam, sds, wdz, tau, dtau, kappa, dkappa)
+        alpha = _STEP_FRACTION * _max_step(
+            lay, st, s[p:], z[p:], sds, wdz, tau, dtau, kappa, dkappa
+        )
         alpha = min(alpha, 1.0)
         usable = ok and _finite(dx) and _finite(dz) and _finite(ds)
         usable = usable and math.isfinite(dtau) and math.isfinite(dkappa)
@@ -371,15 +377,15 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, starts, tolerances, max_iters, x, z, 
     return tau, code, k
 
 
-
 # ------------------------------------------------------------------ the batch
 @functools.lru_cache(maxsize=64)
-def layout(cones: ConeSpec) -> tuple[np.ndarray, int]:
-    """(starts, p) for a program with zero, nonnegative and second-order cones, whose rows
-    come in that order (SCS's): p equality rows first, then the cone blocks from row p,
-    starts relative to it (an orthant row is a one-row block, `cone.soc_kernels`)."""
-    sizes = [1] * cones.nonneg + list(cones.soc)
-    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), cones.zero
+def layout(cones: ConeSpec) -> tuple[cone.Layout, int]:
+    """(the cone rows' `cone.Layout`, p) for a program whose cones `supports` takes; its
+    rows come in SCS's order: p equality rows first, then the orthant's rows (one-row
+    second-order blocks), the second-order cones, the exponential and the power cones."""
+    kinds = [nonsymmetric_kernels.EXP] * cones.exp + [nonsymmetric_kernels.POWER] * len(cones.power)
+    params = [0.0] * cones.exp + list(cones.power)
+    return cone.layout_of([1] * cones.nonneg + list(cones.soc), kinds, params), cones.zero
 
 
 def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
@@ -392,7 +398,7 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     tolerances = np.array(inner + [eps_abs, eps_rel, eps_inf])
     max_iters = min(settings.max_iters, ipm.MAX_ITERS)
     data, cone_spec = ipm._prepare(program, settings.normalize, ruiz_kernels.equilibrate)
-    starts, p = layout(cone_spec)
+    lay, p = layout(cone_spec)
 
     P, A, b, c = (as_array(t) for t in (data.P, data.A, data.b, data.c))
     d_inv, e_inv = 1.0 / as_array(data.row_scale), 1.0 / as_array(data.col_scale)
@@ -404,7 +410,7 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
 
     def run(i):
         tau[i], codes[i], iterations[i] = solve_one(
-            P[i], A[i], b[i], c[i], d_inv[i], e_inv[i], p, starts, tolerances, max_iters,
+            P[i], A[i], b[i], c[i], d_inv[i], e_inv[i], p, lay, tolerances, max_iters,
             x[i], z[i], s[i], final[i],
         )  # fmt: skip
         if settings.verbose:  # one worker then: the lines keep their order
@@ -456,36 +462,37 @@ def _cached() -> bool:
 
 # ------------------------------------------------------------------ the backward
 @njit(**_OPTIONS)
-def adjoint_one(P, A, p, starts, s, y, gx, gy, gs, u, v):
+def adjoint_one(P, A, p, lay, s, y, U, L_inv, gx, gy, gs, u, v):
     """The adjoint of one element's solution map through the interior point's KKT system
-    at an interior solution (s, y) (rows as in `solve_one`, equality rows first): with
-    H = WᵀW the Nesterov–Todd scaling at (s, y) (0 on equality rows), solve
+    at an interior solution (s, y) (rows as in `solve_one`, equality rows first): solve
 
         [P  Aᵀ] [u]   [gx         ]
         [A −H ] [v] = [gy − H gs  ]
 
-    (the linearized optimality conditions with Δs = −HΔy, as OptNet does with λ/s), H's
-    spectrum clipped into [1/δ, δ] (`_ADJOINT_CLIP`; near the solution it spans μ to 1/μ,
-    and the factorization's regularization, proportional to its largest entry, would then
-    leave refinement too much to undo); writes u (n,), v (m,). Returns False where a
-    factorization failed."""
+    (the linearized optimality conditions with Δs = −HΔy, as OptNet does with λ/s; H = 0
+    on equality rows); writes u (n,), v (m,). On second-order blocks H is the
+    Nesterov–Todd scaling at (s, y) with its spectrum clipped into [1/δ, δ]
+    (`_ADJOINT_CLIP`; near the solution it spans μ to 1/μ, and the factorization's
+    regularization, proportional to its largest entry, would then leave refinement too
+    much to undo); on the nonsymmetric blocks H = U Uᵀ with W⁻ᵀ = L_inv, given (count, 3,
+    3) (`cvxlayer.diff.kkt`). Returns False where a factorization failed."""
     m, n = A.shape
-    mc = m - p
     AT = np.ascontiguousarray(A.T)
-    w, eta, lam = np.empty(mc), np.empty(starts.size - 1), np.empty(mc)
-    cone.scaling(starts, s[p:], y[p:], w, eta, lam)
-    cone.clip_scaling(starts, s[p:], y[p:], w, eta, _ADJOINT_CLIP)
+    st = cone.state(lay)
+    cone.scaling(lay, s[p:], y[p:], st)
+    soc_kernels.clip_scaling(lay.starts, s[p:], y[p:], st.w, st.eta, _ADJOINT_CLIP)
+    st.U[:], st.L_inv[:] = U, L_inv
     L, LS, MinvAt = np.empty((n, n)), np.empty((p, p)), np.empty((n, p))
-    ok = _factor(P, AT, p, starts, w, eta, L, LS, MinvAt)
+    ok = _factor(P, AT, p, lay, st, L, LS, MinvAt)
     r2 = gy.copy()
-    h_gs = np.empty(mc)
-    cone.apply_h(starts, w, eta, gs[p:], h_gs, False)
+    h_gs = np.empty(m - p)
+    cone.apply_h(lay, st, gs[p:], h_gs, False)
     r2[p:] -= h_gs
-    u[:], v[:] = _kkt_solve(P, A, AT, p, starts, w, eta, L, LS, MinvAt, gx, r2)
+    u[:], v[:] = _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, gx, r2)
     return ok
 
 
 @njit(**_OPTIONS)
-def interior(starts, s, y, p):
+def interior(lay, s, y, p):
     """Whether (s, y) lie strictly inside the cones on the rows after the first p."""
-    return cone.margin(starts, s[p:]) > 0 and cone.margin(starts, y[p:]) > 0
+    return cone.interior(lay, s[p:], y[p:])

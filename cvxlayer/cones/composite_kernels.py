@@ -1,0 +1,199 @@
+"""The cone K of the compiled interior point (`cvxlayer.solvers.ipm_compiled`) as one
+object: its second-order blocks (`soc_kernels`; the orthant's rows are one-row blocks) and
+then its 3-d nonsymmetric blocks (`nonsymmetric_kernels`: exponential, then power), and the
+operations the engine needs on all of them, each the twin of a method of a torch family
+(`cvxlayer.cones.soc`, `.nonsymmetric`): the scaling, W⁻ᵀ, H and H⁻¹, the Newton step's
+offset and right-hand sides, the scaled direction and the step to the boundary. The engine
+calls these and never asks which family a row belongs to.
+
+A `Layout` says where the blocks are, for cone rows v (mc,) (the equality rows apart):
+SOC block k is v[starts[k]:starts[k + 1]], nonsymmetric block i is v[o + 3i : o + 3i + 3]
+with o = starts[-1], of family kinds[i] with parameter params[i]. A `State` holds one
+iterate's scaling (allocated once per solve by `state`).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from cvxlayer.cones import nonsymmetric_kernels as ns
+from cvxlayer.cones import soc_kernels as soc
+
+_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+Layout = namedtuple("Layout", "starts kinds params")
+# w, eta, lam: the SOC blocks' Nesterov–Todd scaling; U, L_inv (count, 3, 3): the
+# nonsymmetric blocks' H = U Uᵀ and W⁻ᵀ, with ψ, ∇ψ, ∇²ψ, ∇f*, ∇²f* at z
+State = namedtuple("State", "w eta lam U L_inv grad hess psi g_psi H_psi")
+
+
+def layout_of(sizes: list[int], kinds: list[int], params: list[float]) -> Layout:
+    """A `Layout` from the SOC blocks' sizes and the nonsymmetric blocks' kinds, params."""
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return Layout(starts, np.asarray(kinds, dtype=np.int64), np.asarray(params, dtype=float))
+
+
+@njit(**_OPTIONS)
+def state(lay):
+    """An uninitialized `State` for `lay`."""
+    mc, count = lay.starts[-1] + 3 * lay.kinds.size, lay.kinds.size
+    return State(
+        np.empty(mc), np.empty(lay.starts.size - 1), np.empty(mc),
+        np.empty((count, 3, 3)), np.empty((count, 3, 3)), np.empty((count, 3)),
+        np.empty((count, 3, 3)), np.empty(count), np.empty((count, 3)), np.empty((count, 3, 3)),
+    )  # fmt: skip
+
+
+@njit(**_OPTIONS)
+def _rows(lay, i):
+    first = lay.starts[-1] + 3 * i
+    return first, first + 3
+
+
+@njit(**_OPTIONS)
+def symmetric(lay):
+    return lay.kinds.size == 0
+
+
+@njit(**_OPTIONS)
+def degree(lay):
+    return soc.degree(lay.starts) + 3 * lay.kinds.size
+
+
+@njit(**_OPTIONS)
+def unit(lay, e):
+    """e: each SOC block's identity, each nonsymmetric block's central point."""
+    soc.unit(lay.starts, e)
+    for i in range(lay.kinds.size):
+        a, b = _rows(lay, i)
+        ns.central(lay.kinds[i], lay.params[i], e[a:b])
+
+
+@njit(**_OPTIONS)
+def margin(lay, v):
+    """The largest t with v − t e in the SOC blocks (used with symmetric cones only)."""
+    return soc.margin(lay.starts, v)
+
+
+@njit(**_OPTIONS)
+def interior(lay, s, z):
+    """Whether s ∈ int K and z ∈ int K*."""
+    if soc.margin(lay.starts, s) <= 0 or soc.margin(lay.starts, z) <= 0:
+        return False
+    for i in range(lay.kinds.size):
+        a, b = _rows(lay, i)
+        if not ns.inside(lay.kinds[i], lay.params[i], s[a:b], z[a:b]):
+            return False
+    return True
+
+
+@njit(**_OPTIONS)
+def scaling(lay, s, z, st):
+    """Each block's scaling at interior (s, z), into st."""
+    soc.scaling(lay.starts, s, z, st.w, st.eta, st.lam)
+    for i in range(lay.kinds.size):
+        a, b = _rows(lay, i)
+        st.psi[i] = ns.scaling(
+            lay.kinds[i], lay.params[i], s[a:b], z[a:b], st.U[i], st.L_inv[i], st.grad[i],
+            st.hess[i], st.g_psi[i], st.H_psi[i],
+        )  # fmt: skip
+
+
+@njit(**_OPTIONS)
+def _mv3(M, v, out, a, transpose):
+    """out[a:a + 3] = M v[a:a + 3] (or Mᵀ) for a 3 × 3 M, without allocating."""
+    v0, v1, v2 = v[a], v[a + 1], v[a + 2]
+    for i in range(3):
+        if transpose:
+            out[a + i] = M[0, i] * v0 + M[1, i] * v1 + M[2, i] * v2
+        else:
+            out[a + i] = M[i, 0] * v0 + M[i, 1] * v1 + M[i, 2] * v2
+
+
+@njit(**_OPTIONS)
+def winv_t_columns(lay, st, AT, C):
+    """C = (W⁻ᵀ A)ᵀ for AT = Aᵀ (n, mc) of the cone rows: row j of C is W⁻ᵀ applied to
+    column j of A."""
+    for j in range(AT.shape[0]):
+        soc.apply_w(lay.starts, st.w, st.eta, AT[j], C[j], True)
+    for i in range(lay.kinds.size):
+        a, b = _rows(lay, i)
+        C[:, a:b] = AT[:, a:b] @ st.L_inv[i].T
+
+
+@njit(**_OPTIONS)
+def apply_h(lay, st, v, out, inverse):
+    """out = H v = U(Uᵀv), or H⁻¹ v = W⁻¹(W⁻ᵀv) with `inverse`."""
+    soc.apply_h(lay.starts, st.w, st.eta, v, out, inverse)
+    for i in range(lay.kinds.size):
+        a = _rows(lay, i)[0]
+        if inverse:
+            _mv3(st.L_inv[i], v, out, a, False)
+            _mv3(st.L_inv[i], out, out, a, True)
+        else:
+            _mv3(st.U[i], v, out, a, True)
+            _mv3(st.U[i], out, out, a, False)
+
+
+@njit(**_OPTIONS)
+def offset(lay, st, d_s, out):
+    """The term of Δs = −offset − HΔz: W(λ \\ d_s) on SOC blocks, d_s on the others."""
+    scratch = np.empty(d_s.size)
+    soc.divide(lay.starts, st.lam, d_s, scratch)
+    soc.apply_w(lay.starts, st.w, st.eta, scratch, out, False)
+    o = lay.starts[-1]
+    out[o:] = d_s[o:]
+
+
+@njit(**_OPTIONS)
+def affine_ds(lay, st, s, out):
+    """d_s of the affine direction: λ ∘ λ on SOC blocks, s on the others."""
+    soc.jordan(lay.starts, st.lam, st.lam, out)
+    o = lay.starts[-1]
+    out[o:] = s[o:]
+
+
+@njit(**_OPTIONS)
+def scaled(lay, st, ds, dz, out_s, out_z):
+    """A direction as `step` and `combined_ds` read it: (W⁻¹Δs, WΔz) on SOC blocks, (Δs,
+    Δz) on the others."""
+    soc.apply_w(lay.starts, st.w, st.eta, ds, out_s, True)
+    soc.apply_w(lay.starts, st.w, st.eta, dz, out_z, False)
+    o = lay.starts[-1]
+    out_s[o:], out_z[o:] = ds[o:], dz[o:]
+
+
+@njit(**_OPTIONS)
+def combined_ds(lay, st, s, z, sds, wdz, sigma_mu, out):
+    """d_s of the centered, corrected direction from the affine one's scaled (sds, wdz):
+    λ ∘ λ + sds ∘ wdz − σμe on SOC blocks, s + σμ∇f* − ½∇³f*[(∇²f*)⁻¹Δs, Δz] on the
+    others."""
+    soc.jordan(lay.starts, st.lam, st.lam, out)
+    correction, e = np.empty(out.size), np.empty(out.size)
+    soc.jordan(lay.starts, sds, wdz, correction)
+    soc.unit(lay.starts, e)
+    o = lay.starts[-1]
+    out[:o] += correction[:o] - sigma_mu * e[:o]
+    for i in range(lay.kinds.size):
+        a, b = _rows(lay, i)
+        ns.combined_ds(
+            lay.kinds[i], lay.params[i], s[a:b], z[a:b], st.psi[i], st.grad[i], st.hess[i],
+            st.g_psi[i], st.H_psi[i], sds[a:b], wdz[a:b], sigma_mu, out[a:b],
+        )  # fmt: skip
+
+
+@njit(**_OPTIONS)
+def step(lay, st, s, z, sds, wdz):
+    """The largest α keeping s + αΔs in K and z + αΔz in K* (inf: no limit on SOC blocks;
+    at most 1 on the others) from a scaled direction."""
+    scratch = np.empty(sds.size)
+    alpha = min(
+        soc.step(lay.starts, st.lam, sds, scratch), soc.step(lay.starts, st.lam, wdz, scratch)
+    )
+    for i in range(lay.kinds.size):
+        a, b = _rows(lay, i)
+        alpha = min(alpha, ns.step(lay.kinds[i], lay.params[i], s[a:b], z[a:b], sds[a:b], wdz[a:b]))
+    return alpha

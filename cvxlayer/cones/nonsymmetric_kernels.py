@@ -1,0 +1,215 @@
+"""The 3-d nonsymmetric cones' interior-point operations as compiled kernels (numba), the
+twin of `nonsymmetric.py` (its docstring has the math: ∇f*, ∇²f*, ∇³f* from ψ, Dahl and
+Andersen's scaling H = U Uᵀ, W⁻ᵀ = U⁻¹, the combined right-hand side, the step by
+backtracking on membership), for one block of 3 rows. A block's family is `kind`
+(`EXP`, `POWER`) and its parameter `a` (the power cone's exponent); `_barrier_*` pick the
+family's barrier (`exp_kernels`, `power_kernels`), the only place the family matters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from cvxlayer.cones import exp_kernels, power_kernels
+
+_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
+EXP, POWER = 0, 1
+_EPS = np.finfo(np.float64).eps
+# the step's candidates (as `nonsymmetric.py`): a geometric grid, then halvings
+_RATIO, _GRID, _BISECT = 0.65, 24, 3
+
+
+# ---------------------------------------------------------------- the family's barrier
+@njit(**_OPTIONS)
+def _barrier_weights(kind, a, out):
+    if kind == EXP:
+        exp_kernels.weights(a, out)
+    else:
+        power_kernels.weights(a, out)
+
+
+@njit(**_OPTIONS)
+def _barrier_parts(kind, a, z, grad, hess):
+    if kind == EXP:
+        return exp_kernels.dual_parts(z, a, grad, hess)
+    return power_kernels.dual_parts(z, a, grad, hess)
+
+
+@njit(**_OPTIONS)
+def _barrier_third(kind, a, z, u, v, out):
+    if kind == EXP:
+        exp_kernels.dual_third(z, a, u, v, out)
+    else:
+        power_kernels.dual_third(z, a, u, v, out)
+
+
+@njit(**_OPTIONS)
+def _primal_gradient(kind, a, s, out):
+    if kind == EXP:
+        exp_kernels.primal_gradient(s, a, out)
+    else:
+        power_kernels.primal_gradient(s, a, out)
+
+
+@njit(**_OPTIONS)
+def inside(kind, a, s, z):
+    """s ∈ int K and z ∈ int K*."""
+    if kind == EXP:
+        return exp_kernels.in_primal(s, a) and exp_kernels.in_dual(z, a)
+    return power_kernels.in_primal(s, a) and power_kernels.in_dual(z, a)
+
+
+@njit(**_OPTIONS)
+def central(kind, a, out):
+    """The central point p (−∇f*(p) = p)."""
+    if kind == EXP:
+        exp_kernels.central(a, out)
+    else:
+        power_kernels.central(a, out)
+
+
+# ---------------------------------------------------------------- 3 × 3 algebra
+@njit(**_OPTIONS)
+def _cross(u, v, out):
+    out[0] = u[1] * v[2] - u[2] * v[1]
+    out[1] = u[2] * v[0] - u[0] * v[2]
+    out[2] = u[0] * v[1] - u[1] * v[0]
+
+
+@njit(**_OPTIONS)
+def _inverse(V, out):
+    """out = V⁻¹: its rows are the cross products of V's columns over det V."""
+    c0, c1, c2 = V[:, 0].copy(), V[:, 1].copy(), V[:, 2].copy()
+    _cross(c1, c2, out[0])
+    _cross(c2, c0, out[1])
+    _cross(c0, c1, out[2])
+    out /= c0 @ out[0]
+
+
+@njit(**_OPTIONS)
+def _cholesky_inverse_once(M, out):
+    """out = L⁻¹ for M = L Lᵀ in closed form (NaN where M is not positive definite)."""
+    l00 = math.sqrt(M[0, 0]) if M[0, 0] >= 0 else math.nan
+    l10, l20 = M[1, 0] / l00, M[2, 0] / l00
+    d = M[1, 1] - l10 * l10
+    l11 = math.sqrt(d) if d >= 0 else math.nan
+    l21 = (M[2, 1] - l20 * l10) / l11
+    d = M[2, 2] - l20 * l20 - l21 * l21
+    l22 = math.sqrt(d) if d >= 0 else math.nan
+    m00, m11, m22 = 1.0 / l00, 1.0 / l11, 1.0 / l22
+    m10 = -l10 * m00 * m11
+    m21 = -l21 * m11 * m22
+    out[:] = 0.0
+    out[0, 0], out[1, 1], out[2, 2] = m00, m11, m22
+    out[1, 0], out[2, 1] = m10, m21
+    out[2, 0] = -(l20 * m00 + l21 * m10) * m22
+
+
+@njit(**_OPTIONS)
+def _cholesky_inverse(M, out):
+    """L⁻¹ for M + δI = L Lᵀ: δ = 0, or where rounding leaves M indefinite the smallest of
+    ε tr(M)·10ᵏ that factors (as `nonsymmetric._cholesky_inverse`)."""
+    _cholesky_inverse_once(M, out)
+    scale = _EPS * (M[0, 0] + M[1, 1] + M[2, 2])
+    for k in range(0, 8, 2):
+        if np.isfinite(out).all():
+            return
+        _cholesky_inverse_once(M + 10.0**k * scale * np.eye(3), out)
+
+
+# ---------------------------------------------------------------- the scaling
+@njit(**_OPTIONS)
+def scaling(kind, a, s, z, U, L_inv, grad, hess, g_psi, H_psi):
+    """At interior (s, z): ∇f*(z) into grad, ∇²f*(z) into hess, ∇ψ and ∇²ψ into g_psi,
+    H_psi, and the scaling H = U Uᵀ with W⁻ᵀ = L_inv (= U⁻¹); returns ψ(z)."""
+    psi = _barrier_parts(kind, a, z, g_psi, H_psi)
+    c = np.empty(3)
+    _barrier_weights(kind, a, c)
+    for i in range(3):
+        for j in range(3):
+            hess[i, j] = -H_psi[i, j] / psi + g_psi[i] * g_psi[j] / (psi * psi)
+        grad[i] = -g_psi[i] / psi
+        if c[i] != 0:
+            grad[i] -= c[i] / z[i]
+            hess[i, i] += c[i] / (z[i] * z[i])
+    zt = np.empty(3)  # ∇f(s)
+    _primal_gradient(kind, a, s, zt)
+    dot_sz = s @ z
+    mu = dot_sz / 3.0
+    mu_t = (grad @ zt) / 3.0
+    ds, dz = s + mu * grad, z + mu * zt
+    dot_d = ds @ dz
+    Hzt = hess @ zt
+    de1 = mu * mu_t - 1.0
+    de2 = zt @ Hzt - 3.0 * mu_t * mu_t
+    r = mu_t * grad - Hzt
+    rest = hess - np.outer(grad, grad) / 3.0 - np.outer(r, r) / de2
+    t = mu * math.sqrt((rest * rest).sum())
+    axis = np.empty(3)
+    _cross(z, zt, axis)
+    axis /= math.sqrt(axis @ axis)
+    V = np.empty((3, 3))
+    V[:, 0], V[:, 1], V[:, 2] = s, ds, axis
+    d = np.array([1.0 / dot_sz, 1.0 / dot_d, t])
+    _inverse(V, L_inv)
+    for i in range(3):
+        L_inv[i] /= math.sqrt(d[i])
+    usable = abs(de1) > math.sqrt(_EPS) and abs(de2) > _EPS and dot_sz > 0 and dot_d > 0
+    if usable and np.isfinite(L_inv).all():
+        for j in range(3):
+            U[:, j] = V[:, j] * math.sqrt(d[j])
+    else:  # the dual scaling μ∇²f*(z) = L Lᵀ: U = L
+        _cholesky_inverse(mu * hess, L_inv)
+        _inverse(L_inv, U)
+    return psi
+
+
+@njit(**_OPTIONS)
+def combined_ds(kind, a, s, z, psi, grad, hess, g_psi, H_psi, ds, dz, sigma_mu, out):
+    """out = s + σμ∇f*(z) − ½∇³f*(z)[(∇²f*)⁻¹Δs_a, Δz_a] for the affine (Δs_a, Δz_a)."""
+    L_inv = np.empty((3, 3))
+    _cholesky_inverse(hess, L_inv)
+    u = L_inv.T @ (L_inv @ ds)
+    for i in range(3):
+        if not math.isfinite(u[i]):
+            u[i] = 0.0
+    c = np.empty(3)
+    _barrier_weights(kind, a, c)
+    third = np.empty(3)
+    _barrier_third(kind, a, z, u, dz, third)
+    gu, gv = g_psi @ u, g_psi @ dz
+    Hu, Hv = H_psi @ u, H_psi @ dz
+    uHv = u @ Hv
+    p2 = psi * psi
+    for i in range(3):
+        f3 = -third[i] / psi + (Hv[i] * gu + Hu[i] * gv + g_psi[i] * uHv) / p2
+        f3 -= 2.0 * g_psi[i] * gu * gv / (p2 * psi)
+        if c[i] != 0:
+            f3 -= 2.0 * c[i] / z[i] ** 3 * u[i] * dz[i]
+        out[i] = s[i] + sigma_mu * grad[i] - 0.5 * f3
+
+
+@njit(**_OPTIONS)
+def step(kind, a, s, z, ds, dz):
+    """The largest candidate α ≤ 1 with s + αΔs ∈ int K, z + αΔz ∈ int K* (the feasible
+    steps form an interval [0, α*)): the first of a geometric grid, then halvings of the
+    gap above it; 0 if none down to ~5e-5."""
+    low = 0.0
+    for k in range(_GRID):
+        alpha = _RATIO**k
+        if inside(kind, a, s + alpha * ds, z + alpha * dz):
+            low = alpha
+            break
+    if low == 0.0:
+        return 0.0
+    high = low / _RATIO if low < 1.0 else low
+    for _ in range(_BISECT):
+        mid = (low + high) / 2.0
+        if inside(kind, a, s + mid * ds, z + mid * dz):
+            low = mid
+        else:
+            high = mid
+    return low
