@@ -138,6 +138,34 @@ def apply_h(lay, st, v, out, inverse):
             _mv3(st.U[i], out, out, a, False)
 
 
+def block_sizes(lay) -> list[int]:
+    """The cone blocks' sizes in row order."""
+    return list(np.diff(lay.starts)) + [3] * lay.kinds.size
+
+
+@njit(**_OPTIONS)
+def h_values(lay, st, out):
+    """H's entries block by block, each block's upper triangle row by row (the order of
+    `block_sizes` and numpy's triu_indices): on SOC blocks η²(2wwᵀ − J), on the others
+    U Uᵀ."""
+    e = 0
+    for k in range(lay.starts.size - 1):
+        a, b = lay.starts[k], lay.starts[k + 1]
+        eta2 = st.eta[k] * st.eta[k]
+        for i in range(a, b):
+            for j in range(i, b):
+                out[e] = eta2 * (2.0 * st.w[i] * st.w[j] - (1.0 if i == a and j == a else 0.0))
+                if i == j and i > a:
+                    out[e] += eta2
+                e += 1
+    for i in range(lay.kinds.size):
+        U = st.U[i]
+        for r in range(3):
+            for c in range(r, 3):
+                out[e] = U[r, 0] * U[c, 0] + U[r, 1] * U[c, 1] + U[r, 2] * U[c, 2]
+                e += 1
+
+
 @njit(**_OPTIONS)
 def offset(lay, st, d_s, out):
     """The term of Δs = −offset − HΔz: W(λ \\ d_s) on SOC blocks, d_s on the others."""

@@ -69,12 +69,13 @@ class KKTAdjoint:
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
         gx, gy, gs = (as_array(t) for t in (dx, dy, ds))
         U, L_inv = _nonsymmetric_scaling(program, solution)
+        pat = ipm_compiled.kkt_pattern(P, A, p, lay)
         u, v = np.zeros_like(x), np.zeros_like(y)
         ok = np.ones(len(x), dtype=bool)
 
         def run(i):
             ok[i] = ipm_compiled.adjoint_one(
-                P[i], A[i], p, lay, s[i], y[i], U[i], L_inv[i], gx[i], gy[i], gs[i], u[i], v[i]
+                P[i], A[i], p, lay, pat, s[i], y[i], U[i], L_inv[i], gx[i], gy[i], gs[i], u[i], v[i]
             )
 
         for_each(run, active)

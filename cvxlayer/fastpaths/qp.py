@@ -624,12 +624,13 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     Q, rows = as_array(qp.Q), as_array(torch.cat([qp.A, qp.G], 1))
     gx, gy, gs = as_array(g_z), as_array(torch.cat([g_nu, g_lam], 1)), np.zeros((B, p + m))
     lay = engine.layout(ConeSpec(zero=p, nonneg=m))[0]
+    pat = engine.kkt_pattern(Q, rows, p, lay)
     none = np.zeros((0, 3, 3))  # no nonsymmetric blocks
     u, v = np.zeros_like(gx), np.zeros_like(gy)
 
     def run(i):
         engine.adjoint_one(
-            Q[i], rows[i], p, lay, s[i], y[i], none, none, gx[i], gy[i], gs[i], u[i], v[i]
+            Q[i], rows[i], p, lay, pat, s[i], y[i], none, none, gx[i], gy[i], gs[i], u[i], v[i]
         )
 
     for_each(run, range(B))

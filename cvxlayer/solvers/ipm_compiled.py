@@ -25,6 +25,7 @@ import functools
 import math
 import os
 import sys
+from collections import namedtuple
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from cvxlayer.cones import composite_kernels as cone
 from cvxlayer.cones import nonsymmetric_kernels, soc_kernels
 from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.program import ConeProgram
-from cvxlayer.solvers import ipm, ruiz_kernels
+from cvxlayer.solvers import ipm, ruiz_kernels, sparse_ldl
 from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
 from cvxlayer.solvers.elementwise import as_array, for_each, worker_count
 
@@ -48,6 +49,8 @@ _SOLVED, _INFEASIBLE, _UNBOUNDED = ipm._SOLVED, ipm._INFEASIBLE, ipm._UNBOUNDED
 _FAILED, _MAX_ITERS = ipm._FAILED, ipm._MAX_ITERS
 _ADJOINT_CLIP = 1e8  # the backward's bound on H's spectrum (as the QP path's polish)
 _EPS = np.finfo(np.float64).eps
+# the factorization's work space: dense (L, LS, MinvAt) or sparse (pat used, F)
+System = namedtuple("System", "L LS MinvAt pat F")
 
 
 def supports(cones: ConeSpec) -> bool:
@@ -95,12 +98,32 @@ def _forward_substitution(L, B):
     return X
 
 
-# ------------------------------------------------------------------ the reduced KKT system
+# ------------------------------------------------------------------ the KKT system
 @njit(**_OPTIONS)
-def _factor(P, AT, p, lay, st, L, LS, MinvAt):
-    """Factor M = P + Σ (W⁻ᵀA_c)ᵀ(W⁻ᵀA_c) + shift I, the shift raised ×100 while Cholesky
-    breaks down (refinement removes it), and, with p equality rows (first in A),
-    S = A_eq M⁻¹ A_eqᵀ + δI. AT (n, m) is Aᵀ. False if a factorization failed."""
+def _system(n, p, pat):
+    """The work space of one element's factorizations: sparse where `pat` is used."""
+    if pat.used:
+        return System(
+            np.empty((0, 0)), np.empty((0, 0)), np.empty((0, 0)), pat, sparse_ldl.factors(pat)
+        )
+    return System(
+        np.empty((n, n)), np.empty((p, p)), np.empty((n, p)), pat, sparse_ldl.factors(pat)
+    )
+
+
+@njit(**_OPTIONS)
+def _factor(P, A, AT, p, lay, st, system):
+    """Factor the KKT system at the scaling in st: sparse (`sparse_ldl`) where
+    `system.pat` is used; else dense, M = P + Σ (W⁻ᵀA_c)ᵀ(W⁻ᵀA_c) + shift I by Cholesky, the
+    shift raised ×100 while it breaks down (refinement removes it), and, with p equality
+    rows (first in A), S = A_eq M⁻¹ A_eqᵀ + δI. AT (n, m) is Aᵀ. False if a factorization
+    failed."""
+    if system.pat.used:
+        h = np.empty(system.pat.h_pos.size)
+        cone.h_values(lay, st, h)
+        sparse_ldl.assemble(system.pat, P, A, h, _REG, system.F)
+        return sparse_ldl.factor(system.pat, system.F)
+    L, LS, MinvAt = system.L, system.LS, system.MinvAt
     n, m = AT.shape
     C = np.empty((n, m - p))
     cone.winv_t_columns(lay, st, np.ascontiguousarray(AT[:, p:]), C)
@@ -124,17 +147,20 @@ def _factor(P, AT, p, lay, st, L, LS, MinvAt):
 
 
 @njit(**_OPTIONS)
-def _solve_once(A, AT, p, lay, st, L, LS, MinvAt, r1, r2):
-    """(Δx, Δz) from the factors: M Δx = r1 + A_cᵀH⁻¹r2_c − A_eqᵀΔz_eq with A_eq Δx =
-    r2_eq, then Δz_c = H⁻¹(A_cΔx − r2_c)."""
-    m = A.shape[0]
+def _solve_once(A, AT, p, lay, st, system, r1, r2):
+    """(Δx, Δz) from the factors: K⁻¹(r1, r2) where sparse; else M Δx = r1 + A_cᵀH⁻¹r2_c −
+    A_eqᵀΔz_eq with A_eq Δx = r2_eq, then Δz_c = H⁻¹(A_cΔx − r2_c)."""
+    m, n = A.shape
+    if system.pat.used:
+        out = sparse_ldl.solve(system.pat, system.F, np.concatenate((r1, r2)))
+        return out[:n].copy(), out[n:].copy()
     hinv_r2 = np.zeros(m)
     cone.apply_h(lay, st, r2[p:], hinv_r2[p:], True)
-    dx = _chol_solve(L, r1 + AT @ hinv_r2)
+    dx = _chol_solve(system.L, r1 + AT @ hinv_r2)
     dz = np.zeros(m)
     if p > 0:
-        y = _chol_solve(LS, A[:p] @ dx - r2[:p])
-        dx -= MinvAt @ y
+        y = _chol_solve(system.LS, A[:p] @ dx - r2[:p])
+        dx -= system.MinvAt @ y
         dz[:p] = y
     Adx = A @ dx
     cone.apply_h(lay, st, Adx[p:], dz[p:], True)
@@ -151,11 +177,11 @@ def _max_abs(v):
 
 
 @njit(**_OPTIONS)
-def _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, r1, r2):
+def _kkt_solve(P, A, AT, p, lay, st, system, r1, r2):
     """(Δx, Δz) with P Δx + AᵀΔz = r1, A Δx − H Δz = r2 (H = 0 on equality rows): a solve
     with the regularized factors, then refinement against the exact system while its
     residual keeps halving (up to `_REFINE` steps)."""
-    dx, dz = _solve_once(A, AT, p, lay, st, L, LS, MinvAt, r1, r2)
+    dx, dz = _solve_once(A, AT, p, lay, st, system, r1, r2)
     size = max(max(_max_abs(r1), _max_abs(r2)), 1e-300)
     previous = np.inf
     h_dz = np.zeros(A.shape[0])
@@ -167,7 +193,7 @@ def _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, r1, r2):
         if error <= _REFINE_TOL or error > 0.5 * previous:
             break
         previous = error
-        cx, cz = _solve_once(A, AT, p, lay, st, L, LS, MinvAt, e1, e2)
+        cx, cz = _solve_once(A, AT, p, lay, st, system, e1, e2)
         dx += cx
         dz += cz
     return dx, dz
@@ -214,7 +240,7 @@ def _merit(measure):
 
 @njit(**_OPTIONS)
 def _direction(
-    P, A, AT, b, p, lay, st, L, LS, MinvAt, c2, x1, z1, denominator, tau, kappa,
+    P, A, AT, b, p, lay, st, system, c2, x1, z1, denominator, tau, kappa,
     d_x, d_z, d_tau, d_s, d_kappa,
 ):  # fmt: skip
     """The direction (Δx, Δz, Δs, Δτ, Δκ) and its scaled cone parts (`cone.scaled`) for
@@ -224,7 +250,7 @@ def _direction(
     cone.offset(lay, st, d_s, offset)
     r2 = -d_z
     r2[p:] += offset
-    x2, z2 = _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, -d_x, r2)
+    x2, z2 = _kkt_solve(P, A, AT, p, lay, st, system, -d_x, r2)
     numerator = -d_tau + d_kappa / tau - c2 @ x2 - b @ z2
     dtau = numerator / denominator
     dx = x2 + dtau * x1
@@ -255,10 +281,11 @@ def _finite(v):
 
 
 @njit(**_OPTIONS)
-def solve_one(P, A, b, c, d_inv, e_inv, p, lay, tolerances, max_iters, x, z, s, final):
+def solve_one(P, A, b, c, d_inv, e_inv, p, lay, pat, tolerances, max_iters, x, z, s, final):
     """One element's solve. P (n, n), A (m, n) with its p equality rows first, b (m,),
     c (n,), d_inv (m,), e_inv (n,) (inverse equilibration, for the stopping rule), lay the
-    cone rows' blocks (a `cone.Layout`, relative to row p); tolerances (inner_abs,
+    cone rows' blocks (a `cone.Layout`, relative to row p), pat the KKT matrix's sparse
+    `sparse_ldl.Pattern` (or `sparse_ldl.unused()`: dense factorizations); tolerances (inner_abs,
     inner_rel, eps_abs, eps_rel, eps_infeas). Writes the chosen iterate into x (n,), z,
     s (m,) and the primal, dual and gap residuals of the last iterate into final (3,);
     returns (τ, code, iterations) with `ipm`'s codes."""
@@ -267,7 +294,7 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, lay, tolerances, max_iters, x, z, s, 
     AT = np.ascontiguousarray(A.T)
     inner_abs, inner_rel, eps_abs, eps_rel, eps_inf = tolerances
     st = cone.state(lay)
-    L, LS, MinvAt = np.empty((n, n)), np.empty((p, p)), np.empty((n, p))
+    system = _system(n, p, pat)
     e = np.empty(mc)
     cone.unit(lay, e)
     degree = cone.degree(lay)
@@ -277,8 +304,8 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, lay, tolerances, max_iters, x, z, s, 
         # the KKT solution with H = I, shifted into the cones (with nonsymmetric cones: x = 0,
         # s = z = the central point, as Clarabel)
         cone.scaling(lay, e, e, st)
-        _factor(P, AT, p, lay, st, L, LS, MinvAt)  # its failure shows in the first merit
-        x[:] = _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, -c, b)[0]
+        _factor(P, A, AT, p, lay, st, system)  # its failure shows in the first merit
+        x[:] = _kkt_solve(P, A, AT, p, lay, st, system, -c, b)[0]
         s[:] = b - A @ x
         s[:p] = 0.0
         z[:] = -s
@@ -336,18 +363,18 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, lay, tolerances, max_iters, x, z, s, 
             break
         # Newton: scaling, factors, μ and the constant direction
         cone.scaling(lay, s[p:], z[p:], st)
-        ok = _factor(P, AT, p, lay, st, L, LS, MinvAt)
+        ok = _factor(P, A, AT, p, lay, st, system)
         mu = (s @ z + tau * kappa) / (degree + 1)
         xi = x / tau
         Pxi = P @ xi
         c2 = c + 2.0 * Pxi
-        x1, z1 = _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, -c, b)
+        x1, z1 = _kkt_solve(P, A, AT, p, lay, st, system, -c, b)
         denominator = -kappa / tau + c2 @ x1 + b @ z1 - xi @ Pxi
         # Mehrotra: the affine direction, then the centered and corrected one
         d_s = np.empty(mc)
         cone.affine_ds(lay, st, s[p:], d_s)
         _, _, _, dtau_a, dkappa_a, sds_a, wdz_a = _direction(
-            P, A, AT, b, p, lay, st, L, LS, MinvAt, c2, x1, z1, denominator,
+            P, A, AT, b, p, lay, st, system, c2, x1, z1, denominator,
             tau, kappa, r_x, r_z, r_tau, d_s, tau * kappa,
         )  # fmt: skip
         alpha_a = _max_step(lay, st, s[p:], z[p:], sds_a, wdz_a, tau, dtau_a, kappa, dkappa_a)
@@ -357,7 +384,7 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, lay, tolerances, max_iters, x, z, s, 
         d_kappa = tau * kappa + dtau_a * dkappa_a - target
         keep = 1.0 - sigma
         dx, dz, ds, dtau, dkappa, sds, wdz = _direction(
-            P, A, AT, b, p, lay, st, L, LS, MinvAt, c2, x1, z1, denominator,
+            P, A, AT, b, p, lay, st, system, c2, x1, z1, denominator,
             tau, kappa, keep * r_x, keep * r_z, keep * r_tau, d_s, d_kappa,
         )  # fmt: skip
         alpha = _STEP_FRACTION * _max_step(
@@ -403,6 +430,7 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     P, A, b, c = (as_array(t) for t in (data.P, data.A, data.b, data.c))
     d_inv, e_inv = 1.0 / as_array(data.row_scale), 1.0 / as_array(data.col_scale)
     B, m, n = A.shape
+    pat = kkt_pattern(P, A, p, lay)
     x, z, s = np.zeros((B, n)), np.zeros((B, m)), np.zeros((B, m))
     tau, codes = np.ones(B), np.full(B, _FAILED, dtype=np.int64)
     iterations, final = np.zeros(B, dtype=np.int64), np.zeros((B, 3))
@@ -410,7 +438,7 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
 
     def run(i):
         tau[i], codes[i], iterations[i] = solve_one(
-            P[i], A[i], b[i], c[i], d_inv[i], e_inv[i], p, lay, tolerances, max_iters,
+            P[i], A[i], b[i], c[i], d_inv[i], e_inv[i], p, lay, pat, tolerances, max_iters,
             x[i], z[i], s[i], final[i],
         )  # fmt: skip
         if settings.verbose:  # one worker then: the lines keep their order
@@ -428,6 +456,25 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     out = ipm._unscale(data, back(x), back(z), back(s), back(tau), code)
     status = tuple(ipm._STATUS[k] for k in codes.tolist())
     return Solution(*out, status, torch.as_tensor(iterations))
+
+
+# the sparse factorization's flops count this many times the dense one's (its indirect
+# indexing; measured on T5a-T5d and T7, docs/benchmarks.md)
+_SPARSE_COST = 3.0
+
+
+def kkt_pattern(P: np.ndarray, A: np.ndarray, p: int, lay: cone.Layout) -> sparse_ldl.Pattern:
+    """The sparse pattern of the KKT matrix of a batch P (B, n, n), A (B, m, n) where its
+    LDLᵀ factorization costs less than the dense route's (n²·(m − p) for M, n³/3 for its
+    Cholesky, n²p + p³/3 for the equality rows' Schur complement, flops); else unused."""
+    n, m = A.shape[-1], A.shape[-2]
+    if n == 0:
+        return sparse_ldl.unused()
+    dense = n * n * (m - p) + n**3 / 3 + n * n * p + p**3 / 3
+    pattern, flops = sparse_ldl.analyze(
+        n, p, (P != 0).any(0), (A != 0).any(0), cone.block_sizes(lay)
+    )
+    return pattern if _SPARSE_COST * flops < dense else sparse_ldl.unused()
 
 
 _announced = False
@@ -462,7 +509,7 @@ def _cached() -> bool:
 
 # ------------------------------------------------------------------ the backward
 @njit(**_OPTIONS)
-def adjoint_one(P, A, p, lay, s, y, U, L_inv, gx, gy, gs, u, v):
+def adjoint_one(P, A, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v):
     """The adjoint of one element's solution map through the interior point's KKT system
     at an interior solution (s, y) (rows as in `solve_one`, equality rows first): solve
 
@@ -482,13 +529,13 @@ def adjoint_one(P, A, p, lay, s, y, U, L_inv, gx, gy, gs, u, v):
     cone.scaling(lay, s[p:], y[p:], st)
     soc_kernels.clip_scaling(lay.starts, s[p:], y[p:], st.w, st.eta, _ADJOINT_CLIP)
     st.U[:], st.L_inv[:] = U, L_inv
-    L, LS, MinvAt = np.empty((n, n)), np.empty((p, p)), np.empty((n, p))
-    ok = _factor(P, AT, p, lay, st, L, LS, MinvAt)
+    system = _system(n, p, pat)
+    ok = _factor(P, A, AT, p, lay, st, system)
     r2 = gy.copy()
     h_gs = np.empty(m - p)
     cone.apply_h(lay, st, gs[p:], h_gs, False)
     r2[p:] -= h_gs
-    u[:], v[:] = _kkt_solve(P, A, AT, p, lay, st, L, LS, MinvAt, gx, r2)
+    u[:], v[:] = _kkt_solve(P, A, AT, p, lay, st, system, gx, r2)
     return ok
 
 
