@@ -94,11 +94,12 @@ def interior(lay, s, z):
 def scaling(lay, s, z, st):
     """Each block's scaling at interior (s, z), into st."""
     soc.scaling(lay.starts, s, z, st.w, st.eta, st.lam)
+    vec, mat = ns.scratch()
     for i in range(lay.kinds.size):
         a, b = _rows(lay, i)
         st.psi[i] = ns.scaling(
             lay.kinds[i], lay.params[i], s[a:b], z[a:b], st.U[i], st.L_inv[i], st.grad[i],
-            st.hess[i], st.g_psi[i], st.H_psi[i],
+            st.hess[i], st.g_psi[i], st.H_psi[i], vec, mat,
         )  # fmt: skip
 
 
@@ -205,11 +206,12 @@ def combined_ds(lay, st, s, z, sds, wdz, sigma_mu, out):
     soc.unit(lay.starts, e)
     o = lay.starts[-1]
     out[:o] += correction[:o] - sigma_mu * e[:o]
+    vec, mat = ns.scratch()
     for i in range(lay.kinds.size):
         a, b = _rows(lay, i)
         ns.combined_ds(
             lay.kinds[i], lay.params[i], s[a:b], z[a:b], st.psi[i], st.grad[i], st.hess[i],
-            st.g_psi[i], st.H_psi[i], sds[a:b], wdz[a:b], sigma_mu, out[a:b],
+            st.g_psi[i], st.H_psi[i], sds[a:b], wdz[a:b], sigma_mu, out[a:b], vec, mat,
         )  # fmt: skip
 
 
@@ -221,7 +223,10 @@ def step(lay, st, s, z, sds, wdz):
     alpha = min(
         soc.step(lay.starts, st.lam, sds, scratch), soc.step(lay.starts, st.lam, wdz, scratch)
     )
+    vec = ns.scratch()[0]
     for i in range(lay.kinds.size):
         a, b = _rows(lay, i)
-        alpha = min(alpha, ns.step(lay.kinds[i], lay.params[i], s[a:b], z[a:b], sds[a:b], wdz[a:b]))
+        alpha = min(
+            alpha, ns.step(lay.kinds[i], lay.params[i], s[a:b], z[a:b], sds[a:b], wdz[a:b], vec)
+        )
     return alpha

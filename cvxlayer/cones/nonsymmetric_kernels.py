@@ -80,53 +80,86 @@ def _cross(u, v, out):
 
 
 @njit(**_OPTIONS)
-def _inverse(V, out):
-    """out = V⁻¹: its rows are the cross products of V's columns over det V."""
-    c0, c1, c2 = V[:, 0].copy(), V[:, 1].copy(), V[:, 2].copy()
-    _cross(c1, c2, out[0])
-    _cross(c2, c0, out[1])
-    _cross(c0, c1, out[2])
-    out /= c0 @ out[0]
+def _dot(u, v):
+    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]
 
 
 @njit(**_OPTIONS)
-def _cholesky_inverse_once(M, out):
-    """out = L⁻¹ for M = L Lᵀ in closed form (NaN where M is not positive definite)."""
-    l00 = math.sqrt(M[0, 0]) if M[0, 0] >= 0 else math.nan
+def _mv(M, v, out):
+    for i in range(3):
+        out[i] = M[i, 0] * v[0] + M[i, 1] * v[1] + M[i, 2] * v[2]
+
+
+@njit(**_OPTIONS)
+def _inverse(V, out):
+    """out = V⁻¹: its rows are the cross products of V's columns over det V."""
+    for i in range(3):
+        j, k = (i + 1) % 3, (i + 2) % 3
+        out[i, 0] = V[1, j] * V[2, k] - V[2, j] * V[1, k]
+        out[i, 1] = V[2, j] * V[0, k] - V[0, j] * V[2, k]
+        out[i, 2] = V[0, j] * V[1, k] - V[1, j] * V[0, k]
+    det = V[0, 0] * out[0, 0] + V[1, 0] * out[0, 1] + V[2, 0] * out[0, 2]
+    for i in range(3):
+        for j in range(3):
+            out[i, j] /= det
+
+
+@njit(**_OPTIONS)
+def _cholesky_inverse_once(M, shift, out):
+    """out = L⁻¹ for M + shift I = L Lᵀ in closed form (NaN where not positive definite)."""
+    d = M[0, 0] + shift
+    l00 = math.sqrt(d) if d >= 0 else math.nan
     l10, l20 = M[1, 0] / l00, M[2, 0] / l00
-    d = M[1, 1] - l10 * l10
+    d = M[1, 1] + shift - l10 * l10
     l11 = math.sqrt(d) if d >= 0 else math.nan
     l21 = (M[2, 1] - l20 * l10) / l11
-    d = M[2, 2] - l20 * l20 - l21 * l21
+    d = M[2, 2] + shift - l20 * l20 - l21 * l21
     l22 = math.sqrt(d) if d >= 0 else math.nan
     m00, m11, m22 = 1.0 / l00, 1.0 / l11, 1.0 / l22
     m10 = -l10 * m00 * m11
     m21 = -l21 * m11 * m22
-    out[:] = 0.0
+    out[0, 1] = out[0, 2] = out[1, 2] = 0.0
     out[0, 0], out[1, 1], out[2, 2] = m00, m11, m22
     out[1, 0], out[2, 1] = m10, m21
     out[2, 0] = -(l20 * m00 + l21 * m10) * m22
 
 
 @njit(**_OPTIONS)
+def _finite(M):
+    for i in range(3):
+        for j in range(3):
+            if not math.isfinite(M[i, j]):
+                return False
+    return True
+
+
+@njit(**_OPTIONS)
 def _cholesky_inverse(M, out):
     """L⁻¹ for M + δI = L Lᵀ: δ = 0, or where rounding leaves M indefinite the smallest of
     ε tr(M)·10ᵏ that factors (as `nonsymmetric._cholesky_inverse`)."""
-    _cholesky_inverse_once(M, out)
+    _cholesky_inverse_once(M, 0.0, out)
     scale = _EPS * (M[0, 0] + M[1, 1] + M[2, 2])
     for k in range(0, 8, 2):
-        if np.isfinite(out).all():
+        if _finite(out):
             return
-        _cholesky_inverse_once(M + 10.0**k * scale * np.eye(3), out)
+        _cholesky_inverse_once(M, 10.0**k * scale, out)
+
+
+@njit(**_OPTIONS)
+def scratch():
+    """Work space for `scaling` and `combined_ds` (one block at a time)."""
+    return np.empty((8, 3)), np.empty((2, 3, 3))
 
 
 # ---------------------------------------------------------------- the scaling
 @njit(**_OPTIONS)
-def scaling(kind, a, s, z, U, L_inv, grad, hess, g_psi, H_psi):
+def scaling(kind, a, s, z, U, L_inv, grad, hess, g_psi, H_psi, vec, mat):
     """At interior (s, z): ∇f*(z) into grad, ∇²f*(z) into hess, ∇ψ and ∇²ψ into g_psi,
-    H_psi, and the scaling H = U Uᵀ with W⁻ᵀ = L_inv (= U⁻¹); returns ψ(z)."""
+    H_psi, and the scaling H = U Uᵀ with W⁻ᵀ = L_inv (= U⁻¹); returns ψ(z). vec (8, 3),
+    mat (2, 3, 3): `scratch`."""
+    c, zt, ds, dz, Hzt, r, axis, d = vec[0], vec[1], vec[2], vec[3], vec[4], vec[5], vec[6], vec[7]
+    rest, V = mat[0], mat[1]
     psi = _barrier_parts(kind, a, z, g_psi, H_psi)
-    c = np.empty(3)
     _barrier_weights(kind, a, c)
     for i in range(3):
         for j in range(3):
@@ -135,54 +168,66 @@ def scaling(kind, a, s, z, U, L_inv, grad, hess, g_psi, H_psi):
         if c[i] != 0:
             grad[i] -= c[i] / z[i]
             hess[i, i] += c[i] / (z[i] * z[i])
-    zt = np.empty(3)  # ∇f(s)
-    _primal_gradient(kind, a, s, zt)
-    dot_sz = s @ z
+    _primal_gradient(kind, a, s, zt)  # ∇f(s)
+    dot_sz = _dot(s, z)
     mu = dot_sz / 3.0
-    mu_t = (grad @ zt) / 3.0
-    ds, dz = s + mu * grad, z + mu * zt
-    dot_d = ds @ dz
-    Hzt = hess @ zt
+    mu_t = _dot(grad, zt) / 3.0
+    for i in range(3):
+        ds[i], dz[i] = s[i] + mu * grad[i], z[i] + mu * zt[i]
+    dot_d = _dot(ds, dz)
+    _mv(hess, zt, Hzt)
     de1 = mu * mu_t - 1.0
-    de2 = zt @ Hzt - 3.0 * mu_t * mu_t
-    r = mu_t * grad - Hzt
-    rest = hess - np.outer(grad, grad) / 3.0 - np.outer(r, r) / de2
-    t = mu * math.sqrt((rest * rest).sum())
-    axis = np.empty(3)
+    de2 = _dot(zt, Hzt) - 3.0 * mu_t * mu_t
+    norm = 0.0
+    for i in range(3):
+        r[i] = mu_t * grad[i] - Hzt[i]
+    for i in range(3):
+        for j in range(3):
+            rest[i, j] = hess[i, j] - grad[i] * grad[j] / 3.0 - r[i] * r[j] / de2
+            norm += rest[i, j] * rest[i, j]
     _cross(z, zt, axis)
-    axis /= math.sqrt(axis @ axis)
-    V = np.empty((3, 3))
-    V[:, 0], V[:, 1], V[:, 2] = s, ds, axis
-    d = np.array([1.0 / dot_sz, 1.0 / dot_d, t])
+    length = math.sqrt(_dot(axis, axis))
+    for i in range(3):
+        V[i, 0], V[i, 1], V[i, 2] = s[i], ds[i], axis[i] / length
+    d[0], d[1], d[2] = 1.0 / dot_sz, 1.0 / dot_d, mu * math.sqrt(norm)
     _inverse(V, L_inv)
     for i in range(3):
-        L_inv[i] /= math.sqrt(d[i])
-    usable = abs(de1) > math.sqrt(_EPS) and abs(de2) > _EPS and dot_sz > 0 and dot_d > 0
-    if usable and np.isfinite(L_inv).all():
+        root = math.sqrt(d[i])
         for j in range(3):
-            U[:, j] = V[:, j] * math.sqrt(d[j])
+            L_inv[i, j] /= root
+    usable = abs(de1) > math.sqrt(_EPS) and abs(de2) > _EPS and dot_sz > 0 and dot_d > 0
+    if usable and _finite(L_inv):
+        for j in range(3):
+            root = math.sqrt(d[j])
+            for i in range(3):
+                U[i, j] = V[i, j] * root
     else:  # the dual scaling μ∇²f*(z) = L Lᵀ: U = L
-        _cholesky_inverse(mu * hess, L_inv)
+        for i in range(3):
+            for j in range(3):
+                rest[i, j] = mu * hess[i, j]
+        _cholesky_inverse(rest, L_inv)
         _inverse(L_inv, U)
     return psi
 
 
 @njit(**_OPTIONS)
-def combined_ds(kind, a, s, z, psi, grad, hess, g_psi, H_psi, ds, dz, sigma_mu, out):
-    """out = s + σμ∇f*(z) − ½∇³f*(z)[(∇²f*)⁻¹Δs_a, Δz_a] for the affine (Δs_a, Δz_a)."""
-    L_inv = np.empty((3, 3))
+def combined_ds(kind, a, s, z, psi, grad, hess, g_psi, H_psi, ds, dz, sigma_mu, out, vec, mat):
+    """out = s + σμ∇f*(z) − ½∇³f*(z)[(∇²f*)⁻¹Δs_a, Δz_a] for the affine (Δs_a, Δz_a);
+    vec, mat: `scratch`."""
+    L_inv = mat[0]
+    c, w, u, third, Hu, Hv = vec[0], vec[1], vec[2], vec[3], vec[4], vec[5]
     _cholesky_inverse(hess, L_inv)
-    u = L_inv.T @ (L_inv @ ds)
+    _mv(L_inv, ds, w)
     for i in range(3):
+        u[i] = L_inv[0, i] * w[0] + L_inv[1, i] * w[1] + L_inv[2, i] * w[2]
         if not math.isfinite(u[i]):
             u[i] = 0.0
-    c = np.empty(3)
     _barrier_weights(kind, a, c)
-    third = np.empty(3)
     _barrier_third(kind, a, z, u, dz, third)
-    gu, gv = g_psi @ u, g_psi @ dz
-    Hu, Hv = H_psi @ u, H_psi @ dz
-    uHv = u @ Hv
+    gu, gv = _dot(g_psi, u), _dot(g_psi, dz)
+    _mv(H_psi, u, Hu)
+    _mv(H_psi, dz, Hv)
+    uHv = _dot(u, Hv)
     p2 = psi * psi
     for i in range(3):
         f3 = -third[i] / psi + (Hv[i] * gu + Hu[i] * gv + g_psi[i] * uHv) / p2
@@ -193,14 +238,22 @@ def combined_ds(kind, a, s, z, psi, grad, hess, g_psi, H_psi, ds, dz, sigma_mu, 
 
 
 @njit(**_OPTIONS)
-def step(kind, a, s, z, ds, dz):
+def _inside_at(kind, a, s, ds, z, dz, alpha, ts, tz):
+    for i in range(3):
+        ts[i], tz[i] = s[i] + alpha * ds[i], z[i] + alpha * dz[i]
+    return inside(kind, a, ts, tz)
+
+
+@njit(**_OPTIONS)
+def step(kind, a, s, z, ds, dz, vec):
     """The largest candidate α ≤ 1 with s + αΔs ∈ int K, z + αΔz ∈ int K* (the feasible
     steps form an interval [0, α*)): the first of a geometric grid, then halvings of the
-    gap above it; 0 if none down to ~5e-5."""
+    gap above it; 0 if none down to ~5e-5. vec: `scratch`'s first part."""
+    ts, tz = vec[0], vec[1]
     low = 0.0
     for k in range(_GRID):
         alpha = _RATIO**k
-        if inside(kind, a, s + alpha * ds, z + alpha * dz):
+        if _inside_at(kind, a, s, ds, z, dz, alpha, ts, tz):
             low = alpha
             break
     if low == 0.0:
@@ -208,7 +261,7 @@ def step(kind, a, s, z, ds, dz):
     high = low / _RATIO if low < 1.0 else low
     for _ in range(_BISECT):
         mid = (low + high) / 2.0
-        if inside(kind, a, s + mid * ds, z + mid * dz):
+        if _inside_at(kind, a, s, ds, z, dz, mid, ts, tz):
             low = mid
         else:
             high = mid

@@ -50,7 +50,7 @@ _FAILED, _MAX_ITERS = ipm._FAILED, ipm._MAX_ITERS
 _ADJOINT_CLIP = 1e8  # the backward's bound on H's spectrum (as the QP path's polish)
 _EPS = np.finfo(np.float64).eps
 # the factorization's work space: dense (L, LS, MinvAt) or sparse (pat used, F)
-System = namedtuple("System", "L LS MinvAt pat F")
+System = namedtuple("System", "L LS MinvAt pat F a_vals p_vals")
 
 
 def supports(cones: ConeSpec) -> bool:
@@ -100,15 +100,58 @@ def _forward_substitution(L, B):
 
 # ------------------------------------------------------------------ the KKT system
 @njit(**_OPTIONS)
-def _system(n, p, pat):
-    """The work space of one element's factorizations: sparse where `pat` is used."""
+def _system(P, A, p, pat):
+    """The work space of one element's factorizations: sparse where `pat` is used (with
+    A's and P's values on its pattern, for the products too)."""
+    n = A.shape[1]
+    F = sparse_ldl.factors(pat)
+    a_vals, p_vals = np.empty(pat.a_rows.size), np.empty(pat.p_rows.size)
+    for e in range(a_vals.size):
+        a_vals[e] = A[pat.a_rows[e], pat.a_cols[e]]
+    for e in range(p_vals.size):
+        p_vals[e] = P[pat.p_rows[e], pat.p_cols[e]]
     if pat.used:
-        return System(
-            np.empty((0, 0)), np.empty((0, 0)), np.empty((0, 0)), pat, sparse_ldl.factors(pat)
-        )
-    return System(
-        np.empty((n, n)), np.empty((p, p)), np.empty((n, p)), pat, sparse_ldl.factors(pat)
-    )
+        empty = np.empty((0, 0))
+        return System(empty, empty, empty, pat, F, a_vals, p_vals)
+    return System(np.empty((n, n)), np.empty((p, p)), np.empty((n, p)), pat, F, a_vals, p_vals)
+
+
+@njit(**_OPTIONS)
+def _ax(system, A, x):
+    """A x: through A's nonzeros where the system is sparse."""
+    if not system.pat.used:
+        return A @ x
+    out = np.zeros(A.shape[0])
+    rows, cols, vals = system.pat.a_rows, system.pat.a_cols, system.a_vals
+    for e in range(vals.size):
+        out[rows[e]] += vals[e] * x[cols[e]]
+    return out
+
+
+@njit(**_OPTIONS)
+def _atz(system, AT, z):
+    """Aᵀ z."""
+    if not system.pat.used:
+        return AT @ z
+    out = np.zeros(AT.shape[0])
+    rows, cols, vals = system.pat.a_rows, system.pat.a_cols, system.a_vals
+    for e in range(vals.size):
+        out[cols[e]] += vals[e] * z[rows[e]]
+    return out
+
+
+@njit(**_OPTIONS)
+def _px(system, P, x):
+    """P x (P's upper triangle stands for both halves where sparse)."""
+    if not system.pat.used:
+        return P @ x
+    out = np.zeros(x.size)
+    rows, cols, vals = system.pat.p_rows, system.pat.p_cols, system.p_vals
+    for e in range(vals.size):
+        out[rows[e]] += vals[e] * x[cols[e]]
+        if rows[e] != cols[e]:
+            out[cols[e]] += vals[e] * x[rows[e]]
+    return out
 
 
 @njit(**_OPTIONS)
@@ -153,7 +196,7 @@ def _solve_once(A, AT, p, lay, st, system, r1, r2):
     m, n = A.shape
     if system.pat.used:
         out = sparse_ldl.solve(system.pat, system.F, np.concatenate((r1, r2)))
-        return out[:n].copy(), out[n:].copy()
+        return out[:n], out[n:]
     hinv_r2 = np.zeros(m)
     cone.apply_h(lay, st, r2[p:], hinv_r2[p:], True)
     dx = _chol_solve(system.L, r1 + AT @ hinv_r2)
@@ -187,8 +230,8 @@ def _kkt_solve(P, A, AT, p, lay, st, system, r1, r2):
     h_dz = np.zeros(A.shape[0])
     for _ in range(_REFINE):
         cone.apply_h(lay, st, dz[p:], h_dz[p:], False)
-        e1 = r1 - P @ dx - AT @ dz
-        e2 = r2 - A @ dx + h_dz
+        e1 = r1 - _px(system, P, dx) - _atz(system, AT, dz)
+        e2 = r2 - _ax(system, A, dx) + h_dz
         error = max(_max_abs(e1), _max_abs(e2)) / size
         if error <= _REFINE_TOL or error > 0.5 * previous:
             break
@@ -201,11 +244,11 @@ def _kkt_solve(P, A, AT, p, lay, st, system, r1, r2):
 
 # ------------------------------------------------------------------ one element's solve
 @njit(**_OPTIONS)
-def _measures(P, A, AT, b, c, d_inv, e_inv, x, z, s, tau, kappa, r_x, r_z, out):
+def _measures(P, A, AT, system, b, c, d_inv, e_inv, x, z, s, tau, kappa, r_x, r_z, out):
     """Residuals r_x, r_z (written) and r_τ (returned) of the embedding at (x, z, s, τ, κ);
     out (12,): the primal, dual and gap residuals and their scales (SCS's rule on the
     unscaled (x, z, s)/τ), then ‖Aᵀz‖, ‖Px‖, ‖Ax + s‖ (unscaled), cᵀx, bᵀz."""
-    Px, Ax, Atz = P @ x, A @ x, AT @ z
+    Px, Ax, Atz = _px(system, P, x), _ax(system, A, x), _atz(system, AT, z)
     xPx, cx, bz = x @ Px, c @ x, b @ z
     r_x[:] = Px + Atz + c * tau
     r_z[:] = Ax + s - b * tau
@@ -255,7 +298,7 @@ def _direction(
     dtau = numerator / denominator
     dx = x2 + dtau * x1
     dz = z2 + dtau * z1
-    ds = -d_z - A @ dx + b * dtau
+    ds = -d_z - _ax(system, A, dx) + b * dtau
     ds[:p] = 0.0
     sds, wdz = np.empty(mc), np.empty(mc)
     cone.scaled(lay, st, ds[p:], dz[p:], sds, wdz)
@@ -294,7 +337,7 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, lay, pat, tolerances, max_iters, x, z
     AT = np.ascontiguousarray(A.T)
     inner_abs, inner_rel, eps_abs, eps_rel, eps_inf = tolerances
     st = cone.state(lay)
-    system = _system(n, p, pat)
+    system = _system(P, A, p, pat)
     e = np.empty(mc)
     cone.unit(lay, e)
     degree = cone.degree(lay)
@@ -321,7 +364,9 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, lay, pat, tolerances, max_iters, x, z
     ok = True
     code, k = _FAILED, 0
     for k in range(max_iters + 1):
-        r_tau = _measures(P, A, AT, b, c, d_inv, e_inv, x, z, s, tau, kappa, r_x, r_z, measure)
+        r_tau = _measures(
+            P, A, AT, system, b, c, d_inv, e_inv, x, z, s, tau, kappa, r_x, r_z, measure
+        )
         merit = _merit(measure)
         finite = math.isfinite(merit) and ok
         done = finite and _meets(measure, inner_abs, inner_rel)
@@ -366,7 +411,7 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, lay, pat, tolerances, max_iters, x, z
         ok = _factor(P, A, AT, p, lay, st, system)
         mu = (s @ z + tau * kappa) / (degree + 1)
         xi = x / tau
-        Pxi = P @ xi
+        Pxi = _px(system, P, xi)
         c2 = c + 2.0 * Pxi
         x1, z1 = _kkt_solve(P, A, AT, p, lay, st, system, -c, b)
         denominator = -kappa / tau + c2 @ x1 + b @ z1 - xi @ Pxi
@@ -529,7 +574,7 @@ def adjoint_one(P, A, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v):
     cone.scaling(lay, s[p:], y[p:], st)
     soc_kernels.clip_scaling(lay.starts, s[p:], y[p:], st.w, st.eta, _ADJOINT_CLIP)
     st.U[:], st.L_inv[:] = U, L_inv
-    system = _system(n, p, pat)
+    system = _system(P, A, p, pat)
     ok = _factor(P, A, AT, p, lay, st, system)
     r2 = gy.copy()
     h_gs = np.empty(m - p)
