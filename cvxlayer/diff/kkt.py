@@ -65,24 +65,32 @@ class KKTAdjoint:
         A = as_array(A_dense)
         P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else as_array(P_dense)
         x, s, y = (as_array(t) for t in (solution.x, solution.s, solution.y))
-        if not all(ipm_compiled.interior(lay, s[i], y[i], p) for i in active):
-            return self.fallback.vjp(program, solution, dx, dy, ds, active)
+        inside = [i for i in active if ipm_compiled.interior(lay, s[i], y[i], p)]
         gx, gy, gs = (as_array(t) for t in (dx, dy, ds))
         U, L_inv = _nonsymmetric_scaling(program, solution)
-        pat = ipm_compiled.kkt_pattern(P, A, p, lay)
+        pat = ipm_compiled.structure_pattern(st)
         u, v = np.zeros_like(x), np.zeros_like(y)
-        ok = np.ones(len(x), dtype=bool)
+        ok = np.zeros(len(x), dtype=bool)
 
         def run(i):
             ok[i] = ipm_compiled.adjoint_one(
                 P[i], A[i], p, lay, pat, s[i], y[i], U[i], L_inv[i], gx[i], gy[i], gs[i], u[i], v[i]
             )
 
-        for_each(run, active)
-        if not ok[active].all():
-            return self.fallback.vjp(program, solution, dx, dy, ds, active)
+        for_each(run, inside)
+        # elements on the cones' boundary, or whose factorization failed: the residual map
+        rest = [i for i in active if not ok[i]]
+        u[rest], v[rest] = 0.0, 0.0
+        grads = self._gradients(program, solution, ops, u, v)
+        if rest:
+            others = self.fallback.vjp(program, solution, dx, dy, ds, rest)
+            grads = tuple(None if g is None else g + h for g, h in zip(grads, others))
+        return grads
 
-        # u, v are 0 for elements not in `active`, whose x, y may be NaN: their gradients 0
+    @staticmethod
+    def _gradients(program: ConeProgram, solution: Solution, ops: SparseOps, u, v):
+        """(dA, db, dc, dP) from the adjoint solution (u, v) (module docstring)."""
+        # u, v are 0 for elements not differentiated here, whose x, y may be NaN: gradients 0
         u, v = (torch.as_tensor(t, dtype=program.b.dtype) for t in (u, v))
         x, y = (torch.nan_to_num(t.detach()) for t in (solution.x, solution.y))
         rows, cols = ops.a_rows, ops.a_cols

@@ -338,10 +338,10 @@ _SPARSE_DENSITY = 0.25  # A's products go through its nonzeros below this fracti
 
 
 def _prepare(
-    program: ConeProgram, normalize: bool, equilibrator=equilibrate
+    program: ConeProgram, normalize: bool, equilibrator=equilibrate, eliminate: bool = True
 ) -> tuple[_Data, ConeSpec]:
     """`_reduce`, then A's nonzero pattern (over the batch) kept for sparse products."""
-    data, cones = _reduce(program, normalize, equilibrator)
+    data, cones = _reduce(program, normalize, equilibrator, eliminate)
     pattern = (data.A != 0).any(0)
     if pattern.numel() and float(pattern.float().mean()) <= _SPARSE_DENSITY:
         rows, cols = pattern.nonzero(as_tuple=True)
@@ -350,11 +350,12 @@ def _prepare(
 
 
 def _reduce(
-    program: ConeProgram, normalize: bool, equilibrator=equilibrate
+    program: ConeProgram, normalize: bool, equilibrator=equilibrate, eliminate: bool = True
 ) -> tuple[_Data, ConeSpec]:
     """Equilibrate (Â = D A E, P̂ = E P E, b̂ = D b, ĉ = E c; `equilibrator` gives D, E:
     `admm.equilibrate` or its compiled twin), densify, and eliminate the
-    lifted variables (`_lifted_columns`): x_E = T x_K + u. Returns the data of the reduced
+    lifted variables (`_lifted_columns`): x_E = T x_K + u (with `eliminate`: it shrinks
+    dense factorizations; a sparse one handles them at no cost). Returns the data of the reduced
     program (with what `_restore` and `_unscale` need) and its cone."""
     st, B = program.structure, program.batch_size
     ops = SparseOps.of(st, program.b.device)
@@ -369,7 +370,7 @@ def _reduce(
     full = {"D": D, "E": E, "b_full": b, "c_full": c}  # for `_unscale`
     cols, rows, keep, other = _lifted_columns(st)
     a = A[:, rows, cols]
-    if cols.size == 0 or not bool((a != 0).all()):  # a zero coefficient: nothing eliminated
+    if not eliminate or cols.size == 0 or not bool((a != 0).all()):  # a zero: none eliminated
         P = A.new_zeros(B, st.n, st.n) if P is None else P
         return _Data(A=A, P=P, b=b, c=c, row_scale=D, col_scale=E, **full), st.cones
     T = -A[:, rows][:, :, keep] / a.unsqueeze(-1)

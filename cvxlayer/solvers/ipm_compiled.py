@@ -34,7 +34,7 @@ from numba import njit
 from cvxlayer.cones import composite_kernels as cone
 from cvxlayer.cones import nonsymmetric_kernels, soc_kernels
 from cvxlayer.cones.spec import ConeSpec
-from cvxlayer.program import ConeProgram
+from cvxlayer.program import ConeProgram, ConeStructure
 from cvxlayer.solvers import ipm, ruiz_kernels, sparse_ldl
 from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
 from cvxlayer.solvers.elementwise import as_array, for_each, worker_count
@@ -469,13 +469,16 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     inner = [max(e * e, ipm._INNER_EPS[dtype]) for e in (eps_abs, eps_rel)]
     tolerances = np.array(inner + [eps_abs, eps_rel, eps_inf])
     max_iters = min(settings.max_iters, ipm.MAX_ITERS)
-    data, cone_spec = ipm._prepare(program, settings.normalize, ruiz_kernels.equilibrate)
+    # a sparse factorization takes the program as it is; a dense one its reduction
+    pat = structure_pattern(program.structure)
+    data, cone_spec = ipm._prepare(
+        program, settings.normalize, ruiz_kernels.equilibrate, eliminate=not pat.used
+    )
     lay, p = layout(cone_spec)
 
     P, A, b, c = (as_array(t) for t in (data.P, data.A, data.b, data.c))
     d_inv, e_inv = 1.0 / as_array(data.row_scale), 1.0 / as_array(data.col_scale)
     B, m, n = A.shape
-    pat = kkt_pattern(P, A, p, lay)
     x, z, s = np.zeros((B, n)), np.zeros((B, m)), np.zeros((B, m))
     tau, codes = np.ones(B), np.full(B, _FAILED, dtype=np.int64)
     iterations, final = np.zeros(B, dtype=np.int64), np.zeros((B, 3))
@@ -510,15 +513,35 @@ _SPARSE_COST = 3.0
 
 def kkt_pattern(P: np.ndarray, A: np.ndarray, p: int, lay: cone.Layout) -> sparse_ldl.Pattern:
     """The sparse pattern of the KKT matrix of a batch P (B, n, n), A (B, m, n) where its
-    LDLᵀ factorization costs less than the dense route's (n²·(m − p) for M, n³/3 for its
-    Cholesky, n²p + p³/3 for the equality rows' Schur complement, flops); else unused."""
-    n, m = A.shape[-1], A.shape[-2]
+    LDLᵀ factorization pays (`_chosen`); else unused."""
+    return _chosen(p, lay, (P != 0).any(0), (A != 0).any(0), 0)
+
+
+@functools.lru_cache(maxsize=64)
+def structure_pattern(structure: ConeStructure) -> sparse_ldl.Pattern:
+    """`kkt_pattern` for a program's fixed nonzero pattern, lifted variables kept (the
+    dense route would eliminate them first: `ipm._lifted_columns`)."""
+    n, m = structure.n, structure.m
+    lay, p = layout(structure.cones)
+    A_pattern, P_pattern = np.zeros((m, n), dtype=bool), np.zeros((n, n), dtype=bool)
+    A_pattern[structure.a_coords()] = True
+    if structure.p_nnz:
+        P_pattern[structure.p_coords()] = True
+    lifted = ipm._lifted_columns(structure)[0].size
+    return _chosen(p, lay, P_pattern | P_pattern.T, A_pattern, lifted)
+
+
+def _chosen(p: int, lay: cone.Layout, P_pattern, A_pattern, lifted: int) -> sparse_ldl.Pattern:
+    """The sparse pattern where its factorization's flops, times `_SPARSE_COST`, undercut
+    the dense route's on the program less its `lifted` variables and their rows (n²·(m − p)
+    for M, n³/3 for its Cholesky, n²p + p³/3 for the equality rows' Schur complement);
+    else unused."""
+    m, n = A_pattern.shape
     if n == 0:
         return sparse_ldl.unused()
-    dense = n * n * (m - p) + n**3 / 3 + n * n * p + p**3 / 3
-    pattern, flops = sparse_ldl.analyze(
-        n, p, (P != 0).any(0), (A != 0).any(0), cone.block_sizes(lay)
-    )
+    nd, md, pd = n - lifted, m - lifted, p - lifted
+    dense = nd * nd * (md - pd) + nd**3 / 3 + nd * nd * pd + pd**3 / 3
+    pattern, flops = sparse_ldl.analyze(n, p, P_pattern, A_pattern, cone.block_sizes(lay))
     return pattern if _SPARSE_COST * flops < dense else sparse_ldl.unused()
 
 
