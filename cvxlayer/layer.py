@@ -25,8 +25,9 @@ from cvxlayer.solvers.ipm import compiled_engine_supports
 
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
 # mode="auto": the batched torch solver on CUDA; on the CPU the compiled interior point
-# where it handles the cones (zero, nonnegative, second-order) and `_ipm_pays` says its
-# dense per-element factorizations beat native SCS; native SCS otherwise
+# where it handles the cones and either the program has exponential or power cones (on
+# which SCS needs hundreds of iterations: T5b and T5d ran 2-2.6x faster forward +
+# backward at B = 1, 8 and 128) or `_ipm_pays` says it beats native SCS; SCS otherwise
 AUTO_CPU, AUTO_CUDA, AUTO_CPU_IPM = "scs", "torch", "ipm"
 # measured forward + backward against native SCS (docs/benchmarks.md, "Where auto runs
 # it"): 1.1-1.4x faster from B = 8 when B·(n + m) ≥ ~1000 on programs whose A is 22-26%
@@ -235,7 +236,8 @@ class CvxpyLayer(torch.nn.Module):
             return AUTO_CUDA
         batch = values[0].shape[0]
         cones = self.compiled.structure.cones
-        if compiled_engine_supports(cones) and self._ipm_pays(batch):
+        nonsymmetric = bool(cones.exp or cones.power)
+        if compiled_engine_supports(cones) and (nonsymmetric or self._ipm_pays(batch)):
             return AUTO_CPU_IPM
         return AUTO_CPU
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.diff.dense import ResidualMapAdjoint
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
 from cvxlayer.solvers.elementwise import as_array, for_each
+from cvxlayer.solvers.polish import moreau_scaling, moved_inside
 
 
 class KKTAdjoint:
@@ -65,9 +65,13 @@ class KKTAdjoint:
         A = as_array(A_dense)
         P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else as_array(P_dense)
         x, s, y = (as_array(t) for t in (solution.x, solution.s, solution.y))
-        inside = [i for i in active if ipm_compiled.interior(lay, s[i], y[i], p)]
+        if lay.kinds.size:  # exponential or power cones: polished solutions on the boundary
+            s, y = moved_inside(lay, p, s, y)
+            inside = active
+        else:
+            inside = [i for i in active if ipm_compiled.interior(lay, s[i], y[i], p)]
         gx, gy, gs = (as_array(t) for t in (dx, dy, ds))
-        U, L_inv = _nonsymmetric_scaling(program, solution)
+        U, L_inv = moreau_scaling(program, solution.y, solution.s)
         pat = ipm_compiled.structure_pattern(st)
         u, v = np.zeros_like(x), np.zeros_like(y)
         ok = np.zeros(len(x), dtype=bool)
@@ -102,37 +106,6 @@ class KKTAdjoint:
         else:
             grads.append(None)
         return tuple(grads)
-
-
-_CLIP = 1e8  # H's spectrum on nonsymmetric blocks is clipped into [1/δ, δ]
-_NONSYMMETRIC = ("exp", "power")
-
-
-def _nonsymmetric_scaling(program: ConeProgram, solution: Solution):
-    """(U, L_inv) (B, count, 3, 3) of H = U Uᵀ = L_inv⁻¹L_inv⁻ᵀ on the exponential and power
-    blocks, in row order: H = D⁻¹(I − D) for D = DΠ_{K*}(y − s), the linearization of
-    Moreau's y = Π_{K*}(y − s), −s = Π_{K°}(y − s) (dy = D dv, ds = −(I − D) dv: the
-    residual map's, exact at an exact solution), its eigenvalues (1 − d)/d clipped into
-    [1/δ, δ] (d = 0: a row where y is fixed, H = ∞; d = 1: s fixed, H = 0)."""
-    B = program.batch_size
-    projector = ConeProjector.of(program.structure.cones)
-    v = torch.nan_to_num((solution.y - solution.s).detach())
-    firsts, blocks = [], []
-    for group in projector.groups:
-        if group.family in _NONSYMMETRIC:
-            rows = group.rows.to(v.device)
-            firsts.append(rows[:, 0])
-            blocks.append(group.jacobian(v[:, rows], dual=True))
-    if not blocks:
-        empty = np.zeros((B, 0, 3, 3))
-        return empty, empty
-    order = torch.argsort(torch.cat(firsts))
-    D = torch.cat(blocks, 1)[:, order]
-    d, V = torch.linalg.eigh((D + D.transpose(-1, -2)) / 2)
-    tiny = torch.finfo(d.dtype).tiny
-    h = ((1 - d) / d.clamp(min=tiny)).clamp(1 / _CLIP, _CLIP)
-    root = h.sqrt().unsqueeze(-2)
-    return as_array(V * root), as_array((V / root).transpose(-1, -2))
 
 
 def _engine(program: ConeProgram):

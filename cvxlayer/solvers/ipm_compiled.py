@@ -35,7 +35,7 @@ from cvxlayer.cones import composite_kernels as cone
 from cvxlayer.cones import nonsymmetric_kernels, soc_kernels
 from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.program import ConeProgram, ConeStructure
-from cvxlayer.solvers import ipm, ruiz_kernels, sparse_ldl
+from cvxlayer.solvers import ipm, polish, ruiz_kernels, sparse_ldl
 from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
 from cvxlayer.solvers.elementwise import as_array, for_each, worker_count
 
@@ -502,6 +502,8 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
 
     code = torch.as_tensor(codes)
     out = ipm._unscale(data, back(x), back(z), back(s), back(tau), code)
+    if lay.kinds.size:  # exponential or power cones: the interior point's x is ~1e-6 off
+        out = polish.polish(program, *out, code == _SOLVED)
     status = tuple(ipm._STATUS[k] for k in codes.tolist())
     return Solution(*out, status, torch.as_tensor(iterations))
 

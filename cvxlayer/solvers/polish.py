@@ -1,0 +1,155 @@
+"""Polishing interior-point solutions of programs with exponential or power cones: Newton
+steps on Moreau's form of the optimality conditions, from the interior point's answer.
+
+An interior point stops at μ > 0. On these cones rounding stalls it near μ ~ 1e-10, where
+its x can still be ~1e-6 off (a one-variable geometric program: 2.6e-6 relative at any
+eps; Clarabel 5e-6). With v = y − s the conditions are, exactly (Moreau: y ⟂ s),
+
+    y = Π_{K*}(v),  s = y − v,  r₁ = Px + Aᵀy + c = 0,  r₂ = Ax + s − b = 0,
+
+and their linearization with D = DΠ_{K*}(v), dy = D dv, ds = (D − I) dv is
+
+    [P  Aᵀ] [Δx]     [r₁]
+    [A −H ] [Δy] = − [r₂],   H = D⁻¹(I − D),   then Δs = −r₂ − AΔx,  Δv = Δy − Δs:
+
+the backward "kkt"'s system, solved by the same kernel (`ipm_compiled.adjoint_one`; on
+second-order and orthant rows with the Nesterov–Todd scaling at (s, y) moved inside the
+cones by ε, which tends to the same limits). Each element takes a step only while it
+lowers max(‖r₁‖∞, ‖r₂‖∞) (semismooth Newton: quadratic near a strictly complementary
+solution), at most `_STEPS` of them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cvxlayer.cones.projections import ConeProjector
+from cvxlayer.program import ConeProgram, SparseOps
+from cvxlayer.solvers.elementwise import as_array, for_each
+
+_STEPS = 3
+_CLIP = 1e8  # H's spectrum on nonsymmetric blocks is clipped into [1/δ, δ]
+_SHIFT = 1e-12  # (relative) the move of s, y inside the symmetric cones for their scaling
+_NONSYMMETRIC = ("exp", "power")
+
+
+def moreau_scaling(program: ConeProgram, y: torch.Tensor, s: torch.Tensor):
+    """(U, L_inv) (B, count, 3, 3) of H = U Uᵀ = L_inv⁻¹L_inv⁻ᵀ on the exponential and power
+    blocks, in row order: H = D⁻¹(I − D) for D = DΠ_{K*}(y − s), the linearization of
+    Moreau's y = Π_{K*}(y − s), −s = Π_{K°}(y − s) (dy = D dv, ds = −(I − D) dv: the
+    residual map's, exact at an exact solution), its eigenvalues (1 − d)/d clipped into
+    [1/δ, δ] (d = 0: a row where y is fixed, H = ∞; d = 1: s fixed, H = 0)."""
+    B = program.batch_size
+    projector = ConeProjector.of(program.structure.cones)
+    v = torch.nan_to_num((y - s).detach())
+    firsts, blocks = [], []
+    for group in projector.groups:
+        if group.family in _NONSYMMETRIC:
+            rows = group.rows.to(v.device)
+            firsts.append(rows[:, 0])
+            blocks.append(group.jacobian(v[:, rows], dual=True))
+    if not blocks:
+        empty = np.zeros((B, 0, 3, 3))
+        return empty, empty
+    order = torch.argsort(torch.cat(firsts))
+    D = torch.cat(blocks, 1)[:, order]
+    d, V = torch.linalg.eigh((D + D.transpose(-1, -2)) / 2)
+    tiny = torch.finfo(d.dtype).tiny
+    h = ((1 - d) / d.clamp(min=tiny)).clamp(1 / _CLIP, _CLIP)
+    root = h.sqrt().unsqueeze(-2)
+    return as_array(V * root), as_array((V / root).transpose(-1, -2))
+
+
+def moved_inside(lay, p: int, s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(s, y) (B, m) moved inside the second-order and orthant blocks by ε = `_SHIFT`
+    (1 + max |y − s|) along their identity e (in place), so that their Nesterov–Todd
+    scaling exists at boundary solutions and tends to the exact linearization's 0 and ∞."""
+    e = np.zeros(s.shape[1])
+    e[p + lay.starts[:-1]] = 1.0
+    shift = _SHIFT * (1 + np.abs(np.nan_to_num(y - s)).max(1, initial=0.0, keepdims=True)) * e
+    s += shift
+    y += shift
+    return s, y
+
+
+def polish(
+    program: ConeProgram, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, solved: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, y, s) after Newton steps from the `solved` elements' solutions (module docstring),
+    shapes (B, n), (B, m), (B, m); the others are returned as they are."""
+    from cvxlayer.solvers import ipm_compiled
+
+    st = program.structure
+    lay, p = ipm_compiled.layout(st.cones)
+    pattern = ipm_compiled.structure_pattern(st)
+    ops = SparseOps.of(st, program.b.device)
+    projector = ConeProjector.of(st.cones)
+    A_dense, P_dense = ops.dense(program.A, program.P)
+    A = as_array(A_dense)
+    P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else as_array(P_dense)
+
+    def state(x, v):
+        """(y, s, r₁, r₂, max residual) at (x, v)."""
+        y = projector.dual(v)
+        s = y - v
+        r1 = ops.p(program.P, x) + ops.at(program.A, y) + program.c
+        r2 = ops.a(program.A, x) + s - program.b
+        return y, s, r1, r2, torch.maximum(r1.abs().amax(1), r2.abs().amax(1))
+
+    keep = solved.unsqueeze(1)
+    x0, y0, s0 = x, y, s
+    v = torch.where(keep, y - s, 0.0)
+    x = torch.where(keep, x, 0.0)
+    y_k, s_k, r1, r2, error = state(x, v)
+    todo = solved.clone()
+    for _ in range(_STEPS):
+        index = todo.nonzero().flatten().tolist()
+        if not index:
+            break
+        U, L_inv = moreau_scaling(program, y_k, s_k)
+        s_in, y_in = moved_inside(lay, p, as_array(s_k), as_array(y_k))
+        system = (P, A, p, lay, pattern, s_in, y_in, U, L_inv)
+        dx, dy, ok = _newton_direction(system, as_array(-r1), as_array(-r2), index)
+        dx, dy, ok = (torch.as_tensor(t) for t in (dx, dy, ok))
+        dx, dy = dx.to(x.dtype), dy.to(x.dtype)
+        ds = -r2 - ops.a(program.A, dx)
+        x_new, v_new = x + dx, v + dy - ds
+        y_new, s_new, r1_new, r2_new, error_new = state(x_new, v_new)
+        better = todo & ok & (error_new < error)
+        take = better.unsqueeze(1)
+        x, v, y_k, s_k, r1, r2 = (
+            torch.where(take, new, old)
+            for new, old in (
+                (x_new, x),
+                (v_new, v),
+                (y_new, y_k),
+                (s_new, s_k),
+                (r1_new, r1),
+                (r2_new, r2),
+            )
+        )
+        # a step that halved the residual may take another; one that did not, stops
+        todo = better & (error_new < 0.5 * error)
+        error = torch.where(better, error_new, error)
+    return torch.where(keep, x, x0), torch.where(keep, y_k, y0), torch.where(keep, s_k, s0)
+
+
+def _newton_direction(system: tuple, g1: np.ndarray, g2: np.ndarray, index: list[int]):
+    """(Δx, Δy, ok) with [P Aᵀ; A −H][Δx; Δy] = [g1; g2] for the elements in `index`, by
+    the compiled adjoint kernel (`system`: its arguments up to the right-hand side)."""
+    from cvxlayer.solvers import ipm_compiled
+
+    P, A, p, lay, pattern, s_in, y_in, U, L_inv = system
+    B, m, n = A.shape
+    dx, dy, ok = np.zeros((B, n)), np.zeros((B, m)), np.zeros(B, dtype=bool)
+    zeros = np.zeros(m)
+
+    def run(i):
+        ok[i] = ipm_compiled.adjoint_one(
+            P[i], A[i], p, lay, pattern, s_in[i], y_in[i], U[i], L_inv[i], g1[i], g2[i], zeros,
+            dx[i], dy[i],
+        )  # fmt: skip
+
+    for_each(run, index)
+    return dx, dy, ok
