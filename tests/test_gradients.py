@@ -78,12 +78,6 @@ def test_softmax_output_and_jacobian(mode):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gradient_matches_finite_differences(name, mode):
     """Directional derivative of L = Σ w ⊙ x*(θ) along a random direction, all parameters."""
-    if mode == "ipm" and name in ("exp", "pow"):
-        pytest.skip(
-            "the interior point's x on exponential/power cones is accurate to ~1e-7 (it stops "
-            "where rounding stalls the tail, gap ~1e-12), too coarse for a 1e-5 difference "
-            "quotient; test_interior_point_gradients_match_diffcp checks these gradients"
-        )
     case = CASES[name]
     layer = CvxpyLayer(case.problem, case.parameters, case.variables, mode=mode, fast_path=False)
     values = _batch(case, seed=10, size=2)
