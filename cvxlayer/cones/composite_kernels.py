@@ -230,3 +230,15 @@ def step(lay, st, s, z, sds, wdz):
             alpha, ns.step(lay.kinds[i], lay.params[i], s[a:b], z[a:b], sds[a:b], wdz[a:b], vec)
         )
     return alpha
+
+
+@njit(**_OPTIONS)
+def moreau_factors(lay, y, s, delta, U, L_inv):
+    """`nonsymmetric_kernels.moreau_factors` for every nonsymmetric block of (y, s) (cone
+    rows), into U, L_inv (count, 3, 3)."""
+    vec, mat = ns.scratch()
+    for i in range(lay.kinds.size):
+        a, b = _rows(lay, i)
+        ns.moreau_factors(
+            lay.kinds[i], lay.params[i], y[a:b], s[a:b], delta, U[i], L_inv[i], vec, mat
+        )

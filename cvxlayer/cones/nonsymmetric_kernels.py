@@ -266,3 +266,58 @@ def step(kind, a, s, z, ds, dz, vec):
         else:
             high = mid
     return low
+
+
+# ---------------------------------------------------------------- at a solution
+_APEX = 1e-8  # (relative) a block's y or s this small counts as zero
+
+
+@njit(**_OPTIONS)
+def moreau_factors(kind, a, y, s, delta, U, L_inv, vec, mat):
+    """The factors U (H = U Uᵀ) and L_inv (= U⁻¹) of H = D⁻¹(I − D) at a complementary pair
+    y ∈ bd K*, s ∈ bd K (y ⟂ s), D = DΠ_{K*}(y − s), in closed form: with n = ∇ψ/‖∇ψ‖ the
+    normal of bd K* at y (s ∥ n), t₁ = y/‖y‖ along its ray and t₂ = n × t₁, D has
+    eigenvalues 1, 1/(1 + ‖s‖κ), 0 along t₁, t₂, n, where κ = −t₂ᵀ∇²ψ t₂/‖∇ψ‖ is bd K*'s
+    curvature (the derivative of the projection onto a convex set: (I + ‖s‖·shape
+    operator)⁻¹ on the tangent plane). H's eigenvalues 0, ‖s‖κ, ∞ are clipped into
+    [1/δ, δ]; y = 0 gives H = δI (s free), s = 0 gives H = I/δ (y free). vec, mat:
+    `scratch`."""
+    g, basis, h = vec[0], mat[0], vec[1]
+    size_y = math.sqrt(_dot(y, y))
+    size_s = math.sqrt(_dot(s, s))
+    scale = 1.0 + max(size_y, size_s)
+    for i in range(3):
+        for j in range(3):
+            basis[i, j] = 1.0 if i == j else 0.0
+    if size_s <= _APEX * scale or size_y <= _APEX * scale:
+        value = 1.0 / delta if size_s <= _APEX * scale else delta
+        h[0], h[1], h[2] = value, value, value
+    else:
+        _barrier_parts(kind, a, y, g, mat[1])
+        norm = math.sqrt(_dot(g, g))
+        n, t1, t2 = basis[2], basis[0], basis[1]  # rows of basis: t₁, t₂, n
+        for i in range(3):
+            n[i] = g[i] / norm
+        along = _dot(y, n)
+        for i in range(3):
+            t1[i] = y[i] - along * n[i]
+        length = math.sqrt(_dot(t1, t1))
+        for i in range(3):
+            t1[i] /= length
+        _cross(n, t1, t2)
+        curve = 0.0
+        for i in range(3):
+            for j in range(3):
+                curve -= t2[i] * mat[1][i, j] * t2[j]
+        kappa = max(curve / norm, 0.0)
+        h[0], h[1], h[2] = 1.0 / delta, size_s * kappa, delta
+        if not (math.isfinite(h[1]) and _finite(basis)):  # off ψ's domain: a neutral H
+            for i in range(3):
+                for j in range(3):
+                    basis[i, j] = 1.0 if i == j else 0.0
+            h[0], h[1], h[2] = 1.0, 1.0, 1.0
+    for j in range(3):
+        root = math.sqrt(min(max(h[j], 1.0 / delta), delta))
+        for i in range(3):
+            U[i, j] = basis[j, i] * root
+            L_inv[j, i] = basis[j, i] / root

@@ -1,6 +1,5 @@
 """Backward "kkt": the adjoint through the interior point's own KKT system (OptNet's way),
-at solutions that lie strictly inside the cones (interior-point solutions: modes "ipm",
-"ipm-torch", "clarabel").
+at interior-point solutions (modes "ipm", "ipm-torch", "clarabel").
 
 At such a solution, with H = WᵀW the Nesterov–Todd scaling at (s, y) (H = 0 on the zero
 cone's rows), the optimality conditions linearize as
@@ -14,11 +13,15 @@ the same system the interior point factors. For a loss with gradients (gx, gy, g
 
 As the interior point's μ → 0 this is the derivative of the solution map wherever that is
 differentiable (strict complementarity); at μ ~ 1e-13 (the ipm modes aim at eps²) the two
-agree to ~1e-7 relative or better. Each element is factored once by Cholesky of
-P + A_cᵀH⁻¹A_c (n × n, the equality rows through its Schur complement) in the compiled
-engine (`ipm_compiled.adjoint_one`), per element over the kept thread pool, instead of the
-residual map's (n + m)² LU. Programs with other cones, and solutions on the boundary of
-the cones (first-order modes, fast paths), use the residual map (`dense.py`).
+agree to ~1e-7 relative or better. On exponential and power cones H = D⁻¹(I − D) with
+D = DΠ_{K*}(y − s), the residual map's own linearization (`polish.moreau_scaling`), valid
+on the boundary too: such programs' solutions are polished onto it, and their second-order
+and orthant rows are moved inside by ε for their scaling (`polish.moved_inside`). Each
+element is factored once per element in the compiled engine (`ipm_compiled.adjoint_one`:
+the sparse LDLᵀ of K where it pays, else Cholesky of P + A_cᵀH⁻¹A_c), over the kept thread
+pool, instead of the residual map's (n + m)² LU. Programs with other cones, and elements
+on the boundary of second-order or orthant cones of programs without nonsymmetric ones
+(first-order modes, fast paths), use the residual map (`dense.py`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ the backward "kkt"'s system, solved by the same kernel (`ipm_compiled.adjoint_on
 second-order and orthant rows with the Nesterov–Todd scaling at (s, y) moved inside the
 cones by ε, which tends to the same limits). Each element takes a step only while it
 lowers max(‖r₁‖∞, ‖r₂‖∞) (semismooth Newton: quadratic near a strictly complementary
-solution), at most `_STEPS` of them.
+solution), at most `_STEPS` of them, and not once its residuals are down to `_TOL`.
 """
 
 from __future__ import annotations
@@ -24,41 +24,35 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cvxlayer.cones import composite_kernels as cone
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.program import ConeProgram, SparseOps
 from cvxlayer.solvers.elementwise import as_array, for_each
 
 _STEPS = 3
+_TOL = 1e-13  # residuals below this (relative to 1 + the data's and solution's sizes) stop
 _CLIP = 1e8  # H's spectrum on nonsymmetric blocks is clipped into [1/δ, δ]
 _SHIFT = 1e-12  # (relative) the move of s, y inside the symmetric cones for their scaling
-_NONSYMMETRIC = ("exp", "power")
 
 
 def moreau_scaling(program: ConeProgram, y: torch.Tensor, s: torch.Tensor):
     """(U, L_inv) (B, count, 3, 3) of H = U Uᵀ = L_inv⁻¹L_inv⁻ᵀ on the exponential and power
     blocks, in row order: H = D⁻¹(I − D) for D = DΠ_{K*}(y − s), the linearization of
     Moreau's y = Π_{K*}(y − s), −s = Π_{K°}(y − s) (dy = D dv, ds = −(I − D) dv: the
-    residual map's, exact at an exact solution), its eigenvalues (1 − d)/d clipped into
-    [1/δ, δ] (d = 0: a row where y is fixed, H = ∞; d = 1: s fixed, H = 0)."""
-    B = program.batch_size
-    projector = ConeProjector.of(program.structure.cones)
-    v = torch.nan_to_num((y - s).detach())
-    firsts, blocks = [], []
-    for group in projector.groups:
-        if group.family in _NONSYMMETRIC:
-            rows = group.rows.to(v.device)
-            firsts.append(rows[:, 0])
-            blocks.append(group.jacobian(v[:, rows], dual=True))
-    if not blocks:
-        empty = np.zeros((B, 0, 3, 3))
-        return empty, empty
-    order = torch.argsort(torch.cat(firsts))
-    D = torch.cat(blocks, 1)[:, order]
-    d, V = torch.linalg.eigh((D + D.transpose(-1, -2)) / 2)
-    tiny = torch.finfo(d.dtype).tiny
-    h = ((1 - d) / d.clamp(min=tiny)).clamp(1 / _CLIP, _CLIP)
-    root = h.sqrt().unsqueeze(-2)
-    return as_array(V * root), as_array((V / root).transpose(-1, -2))
+    residual map's, exact at an exact solution), in closed form from bd K*'s curvature at
+    y (`nonsymmetric_kernels.moreau_factors`), its eigenvalues clipped into [1/δ, δ]."""
+    from cvxlayer.solvers import ipm_compiled
+
+    lay, p = ipm_compiled.layout(program.structure.cones)
+    y, s = (np.nan_to_num(as_array(t)[:, p:]) for t in (y, s))
+    B, count = y.shape[0], lay.kinds.size
+    U, L_inv = np.zeros((B, count, 3, 3)), np.zeros((B, count, 3, 3))
+
+    def run(i):
+        cone.moreau_factors(lay, y[i], s[i], _CLIP, U[i], L_inv[i])
+
+    for_each(run, range(B))
+    return U, L_inv
 
 
 def moved_inside(lay, p: int, s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +96,10 @@ def polish(
     v = torch.where(keep, y - s, 0.0)
     x = torch.where(keep, x, 0.0)
     y_k, s_k, r1, r2, error = state(x, v)
-    todo = solved.clone()
+    size = [t.abs().amax(1) for t in (x, y_k, program.b, program.c)]
+    enough = _TOL * (1 + torch.stack(size).amax(0))
+    todo = solved & (error > enough)
+    polished = solved & ~todo  # elements the Newton steps improved (or that needed none)
     for _ in range(_STEPS):
         index = todo.nonzero().flatten().tolist()
         if not index:
@@ -130,8 +127,11 @@ def polish(
             )
         )
         # a step that halved the residual may take another; one that did not, stops
-        todo = better & (error_new < 0.5 * error)
+        todo = better & (error_new < 0.5 * error) & (error_new > enough)
+        polished |= better
         error = torch.where(better, error_new, error)
+    # the others keep the interior point's answer (its projection alone can be worse)
+    keep = polished.unsqueeze(1)
     return torch.where(keep, x, x0), torch.where(keep, y_k, y0), torch.where(keep, s_k, s0)
 
 
