@@ -24,10 +24,11 @@ from cvxlayer.solvers.base import put_rows
 from cvxlayer.solvers.ipm import compiled_engine_supports
 
 _CVXPYLAYERS_SOLVERS = (None, "SCS", "DIFFCP")
-# mode="auto": the batched torch solver on CUDA; on the CPU the compiled interior point
-# where it handles the cones and either the program has exponential or power cones (on
-# which SCS needs hundreds of iterations: T5b and T5d ran 2-2.6x faster forward +
-# backward at B = 1, 8 and 128) or `_ipm_pays` says it beats native SCS; SCS otherwise
+# mode="auto": the batched torch solver on CUDA; on the CPU native Clarabel (polished) for
+# programs with exponential or power cones (docs/benchmarks.md: forward + backward
+# 1.5-2.4x native SCS and 1.3-2.4x the compiled interior point on T5b and T5d at B = 1, 8
+# and 128), the compiled interior point where `_ipm_pays` says it beats native SCS, and
+# native SCS otherwise
 AUTO_CPU, AUTO_CUDA, AUTO_CPU_IPM = "scs", "torch", "ipm"
 # measured forward + backward against native SCS (docs/benchmarks.md, "Where auto runs
 # it"): 1.1-1.4x faster from B = 8 when B·(n + m) ≥ ~1000 on programs whose A is 22-26%
@@ -35,6 +36,7 @@ AUTO_CPU, AUTO_CUDA, AUTO_CPU_IPM = "scs", "torch", "ipm"
 # cost) and at B·(n + m) = 344 (0.8x); 4x slower on T7 as a generic program (A 5.5%
 # nonzero), where SCS's sparse factorization pays
 AUTO_IPM_MIN_BATCH, AUTO_IPM_MIN_WORK, AUTO_IPM_MIN_DENSITY = 8, 1000, 0.1
+AUTO_CPU_NONSYMMETRIC = "clarabel"
 # modes whose unconverged elements an interior point finishes before the backward
 FIRST_ORDER = ("scs", "scs-block", "torch")
 
@@ -130,7 +132,11 @@ class CvxpyLayer(torch.nn.Module):
         self.mode = mode
         self.solvers = {
             m: get_solver(m)
-            for m in ((AUTO_CPU, AUTO_CUDA, AUTO_CPU_IPM) if mode == "auto" else (mode,))
+            for m in (
+                (AUTO_CPU, AUTO_CUDA, AUTO_CPU_IPM, AUTO_CPU_NONSYMMETRIC)
+                if mode == "auto"
+                else (mode,)
+            )
         }  # a call may name another mode (diffcp's solve_method): added when first used
         self.defaults: CallOptions = parse_solver_args(
             solver_args, CallOptions(SolveSettings(verbose=verbose), "auto")
@@ -236,8 +242,9 @@ class CvxpyLayer(torch.nn.Module):
             return AUTO_CUDA
         batch = values[0].shape[0]
         cones = self.compiled.structure.cones
-        nonsymmetric = bool(cones.exp or cones.power)
-        if compiled_engine_supports(cones) and (nonsymmetric or self._ipm_pays(batch)):
+        if compiled_engine_supports(cones) and (cones.exp or cones.power):
+            return AUTO_CPU_NONSYMMETRIC
+        if compiled_engine_supports(cones) and self._ipm_pays(batch):
             return AUTO_CPU_IPM
         return AUTO_CPU
 

@@ -21,6 +21,7 @@ from cvxlayer.cones.spec import psd_rows
 from cvxlayer.program import ConeProgram, ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings, Status
 from cvxlayer.solvers.elementwise import as_tensor, map_chunks, worker_count
+from cvxlayer.solvers.ipm import compiled_engine_supports
 
 _STATUS = {
     "Solved": Status.SOLVED,
@@ -188,10 +189,17 @@ class ClarabelSerial:
         unsolved = [i for i, element in enumerate(status) if not element.usable]
         x[unsolved] = y[unsolved] = s[unsolved] = np.nan
         like = program.b
+        x, y, s = (as_tensor(t, like) for t in (x, y, s))
+        if (st.cones.exp or st.cones.power) and compiled_engine_supports(st.cones):
+            # its x there is ~1e-5 off at any tolerance (rounding stalls the tail)
+            from cvxlayer.solvers.polish import polish  # numba: loaded where it works
+
+            solved = torch.tensor([element is Status.SOLVED for element in status])
+            x, y, s = polish(program, x, y, s, solved)
         return Solution(
-            as_tensor(x, like),
-            as_tensor(y, like),
-            as_tensor(s, like),
+            x,
+            y,
+            s,
             status=tuple(status),
             iterations=torch.tensor([sol[3].iterations for sol in sols]),
         )
