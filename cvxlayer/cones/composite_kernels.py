@@ -121,8 +121,9 @@ def winv_t_columns(lay, st, AT, C):
     for j in range(AT.shape[0]):
         soc.apply_w(lay.starts, st.w, st.eta, AT[j], C[j], True)
     for i in range(lay.kinds.size):
-        a, b = _rows(lay, i)
-        C[:, a:b] = AT[:, a:b] @ st.L_inv[i].T
+        a = _rows(lay, i)[0]
+        for j in range(AT.shape[0]):
+            _mv3(st.L_inv[i], AT[j], C[j], a, False)
 
 
 @njit(**_OPTIONS)

@@ -56,15 +56,13 @@ def moreau_scaling(program: ConeProgram, y: torch.Tensor, s: torch.Tensor):
 
 
 def moved_inside(lay, p: int, s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(s, y) (B, m) moved inside the second-order and orthant blocks by ε = `_SHIFT`
-    (1 + max |y − s|) along their identity e (in place), so that their Nesterov–Todd
+    """Copies of (s, y) (B, m) moved inside the second-order and orthant blocks by
+    ε = `_SHIFT` (1 + max |y − s|) along their identity e, so that their Nesterov–Todd
     scaling exists at boundary solutions and tends to the exact linearization's 0 and ∞."""
     e = np.zeros(s.shape[1])
     e[p + lay.starts[:-1]] = 1.0
     shift = _SHIFT * (1 + np.abs(np.nan_to_num(y - s)).max(1, initial=0.0, keepdims=True)) * e
-    s += shift
-    y += shift
-    return s, y
+    return s + shift, y + shift
 
 
 def polish(
