@@ -131,8 +131,10 @@ class ClarabelSerial:
     """Mode "clarabel": Clarabel on each batch element, `settings.threads` at a time.
 
     Settings: Clarabel's gap and feasibility tolerances are eps_abs², eps_rel² (floored at
-    `INNER_FLOOR`), its certificates' eps_infeas, its iteration limit max_iters (at most
-    `MAX_ITERS`); the other SCS settings have no counterpart. Status from Clarabel's.
+    `INNER_FLOOR`; eps_abs, eps_rel themselves on programs with exponential or power cones,
+    whose solutions are then polished, `cvxlayer.solvers.polish`), its certificates'
+    eps_infeas, its iteration limit max_iters (at most `MAX_ITERS`); the other SCS
+    settings have no counterpart. Status from Clarabel's.
     Clarabel returns its last iterate, and where rounding breaks the tail on the way to eps²
     (NumericalError, InsufficientProgress) that one can be worse than an earlier one
     (measured: primal residual 4e-6 after 1e-9 two iterations before). Such elements are
@@ -146,7 +148,10 @@ class ClarabelSerial:
     ) -> Solution:
         st = program.structure
         layout = ClarabelLayout.of(st)
-        options = _settings(settings)
+        # on exponential and power cones the polish brings the answer to rounding (its
+        # Newton steps converge from the caller's eps as well): Clarabel aims at eps only
+        polishing = bool(st.cones.exp or st.cones.power) and compiled_engine_supports(st.cones)
+        options = _settings(settings, inner=not polishing)
         A = program.A.detach().cpu().double().numpy()
         b = program.b.detach().cpu().double().numpy()[:, layout.row_perm]
         c = program.c.detach().cpu().double().numpy()
@@ -190,8 +195,7 @@ class ClarabelSerial:
         x[unsolved] = y[unsolved] = s[unsolved] = np.nan
         like = program.b
         x, y, s = (as_tensor(t, like) for t in (x, y, s))
-        if (st.cones.exp or st.cones.power) and compiled_engine_supports(st.cones):
-            # its x there is ~1e-5 off at any tolerance (rounding stalls the tail)
+        if polishing:  # x is ~1e-5 off there even at eps² (rounding stalls the tail)
             from cvxlayer.solvers.polish import polish  # numba: loaded where it works
 
             solved = torch.tensor([element is Status.SOLVED for element in status])
