@@ -16,7 +16,8 @@ the backward "kkt"'s system, solved by the same kernel (`ipm_compiled.adjoint_on
 second-order and orthant rows with the Nesterov–Todd scaling at (s, y) moved inside the
 cones by ε, which tends to the same limits). Each element takes a step only while it
 lowers max(‖r₁‖∞, ‖r₂‖∞) (semismooth Newton: quadratic near a strictly complementary
-solution), at most `_STEPS` of them, and not once its residuals are down to `_TOL`.
+solution; the full step, else half or a quarter of it), at most `_STEPS` of them, and
+not once its residuals are down to `_TOL`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cvxlayer.program import ConeProgram, SparseOps
 from cvxlayer.solvers.elementwise import as_array, for_each
 
 _STEPS = 3
+_DAMPING = (1.0, 0.5, 0.25)  # step lengths tried in turn
 _TOL = 1e-13  # residuals below this (relative to 1 + the data's and solution's sizes) stop
 _CLIP = 1e8  # H's spectrum on nonsymmetric blocks is clipped into [1/δ, δ]
 _SHIFT = 1e-12  # (relative) the move of s, y inside the symmetric cones for their scaling
@@ -81,19 +83,29 @@ def polish(
     A = as_array(A_dense)
     P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else as_array(P_dense)
 
-    def state(x, v):
-        """(y, s, r₁, r₂, max residual) at (x, v)."""
-        y = projector.dual(v)
-        s = y - v
-        r1 = ops.p(program.P, x) + ops.at(program.A, y) + program.c
-        r2 = ops.a(program.A, x) + s - program.b
-        return y, s, r1, r2, torch.maximum(r1.abs().amax(1), r2.abs().amax(1))
+    def state(x, v, rows):
+        """(y, s, r₁, r₂, max residual) at (x, v) on the elements `rows` (B,) (bool); the
+        others' entries are NaN, their residual inf."""
+        index = rows.nonzero().flatten()
+        part = program.select(index)
+        y = projector.dual(v[index])
+        s = y - v[index]
+        r1 = ops.p(part.P, x[index]) + ops.at(part.A, y) + part.c
+        r2 = ops.a(part.A, x[index]) + s - part.b
+        error = torch.full_like(v[:, 0], float("inf"))
+        error[index] = torch.maximum(r1.abs().amax(1), r2.abs().amax(1))
+        out = [
+            torch.full((len(v), t.shape[1]), float("nan"), dtype=v.dtype) for t in (y, s, r1, r2)
+        ]
+        for full, t in zip(out, (y, s, r1, r2)):
+            full[index] = t
+        return (*out, error)
 
     keep = solved.unsqueeze(1)
     x0, y0, s0 = x, y, s
     v = torch.where(keep, y - s, 0.0)
     x = torch.where(keep, x, 0.0)
-    y_k, s_k, r1, r2, error = state(x, v)
+    y_k, s_k, r1, r2, error = state(x, v, solved)
     size = [t.abs().amax(1) for t in (x, y_k, program.b, program.c)]
     enough = _TOL * (1 + torch.stack(size).amax(0))
     todo = solved & (error > enough)
@@ -108,26 +120,30 @@ def polish(
         dx, dy, ok = _newton_direction(system, as_array(-r1), as_array(-r2), index)
         dx, dy, ok = (torch.as_tensor(t) for t in (dx, dy, ok))
         dx, dy = dx.to(x.dtype), dy.to(x.dtype)
-        ds = -r2 - ops.a(program.A, dx)
-        x_new, v_new = x + dx, v + dy - ds
-        y_new, s_new, r1_new, r2_new, error_new = state(x_new, v_new)
-        better = todo & ok & (error_new < error)
-        take = better.unsqueeze(1)
-        x, v, y_k, s_k, r1, r2 = (
-            torch.where(take, new, old)
-            for new, old in (
-                (x_new, x),
-                (v_new, v),
-                (y_new, y_k),
-                (s_new, s_k),
-                (r1_new, r1),
-                (r2_new, r2),
-            )
-        )
+        dv = dy + r2 + ops.a(program.A, dx)  # Δv = Δy − Δs, Δs = −r₂ − AΔx
+        # the full step, else a damped one (near a kink of Π the full step can overshoot)
+        better = torch.zeros_like(todo)
+        progress = torch.zeros_like(error)
+        for alpha in _DAMPING:
+            trying = todo & ok & ~better
+            if not bool(trying.any()):
+                break
+            x_new, v_new = x + alpha * dx, v + alpha * dv
+            y_new, s_new, r1_new, r2_new, error_new = state(x_new, v_new, trying)
+            take = trying & (error_new < error)
+            keep = take.unsqueeze(1)
+            x, v, y_k, s_k, r1, r2 = (
+                torch.where(keep, new, old)
+                for new, old in (
+                    (x_new, x), (v_new, v), (y_new, y_k), (s_new, s_k), (r1_new, r1), (r2_new, r2)
+                )
+            )  # fmt: skip
+            progress = torch.where(take, error_new / error, progress)
+            error = torch.where(take, error_new, error)
+            better |= take
         # a step that halved the residual may take another; one that did not, stops
-        todo = better & (error_new < 0.5 * error) & (error_new > enough)
+        todo = better & (progress < 0.5) & (error > enough)
         polished |= better
-        error = torch.where(better, error_new, error)
     # the others keep the interior point's answer (its projection alone can be worse)
     keep = polished.unsqueeze(1)
     return torch.where(keep, x, x0), torch.where(keep, y_k, y0), torch.where(keep, s_k, s0)
