@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from cvxlayer.cones.nonsymmetric import Family
@@ -105,8 +106,29 @@ def _boundary_point(v: torch.Tensor, alpha: torch.Tensor, t_root, high) -> torch
     return _psi(v, alpha, torch.exp(t_root - psi / dpsi), high)[2]
 
 
+def _compiled(v: torch.Tensor, alpha: torch.Tensor, dual: bool) -> torch.Tensor | None:
+    """The projection by its compiled twin (`power_kernels.project_blocks`, per block, each
+    stopping once converged: this module's fixed-step batch costs ~20 ms per 5000 cones on
+    a CPU) for float64 CPU tensors outside autograd; None elsewhere, or where numba cannot
+    load."""
+    if v.device.type != "cpu" or v.dtype != torch.float64 or v.requires_grad:
+        return None
+    try:
+        from cvxlayer.cones import power_kernels
+    except Exception:  # numba unusable here: the torch code below
+        return None
+    flat = v.detach().reshape(-1, 3).contiguous().numpy()
+    a = torch.broadcast_to(alpha.to(v.dtype), v.shape[:-1]).reshape(-1).contiguous().numpy()
+    out = np.empty_like(flat)
+    power_kernels.project_blocks(flat, a, dual, out)
+    return torch.from_numpy(out).reshape(v.shape)
+
+
 def proj_pow(v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Π_{K_α}(v) for blocks v (..., 3)."""
+    compiled = _compiled(v, alpha, dual=False)
+    if compiled is not None:
+        return compiled
     inside, polar = _regions(v, alpha)
     t, high = _root(v, alpha)
     boundary = _psi(v, alpha, torch.exp(t), high)[2]
@@ -116,6 +138,9 @@ def proj_pow(v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
 def proj_pow_dual(v: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Π_{K_α*}(v) = v + Π_{K_α}(−v)."""
+    compiled = _compiled(v, alpha, dual=True)
+    if compiled is not None:
+        return compiled
     return v + proj_pow(-v, alpha)
 
 

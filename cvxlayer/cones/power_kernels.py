@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
@@ -106,3 +107,88 @@ def in_dual(z, a):
 @njit(**_OPTIONS)
 def central(a, out):
     out[0], out[1], out[2] = math.sqrt(1.0 + a), math.sqrt(2.0 - a), 0.0
+
+
+# ---------------------------------------------------------------- projection
+# The twin of `power.proj_pow` (Hien 2015; that module's docstring has the method: the
+# root of ψ(r) = α log x(r) + (1−α) log y(r) − log r in the distance e to the nearer end,
+# Newton on log e safeguarded by bisection), one block at a time, stopping once converged.
+_TINY = np.finfo(np.float64).tiny
+_NEWTON_STEPS = 30
+
+
+@njit(**_OPTIONS)
+def _positive_root(c0, q):
+    """(w, √(c₀² + 4q)) for w = ½ (c₀ + √(c₀² + 4q)), without cancellation for c₀ < 0."""
+    root = math.sqrt(c0 * c0 + 4.0 * q)
+    value = 0.5 * (c0 + root) if c0 >= 0 else 2.0 * q / max(root - c0, _TINY)
+    return max(value, _TINY), root
+
+
+@njit(**_OPTIONS)
+def _psi(x0, y0, r0, a, e, high):
+    """(ψ, dψ/dlog e, x(r), y(r), r) at r = e (or r₀ − e with `high`)."""
+    r = r0 - e if high else e
+    prod = e * (r0 - e)
+    x, root_x = _positive_root(x0, a * prod)
+    y, root_y = _positive_root(y0, (1.0 - a) * prod)
+    psi = a * math.log(x) + (1.0 - a) * math.log(y) - math.log(r)
+    slope = r0 - 2.0 * r
+    dr = a * a * slope / (max(root_x, _TINY) * x)
+    dr += (1.0 - a) ** 2 * slope / (max(root_y, _TINY) * y) - 1.0 / r
+    return psi, e * (-dr if high else dr), x, y, r
+
+
+@njit(**_OPTIONS)
+def _geometric(u, w, a):
+    """u^a w^(1−a) for u, w ≥ 0."""
+    if u <= 0 or w <= 0:
+        return 0.0
+    return math.exp(a * math.log(u) + (1.0 - a) * math.log(w))
+
+
+@njit(**_OPTIONS)
+def project(v, a, out):
+    """out = Π_{K_a}(v) for one block v (3,)."""
+    x0, y0, r0 = v[0], v[1], abs(v[2])
+    tol = 1e-12 * (1.0 + max(abs(v[0]), abs(v[1]), r0))
+    if x0 >= 0 and y0 >= 0 and _geometric(x0, y0, a) + tol >= r0:  # in K
+        out[0], out[1], out[2] = v[0], v[1], v[2]
+        return
+    if x0 <= 0 and y0 <= 0 and _geometric(-x0 / a, -y0 / (1.0 - a), a) + tol >= r0:  # polar
+        out[0], out[1], out[2] = 0.0, 0.0, 0.0
+        return
+    half = max(r0 / 2.0, _TINY)
+    high = _psi(x0, y0, r0, a, half, False)[0] > 0  # the root in (r₀/2, r₀): from r₀
+    sign = 1.0 if high else -1.0
+    low_t, high_t = math.log(_TINY), math.log(half)
+    t = high_t - 1.0
+    for _ in range(_NEWTON_STEPS):
+        psi, dpsi, _, _, _ = _psi(x0, y0, r0, a, math.exp(t), high)
+        g, dg = sign * psi, sign * dpsi
+        if g < 0:
+            low_t = t
+        else:
+            high_t = t
+        newton = t - g / dg if dg > 0 else t
+        t_next = newton if dg > 0 and low_t <= newton <= high_t else (low_t + high_t) / 2.0
+        if t_next == t:
+            break
+        t = t_next
+    _, _, x, y, r = _psi(x0, y0, r0, a, math.exp(t), high)
+    out[0], out[1], out[2] = x, y, math.copysign(r, v[2]) if v[2] != 0 else 0.0
+
+
+@njit(**_OPTIONS)
+def project_blocks(V, alphas, dual, out):
+    """Π_{K_α}(v) (or Π_{K_α*}(v) = v + Π_{K_α}(−v) with `dual`) for blocks V (k, 3),
+    exponents alphas (k,), into out (k, 3)."""
+    w = np.empty(3)
+    for i in range(V.shape[0]):
+        if dual:
+            w[0], w[1], w[2] = -V[i, 0], -V[i, 1], -V[i, 2]
+            project(w, alphas[i], out[i])
+            for j in range(3):
+                out[i, j] += V[i, j]
+        else:
+            project(V[i], alphas[i], out[i])
