@@ -131,9 +131,9 @@ def polish(
             x_new, v_new = x + alpha * dx, v + alpha * dv
             y_new, s_new, r1_new, r2_new, error_new = state(x_new, v_new, trying)
             take = trying & (error_new < error)
-            keep = take.unsqueeze(1)
+            taken = take.unsqueeze(1)
             x, v, y_k, s_k, r1, r2 = (
-                torch.where(keep, new, old)
+                torch.where(taken, new, old)
                 for new, old in (
                     (x_new, x), (v_new, v), (y_new, y_k), (s_new, s_k), (r1_new, r1), (r2_new, r2)
                 )
