@@ -122,29 +122,15 @@ def test_nonsymmetric_cones_match_the_torch_engine_and_clarabel(name):
 
 @pytest.mark.parametrize("name", ["exponential", "power", "mixed"])
 def test_kkt_backward_on_nonsymmetric_cones_matches_the_residual_map(name):
-    """Backward "kkt" with exponential and power cones (H = D⁻¹(I − D) from the dual
-    projection's derivative, `cvxlayer.diff.kkt`) against the residual map at the same
-    solution, the primal and every dual as outputs, infeasible elements left out. Measured
+    """Backward "kkt" with exponential and power cones (H = D⁻¹(I − D), D the dual
+    projection's derivative in closed form, `cvxlayer.diff.kkt`) against the residual map
+    at the same solution, the primal and every dual as outputs, infeasible elements left
+    out. Measured
     ≤ 1.5e-6 relative (the solutions' ~1e-6 accuracy on these cones, and H clipped at
     1e8); checked at 1e-5."""
     problems, y = _nonsymmetric_problems()
     prob, params, vals = problems[name]
-    duals = [c.dual_variables[0] for c in prob.constraints]
-    grads = {}
-    for backward in ("kkt", "dense"):
-        layer = CvxpyLayer(prob, params, [y, *duals], mode="ipm", fast_path=False)
-        leaves = [v.clone().requires_grad_(True) for v in vals]
-        outputs, info = layer(
-            *leaves, solver_args={**TIGHT, "backward": backward}, return_status=True
-        )
-        solved = torch.tensor([s is Status.SOLVED for s in info.status])
-        gen = torch.Generator().manual_seed(2)
-        loss = sum(
-            (torch.randn(out.shape, generator=gen, dtype=torch.float64) * out)[solved].sum()
-            for out in outputs
-        )
-        loss.backward()
-        grads[backward] = [leaf.grad for leaf in leaves]
+    grads = _kkt_and_dense_gradients(prob, params, y, vals, seed=2)
     for ours, ref in zip(grads["kkt"], grads["dense"]):
         scale = float(ref.abs().max())
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5 * max(scale, 1.0))
@@ -198,6 +184,28 @@ def test_gradients_through_the_compiled_forward_pass_gradcheck():
     )  # fmt: skip
 
 
+def _kkt_and_dense_gradients(prob, params, variable, vals, seed):
+    """{backward: parameter gradients} of a random linear loss on the primal and every
+    dual output, solved elements only, for backward "kkt" and "dense" (mode "ipm")."""
+    duals = [c.dual_variables[0] for c in prob.constraints]
+    grads = {}
+    for backward in ("kkt", "dense"):
+        layer = CvxpyLayer(prob, params, [variable, *duals], mode="ipm", fast_path=False)
+        leaves = [v.clone().requires_grad_(True) for v in vals]
+        outputs, info = layer(
+            *leaves, solver_args={**TIGHT, "backward": backward}, return_status=True
+        )
+        solved = torch.tensor([s is Status.SOLVED for s in info.status])
+        gen = torch.Generator().manual_seed(seed)
+        loss = sum(
+            (torch.randn(out.shape, generator=gen, dtype=torch.float64) * out)[solved].sum()
+            for out in outputs
+        )
+        loss.backward()
+        grads[backward] = [leaf.grad for leaf in leaves]
+    return grads
+
+
 @pytest.mark.parametrize("name", list(_problems()[0]))
 def test_kkt_backward_matches_the_residual_map(name):
     """Backward "kkt" (through the interior point's KKT system at its interior solution)
@@ -207,23 +215,7 @@ def test_kkt_backward_matches_the_residual_map(name):
     relative (measured ≤ 5e-8): 1e-6 leaves a margin."""
     problems, params, x = _problems()
     prob = problems[name]
-    duals = [c.dual_variables[0] for c in prob.constraints]
-    vals = _values(4, seed=11)
-    grads = {}
-    for backward in ("kkt", "dense"):
-        layer = CvxpyLayer(prob, params, [x, *duals], mode="ipm", fast_path=False)
-        leaves = [v.clone().requires_grad_(True) for v in vals]
-        outputs, info = layer(
-            *leaves, solver_args={**TIGHT, "backward": backward}, return_status=True
-        )
-        solved = torch.tensor([s is Status.SOLVED for s in info.status])
-        gen = torch.Generator().manual_seed(1)
-        loss = sum(
-            (torch.randn(out.shape, generator=gen, dtype=torch.float64) * out)[solved].sum()
-            for out in outputs
-        )
-        loss.backward()
-        grads[backward] = [leaf.grad for leaf in leaves]
+    grads = _kkt_and_dense_gradients(prob, params, x, _values(4, seed=11), seed=1)
     for ours, ref in zip(grads["kkt"], grads["dense"]):
         scale = float(ref.abs().max())
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6 * max(scale, 1.0))

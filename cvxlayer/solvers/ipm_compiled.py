@@ -10,11 +10,13 @@ The data are prepared by the torch engine's own `_prepare` (equilibration, densi
 elimination of lifted variables) and restored by its `_unscale`, so the two engines differ
 only in the loop.
 
-Cones: zero, nonnegative and second-order (the nonnegative rows travel as one-row
-second-order blocks, `cvxlayer.cones.soc_kernels`). Other programs stay on the torch
-engine. M is dense and factored by LAPACK's Cholesky (through numba). The backward
-(`adjoint_one`, backward "kkt" in `cvxlayer.diff.kkt`) solves the same reduced system at
-the solution.
+Cones: zero, nonnegative, second-order, exponential and power (`cvxlayer.cones.
+composite_kernels`; the nonnegative rows travel as one-row second-order blocks). PSD and
+dual exponential programs stay on the torch engine. The KKT system is factored densely (M
+by LAPACK's Cholesky, lifted variables eliminated first) or as a sparse LDLᵀ of the whole
+matrix (`sparse_ldl`), whichever the program's structure makes cheaper (`structure_pattern`).
+The backward (`adjoint_one`, backward "kkt" in `cvxlayer.diff.kkt`) and the polish
+(`polish`) solve the same system at the solution.
 
 Everything here is float64 numpy; nothing calls torch inside the compiled code.
 """
@@ -117,15 +119,21 @@ def _system(P, A, p, pat):
 
 
 @njit(**_OPTIONS)
+def _coo_product(rows, cols, vals, v, size):
+    """Σ_e vals[e] v[cols[e]] into entry rows[e] of a vector of `size`."""
+    out = np.zeros(size)
+    for e in range(vals.size):
+        out[rows[e]] += vals[e] * v[cols[e]]
+    return out
+
+
+@njit(**_OPTIONS)
 def _ax(system, A, x):
     """A x: through A's nonzeros where the system is sparse."""
     if not system.pat.used:
         return A @ x
-    out = np.zeros(A.shape[0])
-    rows, cols, vals = system.pat.a_rows, system.pat.a_cols, system.a_vals
-    for e in range(vals.size):
-        out[rows[e]] += vals[e] * x[cols[e]]
-    return out
+    pat = system.pat
+    return _coo_product(pat.a_rows, pat.a_cols, system.a_vals, x, A.shape[0])
 
 
 @njit(**_OPTIONS)
@@ -133,11 +141,8 @@ def _atz(system, AT, z):
     """Aᵀ z."""
     if not system.pat.used:
         return AT @ z
-    out = np.zeros(AT.shape[0])
-    rows, cols, vals = system.pat.a_rows, system.pat.a_cols, system.a_vals
-    for e in range(vals.size):
-        out[cols[e]] += vals[e] * z[rows[e]]
-    return out
+    pat = system.pat
+    return _coo_product(pat.a_cols, pat.a_rows, system.a_vals, z, AT.shape[0])
 
 
 @njit(**_OPTIONS)
@@ -461,8 +466,9 @@ def layout(cones: ConeSpec) -> tuple[cone.Layout, int]:
 
 
 def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
-    """Mode "ipm" on CPU tensors for zero, nonnegative and second-order cones: `ipm`'s
-    preparation, `solve_one` per element over the kept thread pool, `ipm`'s restoration."""
+    """Mode "ipm" on CPU tensors for the cones `supports` takes: `ipm`'s preparation,
+    `solve_one` per element over the kept thread pool, `ipm`'s restoration (and on
+    exponential and power cones the polish)."""
     dtype = program.b.dtype
     eps_abs, eps_rel = (floor_tolerance(e, dtype) for e in (settings.eps_abs, settings.eps_rel))
     eps_inf = floor_tolerance(settings.eps_infeas, dtype)
@@ -509,7 +515,8 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
 
 
 # the sparse factorization's flops count this many times the dense one's (its indirect
-# indexing; measured on T5a-T5d and T7, docs/benchmarks.md)
+# indexing): a rough weight, not a fit; with it T5a stays dense and T5b, T5d and T7 go
+# sparse, each the faster choice there (docs/benchmarks.md)
 _SPARSE_COST = 3.0
 
 
