@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cvxlayer import CvxpyLayer, lqr, solve_qp
-from cvxlayer.fastpaths import LQRForm, QPForm
+from cvxlayer.fastpaths import LQRForm
 
 TIGHT = {"eps": 1e-10, "max_iters": 200_000}
 
@@ -112,9 +112,12 @@ def test_layer_detects_lqr_and_matches_generic_path_and_clarabel():
 
 
 @pytest.mark.parametrize("variant", ["bounds", "terminal"])
-def test_constrained_control_problems_stay_on_the_qp_path(variant):
+def test_constrained_control_problems_on_the_qp_path(variant):
+    """Bounds make it MPC (tests/test_mpc.py), a terminal equality a general QP; the QP
+    path, asked for by name, solves both."""
     prob, params, variables = _control_problem(**{variant: True})
-    assert isinstance(CvxpyLayer(prob, params, variables).fast_path, QPForm)
+    path = CvxpyLayer(prob, params, variables).fast_path
+    assert path.name == ("mpc" if variant == "bounds" else "qp")
     layer = CvxpyLayer(prob, params, variables, fast_path="qp")  # any batch size
     values = _values(np.random.default_rng(4))
     (x, u), info = layer(*values, return_status=True)

@@ -1,20 +1,23 @@
-"""Recognize a QP as a time-varying LQR problem and solve it by the Riccati recursion.
+"""Recognize a QP as a time-varying LQR problem, with or without stage-wise constraints
+(MPC), and solve it by the Riccati recursion (`lqr`; with inequalities, the interior point
+whose Newton systems it solves, `mpc`).
 
 Detection works on the reduced QP of `QPForm` (so cvxpy's lifted cost terms are already
 gone) and on the problem's variables:
 
-- exactly two kept variables, a state X of shape (n, T+1) and a control U of shape (m, T)
-  (the two shapes tell which is which; n = m is read as (state, control) in the order of
-  `problem.variables()` only if both fit);
-- no inequalities (control or state bounds make it a general QP: the QP path solves it);
-- the Hessian couples only entries of the same stage τ_t = [x_t; u_t] (t = 0 … T, with the
-  final stage having no control);
+- two variables, a state X of shape (n, T+1) and a control U of shape (m, T) (the two
+  shapes tell which is which; n = m is read as (state, control) in the order of
+  `problem.variables()` only if both fit); any other kept columns are cvxpy's auxiliary
+  variables, each sharing inequality rows with one stage only (`_stage_layout`);
+- each inequality row reads one stage;
+- the Hessian couples only entries of the same stage ξ_t = [x_t; u_t; w_t] (t = 0 … T,
+  with the final stage having no control);
 - each equality row is either x_{0,i} = const·b (one entry, a constant coefficient), or
   defines one x_{t+1,i} (a constant coefficient) from entries of τ_t only; every x_{0,i} and
   x_{t+1,i} is defined exactly once.
 
 Anything else stays on the QP path. The final stage gets a dummy control with cost ½‖u‖²
-(so u = 0) to fit the recursion's stage form.
+(so u = 0) to fit the recursion's stage form, as do padded auxiliary slots.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 
 from cvxlayer.compile.parametric import SparseLinear
+from cvxlayer.fastpaths import mpc
 from cvxlayer.fastpaths.lqr import lqr
 from cvxlayer.fastpaths.qp_form import pair_positions, piece_rows, split_pieces
 from cvxlayer.program import ConeStructure
@@ -55,7 +59,10 @@ def variable_columns(compiled, variables) -> np.ndarray:
 
 
 def _stage_layout(qp_form, compiled, problem):
-    """(n, m, T, stage, slot): for each z entry its stage t and its position in τ_t."""
+    """(n, m, T, stage, slot): for each z entry its stage t and its position in ξ_t =
+    [x_t; u_t; w_t], where w_t are the stage's auxiliary variables (cvxpy's, e.g. t ≥ |u|
+    for `abs(U) <= u_max`): kept columns outside X and U, each placed in the one stage whose
+    entries share inequality rows with it; None when some has no such stage."""
     found = state_and_control(compiled, problem)
     if found is None:
         return None
@@ -70,9 +77,41 @@ def _stage_layout(qp_form, compiled, problem):
     t_u, i_u = np.divmod(np.arange(m * T), m)
     col_stage[u_off + np.arange(m * T)], col_slot[u_off + np.arange(m * T)] = t_u, n + i_u
     stage, slot = col_stage[qp_form.keep], col_slot[qp_form.keep]
-    if (stage < 0).any() or len(qp_form.keep) != n * T1 + m * T:
+    if (stage >= 0).sum() != n * T1 + m * T:
         return None
+    aux = np.flatnonzero(stage < 0)
+    if aux.size:
+        if not qp_form.ineq_rows.size:
+            return None
+        G = _pattern(qp_form, "G")
+        for a in aux:
+            near = stage[G[G[:, a]].any(0)]
+            near = near[near >= 0]
+            if near.size == 0 or near.min() != near.max():
+                return None
+            stage[a] = near[0]
+        for t in np.unique(stage[aux]):
+            here = aux[stage[aux] == t]
+            slot[here] = n + m + np.arange(here.size)
     return n, m, T, stage, slot
+
+
+def _stage_rows(qp_form, stage, stages: int):
+    """(stages, K) the inequality rows (cone rows) of each stage, −1 padding, and (stages,)
+    their counts; None if a row reads entries of two stages."""
+    G = _pattern(qp_form, "G")
+    row_stage = np.zeros(G.shape[0], dtype=np.int64)
+    for r, cols in enumerate(G):
+        here = stage[cols]
+        if here.size and here.min() != here.max():
+            return None
+        row_stage[r] = here[0] if here.size else 0
+    counts = np.bincount(row_stage, minlength=stages)
+    rows = np.full((stages, max(counts.max(initial=0), 1)), -1)
+    for t in range(stages):
+        mine = qp_form.ineq_rows[row_stage == t]
+        rows[t, : mine.size] = mine
+    return rows, counts
 
 
 def _pattern(qp_form, key) -> np.ndarray:
@@ -122,19 +161,24 @@ class LQRForm:
 
     Lifted cost variables (e.g. t = W x_t for `sum_squares(W @ X[:, t])`) are grouped by the
     stage their definition reads, and folded into that stage's cost, so every quantity is
-    gathered per stage: memory and time grow linearly with the horizon.
+    gathered per stage: memory and time grow linearly with the horizon. With inequality
+    rows (each reading one stage: bounds, `abs(U) <= u_max`, stage-wise C x_t + D u_t ≤ d)
+    the problem is solved by the interior point with the Riccati recursion (`mpc`), without
+    them by the recursion alone (`lqr`).
 
     Attributes:
         structure: the cone structure; n, m, T: states, controls, horizon.
-        x_cols: (T+1, n+m) cone columns of τ_t (−1: the final stage's dummy control).
+        x_cols: (T+1, N) cone columns of ξ_t = [x_t; u_t; w_t] (−1: the final stage's
+            dummy control, padding of the auxiliary variables w_t).
         e_cols, e_rows: (T+1, E) columns and defining rows of each stage's lifted variables
             (−1: padding).
         init_rows (n,), dyn_rows (T, n): cone rows of x_0 = … and x_{t+1} = ….
+        ineq_rows: (T+1, K) each stage's inequality rows (−1: padding), (T+1, 0) if none;
+            ineq_counts (T+1,): how many.
         shapes, linear: the pieces θ̃ is mapped to (P, c, A_dyn, kappa, kappa0, b_dyn,
-            b_init, a_E, A_E, P_E, c_E, b_E) and the map.
+            b_init, a_E, A_E, P_E, c_E, b_E, and G, h with inequalities) and the map.
     """
 
-    name = "lqr"
     structure: ConeStructure
     n: int
     m: int
@@ -144,23 +188,39 @@ class LQRForm:
     e_rows: np.ndarray
     init_rows: np.ndarray
     dyn_rows: np.ndarray
+    ineq_rows: np.ndarray
+    ineq_counts: np.ndarray
     shapes: dict
     linear: SparseLinear
 
+    @property
+    def name(self) -> str:
+        return "mpc" if self.constrained else "lqr"
+
+    @property
+    def constrained(self) -> bool:
+        return self.ineq_rows.shape[1] > 0
+
     @classmethod
     def match(cls, qp_form, compiled, problem: cp.Problem) -> LQRForm | None:
-        if qp_form.ineq_rows.size or "P_KE" in qp_form.shapes or "P_EE" in qp_form.shapes:
+        if "P_KE" in qp_form.shapes or "P_EE" in qp_form.shapes or "G_P" in qp_form.shapes:
             return None
         layout = _stage_layout(qp_form, compiled, problem)
         if layout is None:
             return None
         n, m, T, stage, slot = layout
-        N = n + m
+        N = slot.max() + 1
         if (_q_pattern(qp_form) & (stage[:, None] != stage[None, :])).any():
             return None  # the cost couples different stages
         rows = _lqr_rows(qp_form, stage, slot, n, T)
         if rows is None:
             return None
+        ineq_rows, ineq_counts = np.zeros((T + 1, 0), dtype=np.int64), np.zeros(T + 1, int)
+        if qp_form.ineq_rows.size:
+            found = _stage_rows(qp_form, stage, T + 1)
+            if found is None:
+                return None
+            ineq_rows, ineq_counts = found
         st = compiled.structure
         x_cols = np.full((T + 1, N), -1)
         x_cols[stage, slot] = qp_form.keep
@@ -179,60 +239,91 @@ class LQRForm:
             fill[t] += 1
         init_rows = qp_form.eq_rows[rows[0]]
         dyn_rows = qp_form.eq_rows[rows[1]]
-        pieces = _stage_pieces(st, x_cols, e_cols, e_rows, init_rows, dyn_rows)
+        pieces = _stage_pieces(st, x_cols, e_cols, e_rows, init_rows, dyn_rows, ineq_rows)
         shapes = {k: v.shape for k, v in pieces.items()}
         flat = np.concatenate([v.ravel() for v in pieces.values()])
         linear = compiled.param_map.linear.restrict(flat)
-        return cls(st, n, m, T, x_cols, e_cols, e_rows, init_rows, dyn_rows, shapes, linear)
+        return cls(
+            st, n, m, T, x_cols, e_cols, e_rows, init_rows, dyn_rows, ineq_rows, ineq_counts,
+            shapes, linear,
+        )  # fmt: skip
 
     def pays_off(self, batch: int, device: torch.device, mode: str) -> bool:
-        """Always: a closed form or a recursion costs less than any generic solve."""
-        return True
+        """Always without inequalities: a recursion costs less than any generic solve.
+        With them, on CPU tensors where the compiled kernels load (the interior point is
+        compiled code only; CUDA tensors go to the generic modes)."""
+        return not self.constrained or (device.type == "cpu" and mpc.kernels() is not None)
 
     def describe(self) -> str:
-        return f"LQR with {self.n} states, {self.m} controls, horizon {self.T} (Riccati)"
+        sizes = f"{self.n} states, {self.m} controls, horizon {self.T}"
+        if not self.constrained:
+            return f"LQR with {sizes} (Riccati)"
+        aux = self.x_cols.shape[1] - self.n - self.m
+        extra = f", {aux} auxiliary variables per stage" if aux else ""
+        return (
+            f"MPC with {sizes}{extra}, up to {self.ineq_rows.shape[1]} inequalities per "
+            "stage (interior point, Riccati)"
+        )
 
     def solve(
         self, theta: torch.Tensor, settings: SolveSettings, failed_gradient: str = "zero"
     ) -> Solution:
         """The cone program's solution for θ̃ (B, p + 1), differentiable w.r.t. θ̃."""
-        n, m, T, st = self.n, self.m, self.T, self.structure
-        B, dev = theta.shape[0], theta.device
+        st, dev = self.structure, theta.device
         d = split_pieces(self.linear, self.shapes, theta)
         pad_E = torch.as_tensor(self.e_cols < 0, device=dev)
         a_E = d["a_E"] + pad_E.to(theta.dtype)  # padding: a = 1, everything else 0
-        T_E = -d["A_E"] / a_E.unsqueeze(-1)  # x_E = T_E τ + u_E: (B, T+1, E, N)
+        T_E = -d["A_E"] / a_E.unsqueeze(-1)  # x_E = T_E ξ + u_E: (B, T+1, E, N)
         u_E = d["b_E"] / a_E
         PT = d["P_E"].unsqueeze(-1) * T_E
         C = d["P"] + T_E.transpose(-1, -2) @ PT
-        dummy = torch.zeros(T + 1, n + m, n + m, dtype=theta.dtype, device=dev)
-        dummy[T, n:, n:] = torch.eye(m, dtype=theta.dtype, device=dev)  # final u: ½‖u‖²
-        C = C + dummy
+        # slots without a variable (the final control, padding) cost ½‖·‖², so stay 0
+        dummy = torch.as_tensor(self.x_cols < 0, dtype=theta.dtype, device=dev)
+        C = C + torch.diag_embed(dummy)
         c = d["c"] + ((d["c_E"] + d["P_E"] * u_E).unsqueeze(-2) @ T_E).squeeze(-2)
         x_init = d["b_init"] / d["kappa0"]
         F = -d["A_dyn"] / d["kappa"].unsqueeze(-1)
         f = d["b_dyn"] / d["kappa"]
-        ok = True
-        try:
-            x, u, lam = lqr(x_init, C, c, F, f)
-        except torch.linalg.LinAlgError:
-            ok = False
-            x = x_init.new_full((B, T + 1, n), float("nan"))
-            u = x_init.new_full((B, T + 1, m), float("nan"))
-            lam = x_init.new_full((B, T + 1, n), float("nan"))
-        tau = torch.cat([x, u], 2)
-        x_E = (T_E @ tau.unsqueeze(-1)).squeeze(-1) + u_E
-        cone_x = _scatter(st.n, (self.x_cols, tau), (self.e_cols, x_E))
+        parts_y, parts_s = [], []
+        if self.constrained:
+            G, h = d["G"], d["h"]
+            xi, lam, mu, status, iterations = mpc.mpc(
+                x_init, C, c, F, f, G, h, self.ineq_counts, settings.eps_abs,
+                settings.eps_rel, min(settings.max_iters, mpc.MAX_ITERS),
+            )  # fmt: skip
+            slack = h - (G @ xi.unsqueeze(-1)).squeeze(-1)
+            parts_y.append((self.ineq_rows, mu))
+            parts_s.append((self.ineq_rows, slack))
+        else:
+            xi, lam, status, iterations = self._unconstrained(x_init, C, c, F, f)
+        x_E = (T_E @ xi.unsqueeze(-1)).squeeze(-1) + u_E
+        cone_x = _scatter(st.n, (self.x_cols, xi), (self.e_cols, x_E))
         y_E = -(d["P_E"] * x_E + d["c_E"]) / a_E
         cone_y = _scatter(
             st.m,
             (self.init_rows, -lam[:, 0] / d["kappa0"]),
             (self.dyn_rows, -lam[:, 1:] / d["kappa"]),
             (self.e_rows, y_E),
+            *parts_y,
         )
+        cone_s = _scatter(st.m, *parts_s) if parts_s else torch.zeros_like(cone_y)
+        return Solution(cone_x, cone_y, cone_s, status, iterations)
+
+    @staticmethod
+    def _unconstrained(x_init, C, c, F, f):
+        """(ξ, λ, status, iterations) by the Riccati recursion alone."""
+        B, S, N = c.shape
+        n = x_init.shape[1]
+        ok = True
+        try:
+            x, u, lam = lqr(x_init, C, c, F, f)
+        except torch.linalg.LinAlgError:
+            ok = False
+            x = x_init.new_full((B, S, n), float("nan"))
+            u = x_init.new_full((B, S, N - n), float("nan"))
+            lam = x_init.new_full((B, S, n), float("nan"))
         status = (Status.SOLVED if ok else Status.FAILURE,) * B
-        iterations = torch.ones(B, dtype=torch.long)
-        return Solution(cone_x, cone_y, torch.zeros_like(cone_y), status, iterations)
+        return torch.cat([x, u], 2), lam, status, torch.ones(B, dtype=torch.long)
 
 
 def _scatter(size: int, *parts) -> torch.Tensor:
@@ -250,7 +341,9 @@ def _scatter(size: int, *parts) -> torch.Tensor:
     return values[:, torch.as_tensor(order, device=values.device)]
 
 
-def _stage_pieces(st, x_cols, e_cols, e_rows, init_rows, dyn_rows) -> dict[str, np.ndarray]:
+def _stage_pieces(
+    st, x_cols, e_cols, e_rows, init_rows, dyn_rows, ineq_rows
+) -> dict[str, np.ndarray]:
     """Rows of the parametric map M (rows c, A pattern, b, P pattern) for each stage datum;
     −1 for structural zeros and padding."""
     n_a, m = st.a_nnz, st.m
@@ -272,6 +365,12 @@ def _stage_pieces(st, x_cols, e_cols, e_rows, init_rows, dyn_rows) -> dict[str, 
 
     T = dyn_rows.shape[0]
     n = dyn_rows.shape[1]
+    inequalities = {}
+    if ineq_rows.shape[1]:
+        inequalities = {
+            "G": a_rows(ineq_rows[:, :, None], x_cols[:, None, :]),
+            "h": b_rows(ineq_rows),
+        }
     return {
         "P": p_rows(x_cols[:, :, None], x_cols[:, None, :]),
         "c": np.where(x_cols < 0, -1, x_cols),
@@ -285,6 +384,7 @@ def _stage_pieces(st, x_cols, e_cols, e_rows, init_rows, dyn_rows) -> dict[str, 
         "P_E": p_rows(e_cols, e_cols),
         "c_E": np.where(e_cols < 0, -1, e_cols),
         "b_E": b_rows(e_rows),
+        **inequalities,
     }
 
 
