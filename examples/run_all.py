@@ -15,6 +15,7 @@ EXAMPLES = [
     "ellipsoid_projection",
     "optnet_qp",
     "lqr_imitation",
+    "mpc_imitation",
     "lml_topk",
 ]
 

@@ -33,6 +33,11 @@ def test_lqr_imitation_runs_a_few_steps():
     assert module.main(iterations=3, points=4, T=4).exists()
 
 
+def test_mpc_imitation_runs_a_few_steps():
+    module = __import__("mpc_imitation")
+    assert module.main(iterations=3, points=4, T=4).exists()
+
+
 def test_lml_topk_runs_a_few_steps():
     module = __import__("lml_topk")
     assert module.main(iterations=3, points=16).exists()
