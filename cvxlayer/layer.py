@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import cvxpy as cp
 import torch
@@ -53,12 +53,15 @@ class SolveInfo:
         finished: per element, whether the first-order mode (native SCS, "torch") left it
             unconverged (inaccurate, or its residuals beyond the tolerance) and native
             Clarabel finished it before it was differentiated.
+        x: (B, n) the cone program's primal solution (detached): passed back as
+            `solver_args={"warm_start": info}`, it starts the next call (MPC path).
     """
 
     status: tuple[Status, ...]
     iterations: torch.Tensor
     mode: str
     finished: tuple[bool, ...] = ()
+    x: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def solved(self) -> torch.Tensor:
@@ -177,8 +180,10 @@ class CvxpyLayer(torch.nn.Module):
             solver_args: settings for this call: `eps` (sets `eps_abs` and `eps_rel`), every
                 field of `SolveSettings` (`eps_abs`, `eps_rel`, `eps_infeas`, `max_iters`,
                 `linsys`, `scale`, `alpha`, `normalize`, …), `backward` ("auto", "dense",
-                "lsqr", "diffcp"), `failed_gradient` ("zero", "nan") and `max_batch` (solve
-                the batch in chunks of at most this many elements: bounds peak memory).
+                "lsqr", "diffcp"), `failed_gradient` ("zero", "nan"), `max_batch` (solve
+                the batch in chunks of at most this many elements: bounds peak memory) and
+                `warm_start` (a previous call's `SolveInfo`: its solution starts the MPC
+                path, shifted by `warm_start_shift` stages).
                 The keys cvxpylayers passes to diffcp (`mode`, `solve_method`,
                 `n_jobs_forward`, …, and those of SCS, ECOS, Clarabel) are accepted: mapped
                 where they have a meaning here, else ignored with a warning. Other keys raise
@@ -216,11 +221,14 @@ class CvxpyLayer(torch.nn.Module):
             mode = self._auto_mode(values)
         # with return_status, invalid elements are reported instead of raising (`_valid_rows`)
         valid = _valid_rows(self.compiled, values) if return_status else None
+        options = _checked_warm_start(options, values[0].shape[0], self.compiled.structure.n)
         if valid is None or bool(valid.all()):
             solution, mode = self._solve_batch(values, options, adjoint, mode)
         else:  # only with return_status: the other elements are solved, these reported
             keep = valid.nonzero().flatten()
             solution = None
+            if options.warm_start is not None:
+                options = replace(options, warm_start=options.warm_start[keep])
             if keep.numel():
                 solution, mode = self._solve_batch(
                     [v[keep] for v in values], options, adjoint, mode
@@ -228,7 +236,13 @@ class CvxpyLayer(torch.nn.Module):
             solution = _with_invalid_rows(
                 self.compiled, solution, keep, values, valid, options.failed_gradient
             )
-        info = SolveInfo(solution.status, solution.iterations, mode, solution.finished_flags())
+        info = SolveInfo(
+            solution.status,
+            solution.iterations,
+            mode,
+            solution.finished_flags(),
+            solution.x.detach(),
+        )
         if not return_status:
             _raise_on_failure(info)
         outputs = self.compiled.recover(solution.x, solution.y)
@@ -262,8 +276,15 @@ class CvxpyLayer(torch.nn.Module):
         """(Solution, mode that ran) for valid parameter values, in chunks of `max_batch`."""
         theta = self.compiled.theta(values)
         chunk = options.max_batch or theta.shape[0]
+        warm = options.warm_start
+
+        def part(start: int) -> CallOptions:
+            if warm is None:
+                return options
+            return replace(options, warm_start=warm[start : start + chunk])
+
         parts = [
-            self._solve(theta[start : start + chunk], options, adjoint, mode)
+            self._solve(theta[start : start + chunk], part(start), adjoint, mode)
             for start in range(0, theta.shape[0], chunk)
         ]
         modes = [name for _, name in parts]
@@ -292,7 +313,8 @@ class CvxpyLayer(torch.nn.Module):
         """The fast path, then the generic `mode` for the elements it did not solve."""
         # the elements it does not solve are solved again below: their gradient is that
         # solve's, so the fast path gives them none (not NaN, whatever failed_gradient says)
-        solution = self.fast_path.solve(theta, options.settings, "zero")
+        warm = (options.warm_start, options.warm_start_shift)
+        solution = self.fast_path.solve(theta, options.settings, "zero", warm)
         failed = [i for i, st in enumerate(solution.status) if not st.ok]
         if not failed:
             return solution, self.fast_path.name
@@ -306,6 +328,21 @@ class CvxpyLayer(torch.nn.Module):
             finisher=_finisher(mode),
         )
         return put_rows(solution, index, rest), f"{self.fast_path.name}+{mode}"
+
+
+def _checked_warm_start(options: CallOptions, batch: int, n: int) -> CallOptions:
+    """`options`, its warm start checked against this call: (batch, n), from a call of this
+    layer with the same batch size."""
+    warm = options.warm_start
+    if warm is None:
+        return options
+    if tuple(warm.shape) != (batch, n):
+        raise ValueError(
+            f"solver_args['warm_start'] holds a solution of shape {tuple(warm.shape)}; this "
+            f"call needs ({batch}, {n}): the SolveInfo of a call of this layer with the same "
+            "batch size"
+        )
+    return options
 
 
 def _finisher(mode: str):

@@ -12,11 +12,13 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+import torch
+
 from cvxlayer.solvers.base import SolveSettings
 from cvxlayer.solvers.linsys import LINSYS
 
 _SETTINGS = frozenset(f.name for f in fields(SolveSettings))
-OWN = frozenset({"eps", "backward", "failed_gradient", "max_batch"}) | _SETTINGS
+OWN = frozenset({"eps", "backward", "failed_gradient", "max_batch", "warm_start_shift"}) | _SETTINGS
 
 # diffcp's derivative modes ↦ our backward (the LPGD modes have no counterpart: ignored)
 _DIFFCP_MODES = {"dense": "dense", "lsqr": "lsqr", "lsmr": "lsqr"}
@@ -68,7 +70,8 @@ _TRANSLATED = frozenset({"mode", "solve_method", "n_jobs_forward", "use_indirect
 _IGNORED = {
     "n_jobs_backward": "the backward is one batched computation on torch's threads "
     "(torch.set_num_threads)",
-    "warm_start": "warm starts are not used",
+    "warm_start": "diffcp's warm start is not used; the SolveInfo of a previous call (made "
+    "with return_status=True) warm-starts the MPC path",
     "warm_starts": "warm starts are not used",
     "raise_on_error": "failures follow return_status (see CvxpyLayer.forward)",
     "derivative_kwargs": "the backward takes solver_args['backward']",
@@ -150,6 +153,9 @@ class CallOptions:
             a large batch); None: the whole batch together.
         generic_mode: the generic mode for this call (from diffcp's `solve_method`); None:
             the layer's.
+        warm_start: (B, n) the cone program's x from a previous call (its `SolveInfo.x`),
+            where the MPC path starts; None: a cold start.
+        warm_start_shift: stages the MPC path shifts that guess by (receding horizon: 1).
     """
 
     settings: SolveSettings
@@ -157,6 +163,8 @@ class CallOptions:
     failed_gradient: str = "zero"
     max_batch: int | None = None
     generic_mode: str | None = None
+    warm_start: torch.Tensor | None = None
+    warm_start_shift: int = 0
 
 
 def parse_solver_args(
@@ -181,6 +189,9 @@ def parse_solver_args(
             "of cvxpylayers/diffcp (docs/from_cvxpylayers.md)"
         )
     args = {k: v for k, v in given.items() if k in OWN}
+    # ours: a previous call's SolveInfo; anything else is diffcp's (ignored with a warning)
+    if isinstance(getattr(given.get("warm_start"), "x", None), torch.Tensor):
+        args["warm_start"] = given.pop("warm_start").x
     for key in sorted(set(given) & FOREIGN):
         if key in _TRANSLATED:
             _translate(key, given[key], args)
@@ -193,6 +204,10 @@ def parse_solver_args(
         raise ValueError(
             f"solver_args['failed_gradient'] must be 'zero' or 'nan', got {failed_gradient!r}"
         )
+    warm_start = args.pop("warm_start", None)
+    shift = int(args.pop("warm_start_shift", 0))
+    if shift < 0:
+        raise ValueError(f"solver_args['warm_start_shift'] must be >= 0, got {shift}")
     max_batch = args.pop("max_batch", base.max_batch)
     if max_batch is not None:
         if int(max_batch) < 1:
@@ -221,4 +236,6 @@ def parse_solver_args(
                 f"solver_args['threads'] must be -1 (all) or >= 1, got {args['threads']!r}"
             )
     settings = replace(base.settings, **args)
-    return CallOptions(settings, backward, failed_gradient, max_batch, generic_mode)
+    return CallOptions(
+        settings, backward, failed_gradient, max_batch, generic_mode, warm_start, shift
+    )

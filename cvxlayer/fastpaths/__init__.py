@@ -2,9 +2,10 @@
 
 Each fast path has a `match(compiled, problem, by_name)` that returns a solver object for
 the compiled problem (or None; `by_name`: the user asked for this path by name), and that
-object's `solve(theta, settings, failed_gradient)` returns the
+object's `solve(theta, settings, failed_gradient, warm_start)` returns the
 cone program's `Solution` for the stacked parameters θ̃, with x, y, s differentiable w.r.t.
-θ̃. Elements it does not solve are re-solved by the layer's generic mode.
+θ̃ (`warm_start`: a previous solution's x and a shift in stages, used by the MPC path).
+Elements it does not solve are re-solved by the layer's generic mode.
 """
 
 from __future__ import annotations

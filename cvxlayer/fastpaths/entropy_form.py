@@ -176,9 +176,14 @@ class EntropyForm:
         return what.get(self.kind, f"{self.kind} (closed form, sum = {budget})")
 
     def solve(
-        self, theta: torch.Tensor, settings: SolveSettings, failed_gradient: str = "zero"
+        self,
+        theta: torch.Tensor,
+        settings: SolveSettings,
+        failed_gradient: str = "zero",
+        warm_start: tuple = (None, 0),
     ) -> Solution:
-        """y for the batch θ̃ (B, p + 1), placed in the cone program's x."""
+        """y for the batch θ̃ (B, p + 1), placed in the cone program's x (closed forms:
+        `warm_start` is not used)."""
         x = self.scale * theta[:, torch.as_tensor(self.x_columns, device=theta.device)]
         B, d = x.shape
         k = theta[:, self.k_column] if self.k_column is not None else x.new_full((B,), self.k or 0)

@@ -266,9 +266,17 @@ class LQRForm:
         )
 
     def solve(
-        self, theta: torch.Tensor, settings: SolveSettings, failed_gradient: str = "zero"
+        self,
+        theta: torch.Tensor,
+        settings: SolveSettings,
+        failed_gradient: str = "zero",
+        warm_start: tuple = (None, 0),
     ) -> Solution:
-        """The cone program's solution for θ̃ (B, p + 1), differentiable w.r.t. θ̃."""
+        """The cone program's solution for θ̃ (B, p + 1), differentiable w.r.t. θ̃.
+
+        warm_start: (x, shift), x (B, n) a previous solution of the cone program (or None):
+        with inequalities, the interior point starts from its stage variables shifted by
+        `shift` stages (the last one repeated), as in receding-horizon control."""
         st, dev = self.structure, theta.device
         d = split_pieces(self.linear, self.shapes, theta)
         pad_E = torch.as_tensor(self.e_cols < 0, device=dev)
@@ -290,6 +298,7 @@ class LQRForm:
             xi, lam, mu, status, iterations = mpc.mpc(
                 x_init, C, c, F, f, G, h, self.ineq_counts, settings.eps_abs,
                 settings.eps_rel, min(settings.max_iters, mpc.MAX_ITERS),
+                self._stage_guess(*warm_start),
             )  # fmt: skip
             slack = h - (G @ xi.unsqueeze(-1)).squeeze(-1)
             parts_y.append((self.ineq_rows, mu))
@@ -308,6 +317,18 @@ class LQRForm:
         )
         cone_s = _scatter(st.m, *parts_s) if parts_s else torch.zeros_like(cone_y)
         return Solution(cone_x, cone_y, cone_s, status, iterations)
+
+    def _stage_guess(self, x: torch.Tensor | None, shift: int) -> torch.Tensor | None:
+        """(B, T+1, N) the stage variables ξ_t of a cone program solution x (B, n), moved
+        `shift` stages earlier (the last stage repeated); None for None."""
+        if x is None:
+            return None
+        cols = torch.as_tensor(self.x_cols, device=x.device)
+        xi = torch.where(cols >= 0, x.detach()[:, cols.clamp(min=0)], 0.0)
+        if shift:
+            last = xi[:, -1:].expand(-1, min(shift, self.T + 1), -1)
+            xi = torch.cat([xi[:, shift:], last], 1)[:, : self.T + 1]
+        return xi
 
     @staticmethod
     def _unconstrained(x_init, C, c, F, f):

@@ -50,11 +50,12 @@ class _MPC(torch.autograd.Function):
     # outputs go through save_for_backward, never onto ctx (see qp._QPSolve)
     @staticmethod
     def forward(ctx, x_init, C, c, F, f, G, h, rows, settings, out):
-        eps_abs, eps_rel, max_iters = settings
+        eps_abs, eps_rel, max_iters, warm = settings
         k = kernels()
         arrays = [as_array(t) for t in (C, c, F, f, G, h, x_init)]
         C_, c_, F_, f_, G_, h_, x0_ = arrays
         B, S, N = c_.shape
+        warm_ = np.zeros((B, 0, N)) if warm is None else as_array(warm)
         n = x0_.shape[1]
         xi, lam = np.zeros((B, S, N)), np.zeros((B, S, n))
         mu, s = np.zeros(h_.shape), np.ones(h_.shape)
@@ -63,8 +64,8 @@ class _MPC(torch.autograd.Function):
 
         def run(i):
             codes[i], iterations[i] = k.solve_one(
-                C_[i], c_[i], F_[i], f_[i], G_[i], h_[i], rows, x0_[i], eps_abs, eps_rel,
-                max_iters, xi[i], lam[i], mu[i], s[i], final[i],
+                C_[i], c_[i], F_[i], f_[i], G_[i], h_[i], rows, x0_[i], warm_[i], eps_abs,
+                eps_rel, max_iters, xi[i], lam[i], mu[i], s[i], final[i],
             )  # fmt: skip
 
         for_each(run, range(B))
@@ -115,6 +116,7 @@ def mpc(
     eps_abs: float = 1e-6,
     eps_rel: float = 1e-6,
     max_iters: int = MAX_ITERS,
+    warm_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[Status, ...], torch.Tensor]:
     """Solve a batch of constrained LQR problems (module docstring), differentiably.
 
@@ -126,6 +128,9 @@ def mpc(
             padding, ignored). rows: (S,) int64.
         eps_abs, eps_rel: SCS's stopping rule on the residuals and the gap.
         max_iters: iteration limit per element.
+        warm_start: (B, S, N) a guess of ξ (e.g. the previous call's, shifted by a step in
+            receding-horizon control): the start's rollout follows its inputs, with feedback
+            on the states' difference.
 
     Returns:
         ξ (B, S, N), costates λ (B, S, n), multipliers μ (B, S, K), differentiable w.r.t.
@@ -135,5 +140,6 @@ def mpc(
     out: dict = {}
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     C = 0.5 * (C + C.transpose(-1, -2))  # the cost reads ½ξᵀCξ: C's symmetric part
-    xi, lam, mu = _MPC.apply(x_init, C, c, F, f, G, h, rows, (eps_abs, eps_rel, max_iters), out)
+    settings = (eps_abs, eps_rel, max_iters, warm_start)
+    xi, lam, mu = _MPC.apply(x_init, C, c, F, f, G, h, rows, settings, out)
     return xi, lam, mu, out["status"], out["iterations"]

@@ -46,7 +46,8 @@ _POLISH_ROUNDS = 3
 _STRONG, _WEAK = 1e8, 1e-6
 _REFINE_STEPS = 4  # iterative refinement of `_kkt_solve`
 _MARGIN = 0.1  # the start's inputs keep this fraction of |h| inside their rows (measured:
-# 0.01 took 5/14/17/24 iterations at horizons 10/20/40/100 on unstable dynamics, 0.1 5/10/12/16)
+# 0.01 took 5/14/17/24 iterations at horizons 10/20/40/100 on unstable dynamics, 0.1
+# 5/10/12/16; from a warm start 0.01, 0.1 and 0.25 took 10.3, 9.8 and 9.7, cold 11.0)
 _START_SWEEPS = 50  # cyclic projections of the start's inputs, at most
 
 
@@ -336,7 +337,7 @@ def _into_rows(G, h, rows, n, margin, xi):
 
 @njit(**_OPTIONS)
 def _start(
-    C, c, F, f, G, h, rows, x_init, H, L, K, V, Qxv, Q, W, kk, d, g, r_xi, Gxi, xi, lam, mu, s
+    C, c, F, f, G, h, rows, x_init, warm, H, L, K, V, Qxv, Q, W, kk, d, g, r_xi, Gxi, xi, lam, mu, s
 ):
     """The starting point; False where a factorization fails.
 
@@ -344,7 +345,9 @@ def _start(
     CVXOPT's start), v_t = K_t x_t + k_t moved inside its stage's rows (`_into_rows`): the
     dynamics hold and the inputs are feasible, so that on unstable dynamics the states
     already have the solution's magnitude (the unconstrained start kept them small, and
-    the interior point took 45 to 100+ iterations to leave it at horizons 40-100).
+    the interior point took 45 to 100+ iterations to leave it at horizons 40-100). With a
+    finite guess `warm` (S, N) (a previous solution; (0, N): none) the rollout follows it,
+    v_t = v̂_t + K_t (x_t − x̂_t), instead.
     Slacks s = h − Gξ, at least the margin. Duals: the costates of ξ without constraint
     forces, λ_t = (C_tξ_t + c_t)_x + F_t,xᵀλ_{t+1}, each row's μ from the rest of
     stationarity, μ_r = −g_rᵀ(Cξ + c + Fᵀλ − [λ; 0]) / ‖g_r‖², raised to τ / s_r (τ: the
@@ -361,7 +364,15 @@ def _start(
         for r in range(rows[t]):
             for j in range(N):
                 g[t, j] -= G[t, r, j] * h[t, r]
-    _sweep(H, g, F, f, x_init, n, L, K, V, Qxv, kk, xi, lam)  # for the gains k_t
+    if warm.shape[0] == S and np.isfinite(warm).all():  # k_t = v̂_t − K_t x̂_t
+        for t in range(S):
+            for j in range(M):
+                acc = warm[t, n + j]
+                for i in range(n):
+                    acc -= K[t, j, i] * warm[t, i]
+                kk[t, j] = acc
+    else:
+        _sweep(H, g, F, f, x_init, n, L, K, V, Qxv, kk, xi, lam)  # for the gains k_t
     xi[0, :n] = x_init
     for t in range(S):
         margin = 0.0
@@ -533,8 +544,11 @@ def _kkt_solve(C, F, G, rows, d, scale, a, b, e0, e, x, nu, w):
 
 
 @njit(**_OPTIONS)
-def solve_one(C, c, F, f, G, h, rows, x_init, eps_abs, eps_rel, max_iters, xi, lam, mu, s, out):
-    """One element's solve (module docstring); writes ξ (S, N), λ (S, n), μ, s (S, K) and
+def solve_one(
+    C, c, F, f, G, h, rows, x_init, warm, eps_abs, eps_rel, max_iters, xi, lam, mu, s, out
+):
+    """One element's solve (module docstring), from the guess `warm` (S, N) if it has S
+    rows (`_start`); writes ξ (S, N), λ (S, n), μ, s (S, K) and
     out = (primal residual, dual residual, gap) of the answer. Returns (status code,
     iterations): SOLVED when SCS's rule held (each residual ≤ eps_abs + eps_rel · its
     scale, as the QP path's) at some iterate, MAX_ITERS when it never did within the limit
@@ -561,8 +575,9 @@ def solve_one(C, c, F, f, G, h, rows, x_init, eps_abs, eps_rel, max_iters, xi, l
     res = np.empty(3)
 
     if not _start(
-        C, c, F, f, G, h, rows, x_init, H, L, K, V, Qxv, Q, W, kk, d, g, r_xi, Gxi, xi, lam, mu, s
-    ):
+        C, c, F, f, G, h, rows, x_init, warm, H, L, K, V, Qxv, Q, W, kk, d, g, r_xi, Gxi, xi,
+        lam, mu, s,
+    ):  # fmt: skip
         return FAILED, 0
 
     best_xi, best_lam = np.empty_like(xi), np.empty_like(lam)

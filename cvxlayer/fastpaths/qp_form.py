@@ -232,10 +232,14 @@ class QPForm:
         )
 
     def solve(
-        self, theta: torch.Tensor, settings: SolveSettings, failed_gradient: str = "zero"
+        self,
+        theta: torch.Tensor,
+        settings: SolveSettings,
+        failed_gradient: str = "zero",
+        warm_start: tuple = (None, 0),
     ) -> Solution:
         """Solve the batch with parameters θ̃ (B, p + 1) on the QP path; the cone program's
-        x, y, s are returned, differentiable w.r.t. θ̃."""
+        x, y, s are returned, differentiable w.r.t. θ̃. (`warm_start` is not used here.)"""
         d = split_pieces(self.linear, self.shapes, theta)
         dev = theta.device
         K, E, R, eq, ineq = (
