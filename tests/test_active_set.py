@@ -106,3 +106,34 @@ def test_layer_gradients_match_diffcp_with_equalities_and_active_rows():
     assert active.sum(1).min() >= 1  # every element has active rows
     for ours, ref in zip(grads["qp"], grads["diffcp"]):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_backward_is_the_active_sets_exact_kkt_system_at_large_multipliers():
+    """Box-constrained LQR (written with abs, so with auxiliary variables whose rows can all
+    be inactive) as a QP with large multipliers: the backward solves the active set's KKT
+    system exactly (active rows as equalities, the others left out). Reference: the residual
+    map's dense derivative at native SCS's solution to 1e-11 (an independent method). With
+    H = 1e-8 / 1e8 standing for the two kinds of rows the gradients were 1.4e-4 off."""
+    n, m, T = 3, 2, 6
+    A, Bm, x0 = cp.Parameter((n, n)), cp.Parameter((n, m)), cp.Parameter(n)
+    X, U = cp.Variable((n, T + 1)), cp.Variable((m, T))
+    cons = [X[:, 0] == x0, cp.abs(U) <= 0.3]
+    cons += [X[:, t + 1] == A @ X[:, t] + Bm @ U[:, t] for t in range(T)]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(X) + cp.sum_squares(U)), cons)
+    gen = torch.Generator().manual_seed(1)
+    f64 = {"generator": gen, "dtype": torch.float64}
+    values = [
+        torch.eye(n, dtype=torch.float64) + 0.3 * torch.randn(3, n, n, **f64),
+        torch.randn(3, n, m, **f64),
+        torch.randn(3, n, **f64),
+    ]
+    weights = torch.linspace(-1, 1, m * T, dtype=torch.float64).reshape(m, T)
+    grads = []
+    for fast_path, args in (("qp", {}), (False, {"eps": 1e-11, "max_iters": 200_000})):
+        layer = CvxpyLayer(prob, [A, Bm, x0], [X, U], fast_path=fast_path)
+        leaves = [v.clone().requires_grad_() for v in values]
+        x, u = layer(*leaves, solver_args=args)
+        ((u * weights).sum() + x.square().sum()).backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for g_qp, g_ref in zip(*grads):
+        torch.testing.assert_close(g_qp, g_ref, rtol=1e-6, atol=1e-6 * float(g_ref.abs().max()))

@@ -189,3 +189,22 @@ def test_warm_start_from_a_previous_call():
         layer(*[v[:2] for v in values], solver_args={"warm_start": info})
     with pytest.warns(UserWarning, match="warm_start.*SolveInfo"):  # not ours: ignored
         layer(*values, solver_args={"warm_start": u})
+
+
+def test_without_the_compiled_kernels_the_qp_path_solves_it(monkeypatch):
+    """Where the compiled interior point does not run (no numba; CUDA tensors take the same
+    branch), the MPC path hands the problem to the QP path: same answers."""
+    from cvxlayer.fastpaths import mpc as mpc_module
+
+    prob, params, variables = _box_lqr(3, 2, 5)
+    values = _values(7, 3, 3, 2)
+    layer = CvxpyLayer(prob, params, variables)
+    (_, u_mpc), info = layer(*values, return_status=True)
+    monkeypatch.setattr(mpc_module, "kernels", lambda: None)
+    assert layer.fast_path.pays_off(3, torch.device("cpu"), "scs")
+    leaves = [v.clone().requires_grad_() for v in values]
+    (_, u_qp), info_qp = layer(*leaves, return_status=True)
+    assert all(st.ok for st in info_qp.status)
+    torch.testing.assert_close(u_qp, u_mpc, atol=1e-7, rtol=0)
+    u_qp.sum().backward()
+    assert all(torch.isfinite(leaf.grad).all() for leaf in leaves)

@@ -177,6 +177,8 @@ class LQRForm:
             ineq_counts (T+1,): how many.
         shapes, linear: the pieces θ̃ is mapped to (P, c, A_dyn, kappa, kappa0, b_dyn,
             b_init, a_E, A_E, P_E, c_E, b_E, and G, h with inequalities) and the map.
+        qp: with inequalities, the QP path that solves the problem where the compiled
+            interior point does not run (CUDA tensors, no numba).
     """
 
     structure: ConeStructure
@@ -192,6 +194,7 @@ class LQRForm:
     ineq_counts: np.ndarray
     shapes: dict
     linear: SparseLinear
+    qp: object = None
 
     @property
     def name(self) -> str:
@@ -245,14 +248,19 @@ class LQRForm:
         linear = compiled.param_map.linear.restrict(flat)
         return cls(
             st, n, m, T, x_cols, e_cols, e_rows, init_rows, dyn_rows, ineq_rows, ineq_counts,
-            shapes, linear,
+            shapes, linear, qp_form if ineq_rows.shape[1] else None,
         )  # fmt: skip
+
+    def _compiled(self, device: torch.device) -> bool:
+        """Whether the compiled interior point runs for tensors on `device`."""
+        return device.type == "cpu" and mpc.kernels() is not None
 
     def pays_off(self, batch: int, device: torch.device, mode: str) -> bool:
         """Always without inequalities: a recursion costs less than any generic solve.
-        With them, on CPU tensors where the compiled kernels load (the interior point is
-        compiled code only; CUDA tensors go to the generic modes)."""
-        return not self.constrained or (device.type == "cpu" and mpc.kernels() is not None)
+        With them, where the compiled interior point runs; elsewhere as the QP path."""
+        if not self.constrained or self._compiled(device):
+            return True
+        return self.qp.pays_off(batch, device, mode)
 
     def describe(self) -> str:
         sizes = f"{self.n} states, {self.m} controls, horizon {self.T}"
@@ -276,8 +284,11 @@ class LQRForm:
 
         warm_start: (x, shift), x (B, n) a previous solution of the cone program (or None):
         with inequalities, the interior point starts from its stage variables shifted by
-        `shift` stages (the last one repeated), as in receding-horizon control."""
+        `shift` stages (the last one repeated), as in receding-horizon control. Where the
+        compiled interior point does not run, the QP path solves the problem."""
         st, dev = self.structure, theta.device
+        if self.constrained and not self._compiled(dev):
+            return self.qp.solve(theta, settings, failed_gradient)
         d = split_pieces(self.linear, self.shapes, theta)
         pad_E = torch.as_tensor(self.e_cols < 0, device=dev)
         a_E = d["a_E"] + pad_E.to(theta.dtype)  # padding: a = 1, everything else 0

@@ -16,7 +16,10 @@ A Newton step of Mehrotra's predictor-corrector method eliminates Δs, Δμ (wei
 D = μ/s) and is then the KKT system of an LQR problem with stage Hessians
 H_t = C_t + G_tᵀ D_t G_t, linear terms from the residuals and the dynamics' residuals as
 offsets: one Riccati factorization per iteration (`_factor`, O(S N³)), two sweeps
-(`_sweep`) for the predictor and the corrector. The start needs no feasible point.
+(`_sweep`) for the predictor and the corrector. The start (`_start`) needs no feasible
+point. The answer is polished to the exact solution of its active set (`_polish`), and the
+backward (`adjoint_one`) solves the KKT system at the solution, both by the same recursion
+with iterative refinement (`_kkt_solve`).
 
 Arrays: C (S, N, N), c (S, N), F (S − 1, n, N), f (S − 1, n), G (S, K, N), h (S, K) with
 rows k ≥ rows[t] of stage t unused (padding), x_init (n,). Kernels are pure functions of

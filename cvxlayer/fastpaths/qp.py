@@ -62,7 +62,6 @@ _D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
 # enough for refinement to converge fast, small enough to keep H's conditioning moderate
 _D_POLISH = {torch.float64: 1e8, torch.float32: 1e3}
 _REFINE_STEPS = 3
-_TINY_SLACK = 1e-30  # an exact zero of s or λ, as the compiled backward's scaling sees it
 _IPM_EPS = {torch.float64: 1e-8, torch.float32: 1e-4}
 _RETRY = 1e-3  # an element whose polish fails iterates on until its gap is this much smaller
 # an element that meets the user's tolerance ends at its best iterate once it has not
@@ -604,39 +603,51 @@ def _torch_backward(qp: QPData) -> bool:
 
 def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     """(x, w, v) of `_refined_solve`'s system: on CPU tensors per element by the compiled
-    interior point's kernel (`ipm_compiled.adjoint_one`: the rows of A as equalities, those
-    of G as one-row cones with H = w_scale on free rows and H = ∞ on the others, clipped to
-    [1e-8, 1e8]); else batched with the torch factorization."""
+    interior point's kernel (`ipm_compiled.adjoint_one`), else batched with the torch
+    factorization. In the kernel's system the rows of A and the active rows of G (free,
+    w_scale = 0) are equalities, the free rows with w_scale > 0 (an interior point's) one-row
+    cones with H = w_scale, and the rows outside `free` are left out (w = 0): the active
+    set's KKT system exactly. (With H = 1e-8 standing for the active rows and 1e8 for the
+    dropped ones, the gradients of box-constrained LQR as a QP were up to 1.4e-4 off,
+    relative, where the multipliers are large: `tests/test_active_set.py`.)"""
     from cvxlayer.solvers import ipm
+    from cvxlayer.solvers.sparse_ldl import unused
 
     if _torch_backward(qp):
         return _refined_solve(qp, system.factored(qp), g_z, g_lam, g_nu)
     engine = ipm._compiled_engine()
     B, m, p = qp.h.shape[0], qp.h.shape[1], qp.b.shape[1]
-
-    one = torch.ones_like(system.w_scale)
-    zeros = qp.b.new_zeros(B, p)
-    # H = s/y per row: w_scale where free (0: active), ∞ where not; kept off exact zeros
-    # (the scaling needs interior points; the kernel clips H to [1e-8, 1e8] anyway)
-    s = torch.where(system.free, system.w_scale.clamp(min=_TINY_SLACK), one)
-    y = torch.where(system.free, one, _TINY_SLACK)
-    s, y = (as_array(torch.cat([zeros, t], 1)) for t in (s, y))
-    Q, rows = as_array(qp.Q), as_array(torch.cat([qp.A, qp.G], 1))
-    gx, gy, gs = as_array(g_z), as_array(torch.cat([g_nu, g_lam], 1)), np.zeros((B, p + m))
-    lay = engine.layout(ConeSpec(zero=p, nonneg=m))[0]
-    pat = engine.kkt_pattern(Q, rows, p, lay)
+    equal = (system.free & (system.w_scale == 0)).cpu().numpy()
+    cone = (system.free & (system.w_scale > 0)).cpu().numpy()
+    Q, A, G, w_scale = (as_array(t) for t in (qp.Q, qp.A, qp.G, system.w_scale))
+    gx, g_nu_, g_lam_ = (as_array(t) for t in (g_z, g_nu, g_lam))
+    # elements whose rows are all cones (an interior point's system) share one pattern
+    interior = ~equal.any(1) & cone.all(1)
+    lay_all = engine.layout(ConeSpec(zero=p, nonneg=m))[0]
+    rows_all = np.concatenate([A, G], 1)
+    pat_all = engine.kkt_pattern(Q, rows_all[interior], p, lay_all) if interior.any() else None
     none = np.zeros((0, 3, 3))  # no nonsymmetric blocks
-    u, v = np.zeros_like(gx), np.zeros_like(gy)
+    x, w, v = np.zeros_like(gx), np.zeros((B, m)), np.zeros((B, p))
 
     def run(i):
+        e, c = np.flatnonzero(equal[i]), np.flatnonzero(cone[i])
+        k = p + e.size
+        if interior[i]:
+            rows, lay, pat = rows_all[i], lay_all, pat_all
+        else:
+            rows = np.concatenate([A[i], G[i, e], G[i, c]])
+            lay, pat = engine.layout(ConeSpec(zero=k, nonneg=c.size))[0], unused()
+        s = np.concatenate([np.zeros(k), w_scale[i, c]])
+        y = np.concatenate([np.zeros(k), np.ones(c.size)])
+        gy = np.concatenate([g_nu_[i], g_lam_[i, e], g_lam_[i, c]])
+        out = np.zeros_like(gy)
         engine.adjoint_one(
-            Q[i], rows[i], p, lay, pat, s[i], y[i], none, none, gx[i], gy[i], gs[i], u[i], v[i]
+            Q[i], rows, k, lay, pat, s, y, none, none, gx[i], gy, np.zeros_like(gy), x[i], out
         )
+        v[i], w[i, e], w[i, c] = out[:p], out[p:k], out[k:]
 
     for_each(run, range(B))
-    u, v = (torch.as_tensor(a, dtype=qp.Q.dtype) for a in (u, v))
-    # rows outside `free` have λ fixed at 0: no multiplier of their own (exactly, not 1e-8)
-    return u, torch.where(system.free, v[:, p:], 0.0), v[:, :p]
+    return tuple(torch.as_tensor(a, dtype=qp.Q.dtype, device=qp.Q.device) for a in (x, w, v))
 
 
 class _QPSolve(torch.autograd.Function):
