@@ -36,6 +36,7 @@ breakdown); the layer then re-solves it with the generic cone solver, which clas
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -611,7 +612,6 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     dropped ones, the gradients of box-constrained LQR as a QP were up to 1.4e-4 off,
     relative, where the multipliers are large: `tests/test_active_set.py`.)"""
     from cvxlayer.solvers import ipm
-    from cvxlayer.solvers.sparse_ldl import unused
 
     if _torch_backward(qp):
         return _refined_solve(qp, system.factored(qp), g_z, g_lam, g_nu)
@@ -623,7 +623,7 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     gx, g_nu_, g_lam_ = (as_array(t) for t in (g_z, g_nu, g_lam))
     # elements whose rows are all cones (an interior point's system) share one pattern
     interior = ~equal.any(1) & cone.all(1)
-    lay_all = engine.layout(ConeSpec(zero=p, nonneg=m))[0]
+    lay_all = _rows_layout(p, m)
     rows_all = np.concatenate([A, G], 1)
     pat_all = engine.kkt_pattern(Q, rows_all[interior], p, lay_all) if interior.any() else None
     none = np.zeros((0, 3, 3))  # no nonsymmetric blocks
@@ -636,7 +636,7 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
             rows, lay, pat = rows_all[i], lay_all, pat_all
         else:
             rows = np.concatenate([A[i], G[i, e], G[i, c]])
-            lay, pat = engine.layout(ConeSpec(zero=k, nonneg=c.size))[0], unused()
+            lay, pat = _rows_layout(k, c.size), _dense()
         s = np.concatenate([np.zeros(k), w_scale[i, c]])
         y = np.concatenate([np.zeros(k), np.ones(c.size)])
         gy = np.concatenate([g_nu_[i], g_lam_[i, e], g_lam_[i, c]])
@@ -648,6 +648,23 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
 
     for_each(run, range(B))
     return tuple(torch.as_tensor(a, dtype=qp.Q.dtype, device=qp.Q.device) for a in (x, w, v))
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_layout(equalities: int, cones: int):
+    """The compiled engine's layout of `equalities` zero rows and `cones` one-row cones
+    (kept: building it per element cost more than the element's solve)."""
+    from cvxlayer.solvers import ipm
+
+    return ipm._compiled_engine().layout(ConeSpec(zero=equalities, nonneg=cones))[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _dense():
+    """The compiled engine's pattern for a dense factorization."""
+    from cvxlayer.solvers.sparse_ldl import unused
+
+    return unused()
 
 
 class _QPSolve(torch.autograd.Function):
