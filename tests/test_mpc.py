@@ -208,3 +208,22 @@ def test_without_the_compiled_kernels_the_qp_path_solves_it(monkeypatch):
     torch.testing.assert_close(u_qp, u_mpc, atol=1e-7, rtol=0)
     u_qp.sum().backward()
     assert all(torch.isfinite(leaf.grad).all() for leaf in leaves)
+
+
+def test_mpc_gradients_match_the_residual_maps_dense_derivative():
+    """Against diffcp's method (the residual map's dense derivative, `fast_path=False`, at
+    native SCS's solution to 1e-11), with state and control bounds active."""
+    prob, params, variables = _box_lqr(3, 2, 5, form="bounds", state_bound=0.7)
+    values = _values(8, 3, 3, 2, spread=0.3, x_scale=0.5)  # a state bound is active
+    grads = []
+    for fast_path, args in ((True, {}), (False, {"eps": 1e-11, "max_iters": 200_000})):
+        layer = CvxpyLayer(prob, params, variables, fast_path=fast_path)
+        leaves = [v.clone().requires_grad_() for v in values]
+        x, u = layer(*leaves, solver_args=args)
+        (
+            u.sum() + (x * torch.linspace(-1, 1, 18, dtype=torch.float64).reshape(3, 6)).sum()
+        ).backward()
+        grads.append([leaf.grad for leaf in leaves])
+    assert CvxpyLayer(prob, params, variables).fast_path.name == "mpc"
+    for g_mpc, g_ref in zip(*grads):
+        torch.testing.assert_close(g_mpc, g_ref, rtol=1e-6, atol=1e-6 * float(g_ref.abs().max()))
