@@ -221,7 +221,7 @@ class CvxpyLayer(torch.nn.Module):
             mode = self._auto_mode(values)
         # with return_status, invalid elements are reported instead of raising (`_valid_rows`)
         valid = _valid_rows(self.compiled, values) if return_status else None
-        options = _checked_warm_start(options, values[0].shape[0], self.compiled.structure.n)
+        _check_warm_start(options.warm_start, values[0].shape[0], self.compiled.structure.n)
         if valid is None or bool(valid.all()):
             solution, mode = self._solve_batch(values, options, adjoint, mode)
         else:  # only with return_status: the other elements are solved, these reported
@@ -330,19 +330,15 @@ class CvxpyLayer(torch.nn.Module):
         return put_rows(solution, index, rest), f"{self.fast_path.name}+{mode}"
 
 
-def _checked_warm_start(options: CallOptions, batch: int, n: int) -> CallOptions:
-    """`options`, its warm start checked against this call: (batch, n), from a call of this
-    layer with the same batch size."""
-    warm = options.warm_start
-    if warm is None:
-        return options
-    if tuple(warm.shape) != (batch, n):
+def _check_warm_start(warm: torch.Tensor | None, batch: int, n: int) -> None:
+    """Raise unless the warm start fits this call: (batch, n), from a call of this layer
+    with the same batch size."""
+    if warm is not None and tuple(warm.shape) != (batch, n):
         raise ValueError(
             f"solver_args['warm_start'] holds a solution of shape {tuple(warm.shape)}; this "
             f"call needs ({batch}, {n}): the SolveInfo of a call of this layer with the same "
             "batch size"
         )
-    return options
 
 
 def _finisher(mode: str):

@@ -227,3 +227,27 @@ def test_mpc_gradients_match_the_residual_maps_dense_derivative():
     assert CvxpyLayer(prob, params, variables).fast_path.name == "mpc"
     for g_mpc, g_ref in zip(*grads):
         torch.testing.assert_close(g_mpc, g_ref, rtol=1e-6, atol=1e-6 * float(g_ref.abs().max()))
+
+
+def test_mpc_function_names_a_wrong_shape():
+    B, n, m, S = 2, 2, 1, 3
+    N = n + m
+    zeros = {"dtype": torch.float64}
+    args = [
+        torch.zeros(B, n, **zeros),
+        torch.eye(N, **zeros).expand(B, S, N, N),
+        torch.zeros(B, S, N, **zeros),
+        torch.zeros(B, S - 1, n, N, **zeros),
+        torch.zeros(B, S - 1, n, **zeros),
+        torch.zeros(B, S, 2, N, **zeros),
+        torch.ones(B, S, 2, **zeros),
+    ]
+    rows = np.full(S, 2)
+    xi, *_ = mpc(*args, rows)
+    assert xi.shape == (B, S, N)
+    bad = list(args)
+    bad[3] = torch.zeros(B, S, n, N, **zeros)  # one stage too many
+    with pytest.raises(ValueError, match="F has shape"):
+        mpc(*bad, rows)
+    with pytest.raises(ValueError, match="rows must lie"):
+        mpc(*args, np.full(S, 3))

@@ -22,6 +22,7 @@ Anything else stays on the QP path. The final stage gets a dummy control with co
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cvxpy as cp
@@ -286,7 +287,7 @@ class LQRForm:
         with inequalities, the interior point starts from its stage variables shifted by
         `shift` stages (the last one repeated), as in receding-horizon control. Where the
         compiled interior point does not run, the QP path solves the problem."""
-        st, dev = self.structure, theta.device
+        dev = theta.device
         if self.constrained and not self._compiled(dev):
             return self.qp.solve(theta, settings, failed_gradient)
         d = split_pieces(self.linear, self.shapes, theta)
@@ -303,7 +304,7 @@ class LQRForm:
         x_init = d["b_init"] / d["kappa0"]
         F = -d["A_dyn"] / d["kappa"].unsqueeze(-1)
         f = d["b_dyn"] / d["kappa"]
-        parts_y, parts_s = [], []
+        extra_y = ()
         if self.constrained:
             G, h = d["G"], d["h"]
             xi, lam, mu, status, iterations = mpc.mpc(
@@ -312,22 +313,29 @@ class LQRForm:
                 self._stage_guess(*warm_start),
             )  # fmt: skip
             slack = h - (G @ xi.unsqueeze(-1)).squeeze(-1)
-            parts_y.append((self.ineq_rows, mu))
-            parts_s.append((self.ineq_rows, slack))
+            extra_y = (mu,)
         else:
             xi, lam, status, iterations = self._unconstrained(x_init, C, c, F, f)
         x_E = (T_E @ xi.unsqueeze(-1)).squeeze(-1) + u_E
-        cone_x = _scatter(st.n, (self.x_cols, xi), (self.e_cols, x_E))
+        orders = self._orders
+        cone_x = _scatter(orders["x"], xi, x_E)
         y_E = -(d["P_E"] * x_E + d["c_E"]) / a_E
         cone_y = _scatter(
-            st.m,
-            (self.init_rows, -lam[:, 0] / d["kappa0"]),
-            (self.dyn_rows, -lam[:, 1:] / d["kappa"]),
-            (self.e_rows, y_E),
-            *parts_y,
+            orders["y"], -lam[:, 0] / d["kappa0"], -lam[:, 1:] / d["kappa"], y_E, *extra_y
         )
-        cone_s = _scatter(st.m, *parts_s) if parts_s else torch.zeros_like(cone_y)
+        cone_s = _scatter(orders["s"], slack) if self.constrained else torch.zeros_like(cone_y)
         return Solution(cone_x, cone_y, cone_s, status, iterations)
+
+    @functools.cached_property
+    def _orders(self) -> dict:
+        """`_scatter_order` of the cone program's x, y and s (once per form)."""
+        st, ineq = self.structure, (self.ineq_rows,) if self.constrained else ()
+        y = (self.init_rows, self.dyn_rows, self.e_rows, *ineq)
+        return {
+            "x": _scatter_order(st.n, self.x_cols, self.e_cols),
+            "y": _scatter_order(st.m, *y),
+            "s": _scatter_order(st.m, *ineq) if ineq else None,
+        }
 
     def _stage_guess(self, x: torch.Tensor | None, shift: int) -> torch.Tensor | None:
         """(B, T+1, N) the stage variables ξ_t of a cone program solution x (B, n), moved
@@ -358,19 +366,25 @@ class LQRForm:
         return torch.cat([x, u], 2), lam, status, torch.ones(B, dtype=torch.long)
 
 
-def _scatter(size: int, *parts) -> torch.Tensor:
-    """(B, size) with each (index array, values (B, *index.shape)) written at its indices;
-    index −1 entries are dropped."""
-    index = np.concatenate([ix.ravel() for ix, _ in parts])
-    values = torch.cat([v.reshape(v.shape[0], -1) for _, v in parts], 1)
+def _scatter_order(size: int, *indices: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(order, padded) for `_scatter`: order (size,) picks each entry from the concatenated
+    values of the index arrays (−1 entries dropped), pointing past their end (a zero pad,
+    padded True) where nobody writes."""
+    index = np.concatenate([ix.ravel() for ix in indices])
     keep = np.flatnonzero(index >= 0)
-    order = np.empty(size, dtype=np.int64)
+    order = np.full(size, index.size, dtype=np.int64)
     order[index[keep]] = keep
-    if len(keep) != size:  # entries nobody writes stay 0
-        missing = np.setdiff1d(np.arange(size), index[keep])
-        order[missing] = values.shape[1]
-        values = torch.nn.functional.pad(values, (0, 1))
-    return values[:, torch.as_tensor(order, device=values.device)]
+    return order, len(keep) != size
+
+
+def _scatter(scatter_order: tuple[np.ndarray, bool], *values: torch.Tensor) -> torch.Tensor:
+    """(B, size): values (B, *index.shape), one per index array of `scatter_order`, written
+    at their indices; entries nobody writes are 0."""
+    order, padded = scatter_order
+    flat = torch.cat([v.reshape(v.shape[0], -1) for v in values], 1)
+    if padded:
+        flat = torch.nn.functional.pad(flat, (0, 1))
+    return flat[:, torch.as_tensor(order, device=flat.device)]
 
 
 def _stage_pieces(

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from cvxlayer.solvers.base import Status
-from cvxlayer.solvers.elementwise import as_array, for_each
+from cvxlayer.solvers.elementwise import as_array, as_tensor, for_each
 
 _STATUS = {0: Status.SOLVED, 1: Status.MAX_ITERS, 2: Status.FAILURE}
 MAX_ITERS = 100  # per element (unstable dynamics at horizon 200 took 18)
@@ -37,8 +37,8 @@ MAX_ITERS = 100  # per element (unstable dynamics at horizon 200 took 18)
 
 @functools.lru_cache(maxsize=1)
 def kernels():
-    """The compiled kernels' module, or None where numba cannot load (the problems then go
-    to the generic modes)."""
+    """The compiled kernels' module, or None where numba cannot load (the layer's MPC path
+    then hands its problems to the QP path)."""
     try:
         from cvxlayer.fastpaths import mpc_kernels
     except Exception:  # numba missing or unusable on this platform
@@ -71,8 +71,7 @@ class _MPC(torch.autograd.Function):
         for_each(run, range(B))
         out["status"] = tuple(_STATUS[int(code)] for code in codes)
         out["iterations"] = torch.as_tensor(iterations)
-        like = c
-        xi_t, lam_t, mu_t = (torch.as_tensor(a, dtype=like.dtype) for a in (xi, lam, mu))
+        xi_t, lam_t, mu_t = (as_tensor(a, c) for a in (xi, lam, mu))
         ctx.arrays = (C_, F_, G_, rows, s)
         ctx.failed = torch.as_tensor(codes != 0)
         ctx.save_for_backward(xi_t, lam_t, mu_t)
@@ -94,7 +93,7 @@ class _MPC(torch.autograd.Function):
             )  # fmt: skip
 
         for_each(run, np.flatnonzero(~ctx.failed.numpy()))
-        d_xi, d_nu, d_mu = (torch.as_tensor(a, dtype=g_xi.dtype) for a in (d_xi, d_nu, d_mu))
+        d_xi, d_nu, d_mu = (as_tensor(a, g_xi) for a in (d_xi, d_nu, d_mu))
         outer = torch.einsum
         grad_C = -0.5 * (outer("bti,btj->btij", d_xi, xi_t) + outer("bti,btj->btij", xi_t, d_xi))
         grad_G = -(outer("btr,btj->btrj", mu_t, d_xi) + outer("btr,btj->btrj", d_mu, xi_t))
@@ -136,9 +135,24 @@ def mpc(
         ξ (B, S, N), costates λ (B, S, n), multipliers μ (B, S, K), differentiable w.r.t.
         every tensor argument (elements not solved get zero gradients); the per-element
         status and iteration counts.
+
+    Raises:
+        ValueError: shapes that do not fit together.
     """
     out: dict = {}
     rows = np.ascontiguousarray(rows, dtype=np.int64)
+    B, S, N = c.shape
+    n = x_init.shape[-1]
+    expected = {
+        "x_init": (x_init, (B, n)), "C": (C, (B, S, N, N)), "F": (F, (B, S - 1, n, N)),
+        "f": (f, (B, S - 1, n)), "G": (G, (B, S, G.shape[-2], N)), "h": (h, G.shape[:3]),
+        "rows": (rows, (S,)),
+    }  # fmt: skip
+    for name, (value, shape) in expected.items():
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"mpc: {name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    if (rows < 0).any() or (rows > G.shape[-2]).any():
+        raise ValueError(f"mpc: rows must lie in [0, {G.shape[-2]}], got {rows.tolist()}")
     C = 0.5 * (C + C.transpose(-1, -2))  # the cost reads ½ξᵀCξ: C's symmetric part
     settings = (eps_abs, eps_rel, max_iters, warm_start)
     xi, lam, mu = _MPC.apply(x_init, C, c, F, f, G, h, rows, settings, out)
