@@ -31,6 +31,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+# numba's cache keys on this file only: a change to this kernel there needs a touch here
+from cvxlayer.solvers.ipm_compiled import chol_solve_in_place
+
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 SOLVED, MAX_ITERS, FAILED = 0, 1, 2  # status codes
@@ -75,22 +78,6 @@ def _cholesky(Q, n, L):
         for i in range(j):
             L[i, j] = 0.0
     return True
-
-
-@njit(**_OPTIONS)
-def _cho_solve(L, b):
-    """b ← (L Lᵀ)⁻¹ b in place, b (M,)."""
-    M = L.shape[0]
-    for i in range(M):
-        v = b[i]
-        for k in range(i):
-            v -= L[i, k] * b[k]
-        b[i] = v / L[i, i]
-    for i in range(M - 1, -1, -1):
-        v = b[i]
-        for k in range(i + 1, M):
-            v -= L[k, i] * b[k]
-        b[i] = v / L[i, i]
 
 
 @njit(**_OPTIONS)
@@ -141,7 +128,7 @@ def _factor(H, F, n, L, K, V, Qxv, Q, W):
                 Qxv[t, i, j] = Q[i, n + j]
             for j in range(M):
                 col[j] = -Q[n + j, i]
-            _cho_solve(L[t], col)
+            chol_solve_in_place(L[t], col)
             for j in range(M):
                 K[t, j, i] = col[j]
         for i in range(n):
@@ -183,7 +170,7 @@ def _sweep(H, g, F, offset, x0, n, L, K, V, Qxv, k, xi, lam):
                     q[i] += F[t, j, i] * wj
         for j in range(M):
             k[t, j] = -q[n + j]
-        _cho_solve(L[t], k[t])
+        chol_solve_in_place(L[t], k[t])
         for i in range(n):
             acc = q[i]
             for j in range(M):
@@ -431,28 +418,9 @@ def _start(
 
 @njit(**_OPTIONS)
 def _residuals(
-    C,
-    c,
-    F,
-    f,
-    G,
-    h,
-    rows,
-    x_init,
-    eps_abs,
-    eps_rel,
-    xi,
-    lam,
-    mu,
-    s,
-    Gxi,
-    r_xi,
-    gt_mu,
-    r0,
-    r_dyn,
-    r_in,
-    res,
-):
+    C, c, F, f, G, h, rows, x_init, eps_abs, eps_rel, xi, lam, mu, s, Gxi, r_xi, gt_mu, r0,
+    r_dyn, r_in, res,
+):  # fmt: skip
     """The KKT residuals at (ξ, λ, μ, s) (Gxi = Gξ, r_ξ, r0 and r_dyn as in
     `_dynamics_residual`, r_in = Gξ + s − h; gt_mu scratch) and res = (primal residual,
     dual residual, gap sᵀμ). Returns the merit: the largest ratio of a residual to its
@@ -588,28 +556,9 @@ def solve_one(
     it, sigma, best, extra = 0, 0.0, np.inf, 0
     for it in range(max_iters + 1):
         merit = _residuals(
-            C,
-            c,
-            F,
-            f,
-            G,
-            h,
-            rows,
-            x_init,
-            eps_abs,
-            eps_rel,
-            xi,
-            lam,
-            mu,
-            s,
-            Gxi,
-            r_xi,
-            gt_mu,
-            r0,
-            r_dyn,
-            r_in,
-            res,
-        )
+            C, c, F, f, G, h, rows, x_init, eps_abs, eps_rel, xi, lam, mu, s, Gxi, r_xi,
+            gt_mu, r0, r_dyn, r_in, res,
+        )  # fmt: skip
         if not np.isfinite(merit):
             break
         if merit < best:  # within tolerance (merit ≤ 1), the best iterate is kept
@@ -704,7 +653,8 @@ def _polish(C, c, F, f, G, h, rows, x_init, eps_abs, eps_rel, merit, xi, lam, mu
             active[t, r] = mu[t, r] > s[t, r]
     x, nu, w = np.empty((S, N)), np.empty((S, n)), np.empty((S, R))
     Gx, s_p, mu_p = np.zeros((S, R)), np.ones((S, R)), np.zeros((S, R))
-    res = np.empty(3)
+    r_xi, gt_mu, r_in = np.empty((S, N)), np.empty((S, N)), np.zeros((S, R))
+    r0, r_dyn, res = np.empty(n), np.empty((S - 1, n)), np.empty(3)
     for _ in range(_POLISH_ROUNDS):
         for t in range(S):
             for r in range(rows[t]):
@@ -725,28 +675,9 @@ def _polish(C, c, F, f, G, h, rows, x_init, eps_abs, eps_rel, merit, xi, lam, mu
                 changed = changed or now != active[t, r]
                 active[t, r] = now
         polished = _residuals(
-            C,
-            c,
-            F,
-            f,
-            G,
-            h,
-            rows,
-            x_init,
-            eps_abs,
-            eps_rel,
-            x,
-            -nu,
-            mu_p,
-            s_p,
-            Gx,
-            np.empty((S, N)),
-            np.empty((S, N)),
-            np.empty(n),
-            np.empty((S - 1, n)),
-            np.zeros((S, R)),
-            res,
-        )
+            C, c, F, f, G, h, rows, x_init, eps_abs, eps_rel, x, -nu, mu_p, s_p, Gx, r_xi,
+            gt_mu, r0, r_dyn, r_in, res,
+        )  # fmt: skip
         if polished < merit:
             merit = polished
             xi[:, :], lam[:, :], mu[:, :], s[:, :] = x, -nu, mu_p, s_p

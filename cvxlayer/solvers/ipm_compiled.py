@@ -72,11 +72,10 @@ def _cholesky(M, L):
 
 
 @njit(**_OPTIONS)
-def _chol_solve(L, v):
-    """(L Lᵀ)⁻¹ v by two triangular substitutions (loops: n is small, and a BLAS call per
-    row would cost more than its arithmetic)."""
+def chol_solve_in_place(L, x):
+    """x ← (L Lᵀ)⁻¹ x by two triangular substitutions (loops: n is small, and a BLAS call
+    per row would cost more than its arithmetic); also the MPC kernels' (`mpc_kernels`)."""
     n = L.shape[0]
-    x = v.copy()
     for i in range(n):
         t = x[i]
         for k in range(i):
@@ -87,6 +86,13 @@ def _chol_solve(L, v):
         for k in range(i + 1, n):
             t -= L[k, i] * x[k]
         x[i] = t / L[i, i]
+
+
+@njit(**_OPTIONS)
+def _chol_solve(L, v):
+    """(L Lᵀ)⁻¹ v (`chol_solve_in_place` on a copy)."""
+    x = v.copy()
+    chol_solve_in_place(L, x)
     return x
 
 
