@@ -90,3 +90,33 @@ def plot_learned_sets(name, title, targets, snapshots, losses, draw, truth, lim,
     ax_loss.set(title="MSE of projections", xlabel="Adam step")
     ax_loss.grid(alpha=0.3)
     return save(fig, name)
+
+
+def imitate_dynamics(layer, x0, expert, truth, start, lr: float, iterations: int):
+    """Fit (A, B) = `start` (leaf tensors, updated in place) by Adam so that the layer's
+    (X, U) from x0 match the expert's; `truth` (A*, B*) only measures the model error.
+
+    Returns:
+        (imitation losses, ‖A − A*‖ + ‖B − B*‖) per step.
+    """
+    (X_exp, U_exp), (A_true, B_true), (A, B) = expert, truth, start
+    opt = torch.optim.Adam([A, B], lr=lr)
+    losses, errors = [], []
+    for _ in range(iterations):
+        opt.zero_grad()
+        X, U = layer(A, B, x0)
+        loss = (U - U_exp).square().mean() + (X - X_exp).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        errors.append(((A - A_true).norm() + (B - B_true).norm()).item())
+    return losses, errors
+
+
+def plot_imitation_loss(ax, losses, errors, title: str) -> None:
+    """The imitation loss and the model error per Adam step, log scale."""
+    ax.semilogy(losses, label="imitation loss (state and control MSE)")
+    ax.semilogy(errors, label="‖A − A*‖ + ‖B − B*‖")
+    ax.set(xlabel="Adam step", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)

@@ -10,7 +10,7 @@ recognizes it and uses the Riccati recursion, and its backward is a second LQR. 
 import cvxpy as cp
 import matplotlib.pyplot as plt
 import torch
-from _common import save
+from _common import imitate_dynamics, plot_imitation_loss, save
 
 from cvxlayer import CvxpyLayer
 
@@ -37,16 +37,9 @@ def main(iterations: int = 100, points: int = 32, T: int = 10):
         X_exp, U_exp = layer(A_true, B_true, x0)
     A = torch.nn.Parameter(torch.eye(n, dtype=torch.float64))
     B = torch.nn.Parameter(0.1 * torch.randn(n, m, generator=gen, dtype=torch.float64))
-    opt = torch.optim.Adam([A, B], lr=0.1)
-    losses, errors = [], []
-    for _ in range(iterations):
-        opt.zero_grad()
-        X, U = layer(A, B, x0)
-        loss = (U - U_exp).square().mean() + (X - X_exp).square().mean()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        errors.append(((A - A_true).norm() + (B - B_true).norm()).item())
+    losses, errors = imitate_dynamics(
+        layer, x0, (X_exp, U_exp), (A_true, B_true), (A, B), lr=0.1, iterations=iterations
+    )
     with torch.no_grad():
         X_fit, _ = layer(A, B, x0)
     print(
@@ -54,11 +47,7 @@ def main(iterations: int = 100, points: int = 32, T: int = 10):
         f"model error {errors[0]:.2f} -> {errors[-1]:.2f} in {iterations} Adam steps"
     )
     fig, (ax_loss, ax_traj) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.semilogy(losses, label="imitation loss (state and control MSE)")
-    ax_loss.semilogy(errors, label="‖A − A*‖ + ‖B − B*‖")
-    ax_loss.set(xlabel="Adam step", title="learning the dynamics through the LQR layer")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
+    plot_imitation_loss(ax_loss, losses, errors, "learning the dynamics through the LQR layer")
     for i, color in zip(range(3), ("tab:blue", "tab:orange", "tab:green")):
         ax_traj.plot(X_exp[i, 0], X_exp[i, 1], "-o", color=color, ms=3, label=f"expert {i}")
         ax_traj.plot(X_fit[i, 0], X_fit[i, 1], "--", color=color, lw=2, label=f"learned {i}")

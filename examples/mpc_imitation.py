@@ -16,7 +16,7 @@ solve for the backward. Adam fits (A, B) so that the layer's trajectories match 
 import cvxpy as cp
 import matplotlib.pyplot as plt
 import torch
-from _common import save
+from _common import imitate_dynamics, plot_imitation_loss, save
 
 from cvxlayer import CvxpyLayer
 
@@ -45,18 +45,11 @@ def main(iterations: int = 200, points: int = 64, T: int = 12, u_max: float = 0.
     saturated = float((U_exp.abs() > u_max - 1e-6).double().mean())
     A = torch.nn.Parameter(torch.eye(n, dtype=torch.float64))
     B = torch.nn.Parameter(0.1 * torch.randn(n, m, generator=gen, dtype=torch.float64))
-    opt = torch.optim.Adam([A, B], lr=0.05)
-    losses, errors = [], []
     with torch.no_grad():
         _, U_start = layer(A, B, x0)
-    for _ in range(iterations):
-        opt.zero_grad()
-        X, U = layer(A, B, x0)
-        loss = (U - U_exp).square().mean() + (X - X_exp).square().mean()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        errors.append(((A - A_true).norm() + (B - B_true).norm()).item())
+    losses, errors = imitate_dynamics(
+        layer, x0, (X_exp, U_exp), (A_true, B_true), (A, B), lr=0.05, iterations=iterations
+    )
     with torch.no_grad():
         _, U_fit = layer(A, B, x0)
     print(
@@ -65,11 +58,7 @@ def main(iterations: int = 200, points: int = 64, T: int = 12, u_max: float = 0.
         f"({100 * saturated:.0f}% of the expert's controls at the bound)"
     )
     fig, (ax_loss, ax_u) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.semilogy(losses, label="imitation loss (state and control MSE)")
-    ax_loss.semilogy(errors, label="‖A − A*‖ + ‖B − B*‖")
-    ax_loss.set(xlabel="Adam step", title="learning (A, B) through the MPC layer")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
+    plot_imitation_loss(ax_loss, losses, errors, "learning (A, B) through the MPC layer")
     steps = torch.arange(T)
     # the three initial states whose first control saturates most often
     shown = (U_exp[:, 0].abs() > u_max - 1e-6).sum(1).argsort(descending=True)[:3].tolist()
