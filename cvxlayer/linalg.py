@@ -35,16 +35,26 @@ def min_norm_solve(M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return scipy.linalg.lstsq(M, rhs, cond=cutoff, lapack_driver="gelsy", check_finite=False)[0]
 
 
+def namespace(t: torch.Tensor | np.ndarray):
+    """The array module of `t`: numpy for arrays, torch for tensors (for the few routines
+    written once for both, e.g. the QP stopping rule, checked in numpy on the CPU)."""
+    return np if isinstance(t, np.ndarray) else torch
+
+
 def mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Batched matrix-vector product (B, r, c) @ (B, c) → (B, r).
+    """Batched matrix-vector product (B, r, c) @ (B, c) → (B, r) (tensors or arrays).
 
     Written as a row vector times Mᵀ: on the CPU, torch's batched GEMV is several times
     faster in this orientation."""
+    if isinstance(v, np.ndarray):
+        return (v[..., None, :] @ M.swapaxes(-1, -2))[..., 0, :]
     return (v.unsqueeze(-2) @ M.transpose(-1, -2)).squeeze(-2)
 
 
 def mtv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Batched Mᵀv: (B, r, c), (B, r) → (B, c)."""
+    """Batched Mᵀv: (B, r, c), (B, r) → (B, c) (tensors or arrays)."""
+    if isinstance(v, np.ndarray):
+        return (v[..., None, :] @ M)[..., 0, :]
     return (v.unsqueeze(-2) @ M).squeeze(-2)
 
 
@@ -54,12 +64,14 @@ def coo_mv(
     """M v (B, size) for matrices sharing one sparsity pattern, entry k at (rows[k],
     cols[k]) with values (B, nnz) or (nnz,), through their nonzeros: O(B · nnz). Mᵀw is
     `coo_mv(values, cols, rows, w, n)`."""
-    return v.new_zeros(v.shape[0], size).index_add_(1, rows, values * v[:, cols])
+    return v.new_zeros(v.shape[0], size).index_add_(1, rows, values * v.index_select(1, cols))
 
 
 def inf_norm(t: torch.Tensor) -> torch.Tensor:
-    """(B,) the ∞-norm of each row of t (B, k); 0 for k = 0."""
-    return t.abs().amax(1) if t.shape[1] else t.new_zeros(t.shape[0])
+    """(B,) the ∞-norm of each row of t (B, k), a tensor or an array; 0 for k = 0."""
+    if not t.shape[1]:
+        return t.sum(1)
+    return abs(t).max(1) if isinstance(t, np.ndarray) else t.abs().amax(1)
 
 
 def finite_rows(t: torch.Tensor) -> list[bool]:

@@ -16,11 +16,11 @@ def test_singular_q_is_solved_by_proximal_iterations():
     G = torch.cat([torch.eye(n), -torch.eye(n)]).double()
     h = torch.ones(2 * n, dtype=torch.float64)
     Q = torch.zeros(n, n, dtype=torch.float64)
-    z, lam, _, flags, _ = active_set.solve_each(
+    z, lam, _, solved, _ = active_set.solve_each(
         Q[None].numpy(), q.numpy(), G[None].numpy(), h[None].numpy(),
         np.zeros((1, 0, n)), np.zeros((1, 0)), 1e-9, 1,
     )  # fmt: skip
-    assert flags[0] in active_set.SOLVED_FLAGS
+    assert solved[0]
     np.testing.assert_allclose(z[0], -np.sign(q[0].numpy()), atol=1e-12)
     # multipliers in our signs: Qz + q + Gᵀλ = 0, λ ≥ 0
     np.testing.assert_allclose(q[0].numpy() + G.numpy().T @ lam[0], 0, atol=1e-12)

@@ -13,7 +13,7 @@ conventions exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,20 +40,31 @@ class VariableRecovery:
     source: str = "x"
     scale: np.ndarray | None = None
     exp: bool = False
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n) primal and (B, m) dual solutions ↦ (B, *shape) values of the output."""
         v = x if self.source == "x" else y
         v_bar = torch.nn.functional.pad(v, (0, 1))
-        idx = torch.as_tensor(self.index, device=v.device)
+        idx, scale = self._tensors(v)
         flat = v_bar.index_select(1, idx)
-        if self.scale is not None:
-            flat = flat * torch.as_tensor(self.scale, dtype=v.dtype, device=v.device)
+        if scale is not None:
+            flat = flat * scale
         if self.exp:
             flat = torch.exp(flat)
         # column-major reshape: fill the reversed shape, then reverse the axes back
         out = flat.reshape(v.shape[0], *reversed(self.shape))
         return out.permute(0, *range(len(self.shape), 0, -1))
+
+    def _tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`index` and `scale` as tensors with `like`'s device (and dtype), made once each."""
+        key = (like.dtype, like.device)
+        if key not in self._cache:
+            scale = self.scale
+            if scale is not None:
+                scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
+            self._cache[key] = (torch.as_tensor(self.index, device=like.device), scale)
+        return self._cache[key]
 
 
 def expansion_index(leaf, lowered_size: int) -> np.ndarray:

@@ -24,10 +24,10 @@ import numpy as np
 
 from cvxlayer.solvers.elementwise import for_each
 
-# DAQP's exit flags: 1 optimal, 2 optimal with soft constraints relaxed; the others
-# (-1 infeasible, -2 cycling, -3 unbounded, -4 iteration limit, -5 nonconvex, -6 an
+# DAQP's exit flags: 1 optimal; the others (2 optimal with soft constraints relaxed, -1
+# infeasible, -2 cycling, -3 unbounded, -4 iteration limit, -5 nonconvex, -6 an
 # overdetermined initial working set) send the element to the interior point
-SOLVED_FLAGS = (1,)
+_SOLVED_FLAG = 1
 _EQUALITY, _INEQUALITY = 5, 0
 # allowed violation of a constraint left out of W, relative to the caller's tolerance: the
 # stopping rule (`qp._Iterate.converged`) then holds with room to spare
@@ -42,6 +42,9 @@ def _bound_rows(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     upper and one lower row per variable (the rest stay general rows)."""
     nonzero = G != 0
     single = (nonzero.sum(2) == 1).all(0)
+    if not single.any():
+        none = np.zeros(0, dtype=np.int64)
+        return none, none, none.astype(bool)
     column = nonzero[0].argmax(1)
     rows = np.flatnonzero(single & nonzero[:, np.arange(G.shape[1]), column].all(0))
     coef = G[:, rows, column[rows]]
@@ -72,38 +75,41 @@ def solve_each(
     simple bounds, which it handles without row products (2× faster on a box QP, n = 100).
 
     Returns:
-        z (B, n), λ (B, m), ν (B, p), exit flags (B,) and iterations (B,).
+        z (B, n), λ (B, m), ν (B, p), solved (B,) bool (DAQP's exit flag says optimal) and
+        iterations (B,).
     """
     B, n = q.shape
     m, p = h.shape[1], b.shape[1]
     bound, column, upper = _bound_rows(G)
-    general = np.setdiff1d(np.arange(m), bound)
-    coef = G[:, bound, column]  # (B, k): the bound is h / coef on its side
-    lb, ub = np.full((B, n), _NO_LOWER), np.full((B, n), -_NO_LOWER)
+    k = n if bound.size else 0  # DAQP's simple bounds: on every variable, or none
+    general = np.ones(m, dtype=bool)
+    general[bound] = False
+    general = np.flatnonzero(general)
+    g = general.size
+    coef = G[:, bound, column]  # (B, bounds): the bound is h / coef on its side
+    lb, ub = np.full((B, k), _NO_LOWER), np.full((B, k), -_NO_LOWER)
     ub[:, column[upper]] = h[:, bound[upper]] / coef[:, upper]
     lb[:, column[~upper]] = h[:, bound[~upper]] / coef[:, ~upper]
-    rows = np.concatenate([A, G[:, general]], axis=1)
+    rows = G if p == 0 and g == m else np.concatenate([A, G[:, general]], axis=1)
     upper_all = np.concatenate([ub, b, h[:, general]], axis=1)
-    lower_all = np.concatenate([lb, b, np.full((B, general.size), _NO_LOWER)], axis=1)
-    sense = np.array(
-        [_INEQUALITY] * n + [_EQUALITY] * p + [_INEQUALITY] * general.size, dtype=np.intc
-    )
+    lower_all = np.concatenate([lb, b, np.full((B, g), _NO_LOWER)], axis=1)
+    sense = np.repeat(np.array([_INEQUALITY, _EQUALITY, _INEQUALITY], dtype=np.intc), [k, p, g])
     tol = max(_PRIMAL_TOL_FRACTION * eps, _PRIMAL_TOL_FLOOR)
-    z, mult = np.zeros_like(q), np.zeros((B, n + p + general.size))
-    flags, iterations = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
+    z, mult = np.zeros_like(q), np.zeros((B, k + p + g))
+    solved, iterations = np.zeros(B, dtype=bool), np.zeros(B, dtype=np.int64)
 
     def run(i):
         x, _, flag, info = daqp.solve(
             Q[i], q[i], rows[i], upper_all[i], lower_all[i], sense, primal_tol=tol, eps_prox=-1
         )
-        flags[i], iterations[i] = flag, info["iterations"]
-        if flag in SOLVED_FLAGS:
+        solved[i], iterations[i] = flag == _SOLVED_FLAG, info["iterations"]
+        if solved[i]:
             z[i], mult[i] = x, info["lam"]
 
     for_each(run, range(B), workers)
     lam = np.zeros((B, m))
-    lam[:, general] = mult[:, n + p :]
+    lam[:, general] = mult[:, k + p :]
     # a bound's multiplier μ_j (> 0 upper, < 0 lower active) is g λ for its row g z_j ≤ h
     mu = mult[:, column]
     lam[:, bound] = np.where(upper == (mu > 0), mu / coef, 0.0)
-    return z, lam, mult[:, n : n + p], flags, iterations
+    return z, lam, mult[:, k : k + p], solved, iterations

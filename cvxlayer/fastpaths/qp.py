@@ -46,9 +46,9 @@ from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.errors import SolverError
 from cvxlayer.fastpaths import active_set
 from cvxlayer.fastpaths.batching import broadcast_batch
-from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv
+from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv, namespace
 from cvxlayer.solvers.base import Status, floor_tolerance
-from cvxlayer.solvers.elementwise import as_array, for_each
+from cvxlayer.solvers.elementwise import as_array, as_tensor, for_each
 
 # IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
 MAX_ITERS = 50
@@ -270,7 +270,9 @@ class PDIPMResult:
 
 
 class _Iterate:
-    """z, s, λ, ν of the running elements and their KKT residuals."""
+    """z, s, λ, ν of the running elements and their KKT residuals (tensors, or numpy arrays
+    with a `QPData` of arrays: the active set's solutions are checked in numpy, where a
+    small batch costs a tenth of the torch operations' dispatch)."""
 
     def __init__(self, qp: QPData, z, s, lam, nu) -> None:
         self.z, self.s, self.lam, self.nu = z, s, lam, nu
@@ -284,7 +286,7 @@ class _Iterate:
         self.r_eq = self.Az - qp.b
         m = s.shape[1]
         self.gap = (s * lam).sum(1)
-        self.mu = self.gap / m if m else torch.zeros_like(self.gap)
+        self.mu = self.gap / m if m else self.gap * 0
 
     def converged(self, qp: QPData, eps_abs: float, eps_rel: float) -> torch.Tensor:
         """(B,) SCS's stopping rule on the primal and dual residuals and the gap sᵀλ:
@@ -298,18 +300,23 @@ class _Iterate:
 
     def merit(self, qp: QPData) -> torch.Tensor:
         """(B,) the smallest eps with `converged(eps, eps)`: max of residual / (1 + scale)."""
-        return torch.stack([r / (1 + scale) for r, scale in self._measures(qp)]).amax(0)
+        xp = namespace(self.z)
+        return xp.amax(xp.stack([r / (1 + scale) for r, scale in self._measures(qp)]), 0)
 
     def _measures(self, qp: QPData):
         """(residual, scale) of the primal, dual and gap conditions, each (B,)."""
-        n = inf_norm
-        res_pri = torch.maximum(n(self.r_ineq), n(self.r_eq))
-        scale_pri = torch.stack([n(self.Gz), n(self.s), n(qp.h), n(self.Az), n(qp.b)]).amax(0)
-        scale_dual = torch.stack([n(self.Qz), n(self.Gt_lam), n(self.At_nu), n(qp.q)]).amax(0)
+        n, xp = inf_norm, namespace(self.z)
+
+        def largest(*parts):
+            return xp.amax(xp.stack(parts), 0)
+
+        res_pri = xp.maximum(n(self.r_ineq), n(self.r_eq))
+        scale_pri = largest(n(self.Gz), n(self.s), n(qp.h), n(self.Az), n(qp.b))
+        scale_dual = largest(n(self.Qz), n(self.Gt_lam), n(self.At_nu), n(qp.q))
         zQz = (self.z * self.Qz).sum(1)
         qz = (qp.q * self.z).sum(1)
         dual_obj = (qp.h * self.lam).sum(1) + (qp.b * self.nu).sum(1)
-        scale_gap = torch.stack([zQz.abs(), qz.abs(), dual_obj.abs()]).amax(0)
+        scale_gap = largest(abs(zQz), abs(qz), abs(dual_obj))
         return (res_pri, scale_pri), (n(self.r_dual), scale_dual), (self.gap, scale_gap)
 
 
@@ -478,24 +485,24 @@ def solve_batch(
     if method == "ipm" or (method == "auto" and not _active_set_applies(qp)):
         return pdipm(qp, eps_abs, eps_rel, max_iters, verbose)
     eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
-    arrays = (as_array(t) for t in (qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b))
-    B = qp.q.shape[0]
-    *solution, flags, iterations = active_set.solve_each(*arrays, min(eps_abs, eps_rel))
-    z, lam, nu = (torch.as_tensor(t, dtype=qp.Q.dtype, device=qp.Q.device) for t in solution)
-    s = (qp.h - g_mv(qp, z)).clamp(min=0)
-    solved = torch.as_tensor(np.isin(flags, active_set.SOLVED_FLAGS), device=qp.Q.device)
-    solved &= _Iterate(qp, z, s, lam, nu).converged(qp, eps_abs, eps_rel)
+    a = QPData(*(as_array(t) for t in (qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b)))
+    B, device = qp.q.shape[0], qp.Q.device
+    z, lam, nu, solved, iterations = active_set.solve_each(
+        a.Q, a.q, a.G, a.h, a.A, a.b, min(eps_abs, eps_rel)
+    )
+    s = np.maximum(a.h - mv(a.G, z), 0.0)
+    solved &= _Iterate(a, z, s, lam, nu).converged(a, eps_abs, eps_rel)
     if verbose:
         print(f"[qp] active set: {int(solved.sum())} of {B} solved, iterations {iterations}")
-    ok = solved.nonzero().flatten()
-    everyone = len(ok) == B
+    active = torch.as_tensor(lam > 0, device=device)
+    z, s, lam, nu = (as_tensor(t, qp.Q) for t in (z, s, lam, nu))
+    ok, rest = (torch.as_tensor(np.flatnonzero(f), device=device) for f in (solved, ~solved))
     parts = []
     if len(ok):
-        part = qp if everyone else _select(qp, ok)
-        parts.append((ok, active_set_system(part, lam[ok] > 0, _torch_backward(qp))))
+        part, active = (qp, active) if len(ok) == B else (_select(qp, ok), active[ok])
+        parts.append((ok, active_set_system(part, active, _torch_backward(qp))))
     status = [Status.SOLVED] * B
     iterations = torch.as_tensor(iterations)
-    rest = (~solved).nonzero().flatten()
     if len(rest):
         ipm = pdipm(_select(qp, rest), eps_abs, eps_rel, max_iters, verbose)
         for t, t_ipm in zip((z, s, lam, nu), (ipm.z, ipm.s, ipm.lam, ipm.nu)):
@@ -688,9 +695,13 @@ class _QPSolve(torch.autograd.Function):
         s, status, iterations, system = ctx.rest
         sol = PDIPMResult(z, s, lam, nu, status, iterations, system)
         grads = qp_vjp(ctx.qp, sol, g_z, g_lam, g_nu)
-        failed = torch.tensor([not st.ok for st in status], device=g_z.device)
-        fill = float("nan") if ctx.failed_nan else 0.0
-        grads = tuple(torch.where(failed.view(-1, *([1] * (g.dim() - 1))), fill, g) for g in grads)
+        failed = [not st.ok for st in status]
+        if any(failed):
+            failed = torch.tensor(failed, device=g_z.device)
+            fill = float("nan") if ctx.failed_nan else 0.0
+            grads = tuple(
+                torch.where(failed.view(-1, *([1] * (g.dim() - 1))), fill, g) for g in grads
+            )
         return (*grads, None, None)
 
 

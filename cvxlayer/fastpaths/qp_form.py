@@ -31,7 +31,8 @@ carries the QP's gradients back to the parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def _positions(pattern, shape, row_sel, col_sel, symmetric: bool = False) -> np.
 def split_pieces(linear: SparseLinear, shapes: dict, theta: torch.Tensor) -> dict:
     """Apply a map θ̃ ↦ concatenated pieces and cut its output into the pieces,
     name ↦ (B, *shape)."""
-    parts = torch.split(linear(theta), [int(np.prod(s)) for s in shapes.values()], dim=1)
+    parts = torch.split(linear(theta), [math.prod(s) for s in shapes.values()], dim=1)
     return {k: t.reshape(theta.shape[0], *s) for (k, s), t in zip(shapes.items(), parts)}
 
 
@@ -97,7 +98,7 @@ def piece_rows(linear: SparseLinear, shapes: dict, key: str):
     """The rows of such a map that produce one piece (CSR), and the piece's shape."""
     start = 0
     for name, shape in shapes.items():
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         if name == key:
             return linear.matrix[start : start + size].tocsr(), shape
         start += size
@@ -135,6 +136,7 @@ class QPForm:
     linear: SparseLinear
     g_pattern: GPattern | None = None
     pinned: int = 0  # the first `pinned` of `elim` are pinned, the others lifted
+    _cache: dict = field(default_factory=dict, repr=False)
 
     name = "qp"
 
@@ -241,11 +243,7 @@ class QPForm:
         """Solve the batch with parameters θ̃ (B, p + 1) on the QP path; the cone program's
         x, y, s are returned, differentiable w.r.t. θ̃. (`warm_start` is not used here.)"""
         d = split_pieces(self.linear, self.shapes, theta)
-        dev = theta.device
-        K, E, R, eq, ineq = (
-            torch.as_tensor(ix, device=dev)
-            for ix in (self.keep, self.elim, self.elim_rows, self.eq_rows, self.ineq_rows)
-        )
+        K, E, R, eq, ineq, x_order, y_order = self._indices(theta.device)
         b, c, a_E, npin = d["b"], d["c"], d["a_E"], self.pinned
         h, b_eq = b[:, ineq], b[:, eq]
         # x_E = T x_K + u (pinned rows of A_RK are empty: T is zero there)
@@ -269,7 +267,7 @@ class QPForm:
         )
         # back to the cone program: x = (z, x_E), y = (y_R, ν, λ), s = (0, h − Gz)
         x_E = mv(T, z) + u
-        x = torch.cat([z, x_E], 1)[:, _order(self.keep, self.elim, device=dev)]
+        x = torch.cat([z, x_E], 1)[:, x_order]
         grad_E = eliminated_gradient(P_KE, P_EE, c_E, z, x_E)
         y_R = -grad_E / a_E
         if npin:  # a pinned column's other rows enter its stationarity
@@ -278,12 +276,23 @@ class QPForm:
             grad_P = grad_P + mtv(d["G_P"], lam) + mtv(d["A_eq_P"], nu)
             y_R = torch.cat([-grad_P / a_E[:, :npin], y_L], 1)
         y = torch.cat([y_R, nu, lam], 1)
-        y = y[:, _order(self.elim_rows, self.eq_rows, self.ineq_rows, device=dev)]
+        y = y[:, y_order]
         s_ineq = qp.h - mv(qp.G, z)
         s = torch.cat([s_ineq.new_zeros(s_ineq.shape[0], self.structure.cones.zero), s_ineq], 1)
         return Solution(x, y, s, result.status, result.iterations)
 
-
-def _order(*parts: np.ndarray, device) -> torch.Tensor:
-    """The permutation that puts the concatenation of index sets back in natural order."""
-    return torch.as_tensor(np.argsort(np.concatenate(parts)), device=device)
+    def _indices(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """K, E, R, the equality and inequality rows, and the permutations that put x = (z,
+        x_E) and y = (y_R, ν, λ) back in the cone program's order, as index tensors on
+        `device` (made once per device)."""
+        if device not in self._cache:
+            x_order = np.argsort(np.concatenate([self.keep, self.elim]))
+            y_order = np.argsort(np.concatenate([self.elim_rows, self.eq_rows, self.ineq_rows]))
+            self._cache[device] = tuple(
+                torch.as_tensor(ix, device=device)
+                for ix in (
+                    self.keep, self.elim, self.elim_rows, self.eq_rows, self.ineq_rows,
+                    x_order, y_order,
+                )
+            )  # fmt: skip
+        return self._cache[device]

@@ -57,6 +57,10 @@ def for_each(
     indices = np.asarray(indices)
     if workers is None:
         workers = max(1, min(torch.get_num_threads(), indices.size))
+    if workers == 1:
+        for i in indices:
+            run(i)
+        return
 
     def run_chunk(chunk):
         for i in chunk:
