@@ -1,5 +1,7 @@
 """The QP fast path: the batched interior-point solver, its backward, detection, fallback."""
 
+import dataclasses
+
 import cvxpy as cp
 import numpy as np
 import pytest
@@ -389,3 +391,49 @@ def test_auto_takes_the_qp_path_on_the_cpu_by_size_and_batch(monkeypatch):
             (sol,), info = layer(lo_v, return_status=True)
             assert info.mode == mode, (limit, batch)
             torch.testing.assert_close(sol, lo_v.clamp(min=0), atol=1e-5, rtol=0)
+
+
+def _folded_problems():
+    n = 4
+    x, w_var = cp.Variable(n), cp.Variable(n)
+    q, w, Lc = cp.Parameter(n), cp.Parameter(n), np.triu(np.ones((n, n))) + np.eye(n)
+    box = cp.Problem(cp.Minimize(cp.sum_squares(x - q)), [x <= 1, x >= -1])
+    coupled = [x + w_var <= 1, w_var == w, cp.sum(x) == 0.5]  # w_var pinned to w
+    pinned = cp.Problem(cp.Minimize(cp.sum_squares(Lc @ x + w_var) + q @ x), coupled)
+    return {"box": (box, [q], box.constraints), "pinned": (pinned, [q, w], coupled)}
+
+
+@pytest.mark.parametrize("name", sorted(_folded_problems()))
+def test_a_fixed_elimination_is_folded_into_the_map_and_changes_nothing(name):
+    """With a_E, A_RK and P free of parameters the reduced QP is formed at compile time
+    (`qp_form.Folded`); the answers, duals and gradients are those of the per-call
+    reduction to rounding."""
+    prob, params, constraints = _folded_problems()[name]
+    x = prob.variables()[0]
+    duals = [c.dual_variables[0] for c in constraints]
+    layer = CvxpyLayer(prob, params, [x, *duals])
+    assert layer.fast_path.folded is not None and layer.fast_path.elim.size > 0
+    per_call = CvxpyLayer(prob, params, [x, *duals])
+    per_call.fast_path = dataclasses.replace(per_call.fast_path, folded=None)
+    gen = torch.Generator().manual_seed(11)
+    values = [torch.randn(5, *p.shape, generator=gen, dtype=torch.float64) for p in params]
+    results = []
+    for lay in (layer, per_call):
+        leaves = [v.clone().requires_grad_() for v in values]
+        (outs, info) = lay(*leaves, solver_args={"eps": 1e-10}, return_status=True)
+        assert info.mode == "qp" and all(s is Status.SOLVED for s in info.status)
+        weights = torch.Generator().manual_seed(12)
+        sum(
+            (torch.randn(o.shape, generator=weights, dtype=o.dtype) * o).sum() for o in outs
+        ).backward()
+        results.append((outs, [leaf.grad for leaf in leaves]))
+    (outs_a, grads_a), (outs_b, grads_b) = results
+    # both solve the same QP (Q and q formed in another order: rounding, ~1e-15 relative)
+    for a, b in zip([*outs_a, *grads_a], [*outs_b, *grads_b]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    # and the folded one is the problem's solution (Clarabel at 1e-10)
+    for i in range(2):
+        for p, v in zip(params, values):
+            p.value = v[i].numpy()
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+        np.testing.assert_allclose(outs_a[0][i].detach().numpy(), x.value, atol=1e-6)

@@ -589,15 +589,20 @@ def _refined_solve(qp: QPData, system: AdjointSystem, r_z, r_lam, r_nu):
     return x, w, v
 
 
-def qp_vjp(qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu) -> tuple[torch.Tensor, ...]:
+def qp_vjp(
+    qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu, needed: tuple[bool, ...] = (True,) * 6
+) -> tuple[torch.Tensor | None, ...]:
     """Gradients (∇Q, ∇q, ∇G, ∇h, ∇A, ∇b) of ⟨g, (z, λ, ν)⟩ by OptNet's differentials, from
-    the factorization at the solution (module docstring)."""
+    the factorization at the solution (module docstring); None for those not `needed`."""
     z, lam, nu = sol.z, sol.lam, sol.nu
     d_z, d_lam, d_nu = _adjoint_solve(qp, sol.system, g_z, g_lam, g_nu)
-    outer = torch.einsum
-    grad_Q = -0.5 * (outer("bi,bj->bij", d_z, z) + outer("bi,bj->bij", z, d_z))
-    grad_G = -(outer("bi,bj->bij", lam, d_z) + outer("bi,bj->bij", d_lam, z))
-    grad_A = -(outer("bi,bj->bij", nu, d_z) + outer("bi,bj->bij", d_nu, z))
+
+    def outer(a, b, c, d):  # a bᵀ + c dᵀ
+        return torch.einsum("bi,bj->bij", a, b) + torch.einsum("bi,bj->bij", c, d)
+
+    grad_Q = -0.5 * outer(d_z, z, z, d_z) if needed[0] else None
+    grad_G = -outer(lam, d_z, d_lam, z) if needed[2] else None
+    grad_A = -outer(nu, d_z, d_nu, z) if needed[4] else None
     return grad_Q, -d_z, grad_G, d_lam, grad_A, d_nu
 
 
@@ -694,13 +699,14 @@ class _QPSolve(torch.autograd.Function):
         z, lam, nu = ctx.saved_tensors
         s, status, iterations, system = ctx.rest
         sol = PDIPMResult(z, s, lam, nu, status, iterations, system)
-        grads = qp_vjp(ctx.qp, sol, g_z, g_lam, g_nu)
+        grads = qp_vjp(ctx.qp, sol, g_z, g_lam, g_nu, ctx.needs_input_grad[:6])
         failed = [not st.ok for st in status]
         if any(failed):
             failed = torch.tensor(failed, device=g_z.device)
             fill = float("nan") if ctx.failed_nan else 0.0
             grads = tuple(
-                torch.where(failed.view(-1, *([1] * (g.dim() - 1))), fill, g) for g in grads
+                None if g is None else torch.where(failed.view(-1, *[1] * (g.dim() - 1)), fill, g)
+                for g in grads
             )
         return (*grads, None, None)
 

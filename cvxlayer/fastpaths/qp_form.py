@@ -26,15 +26,20 @@ rows follow from stationarity in x_E, lifted rows first:
 y_L = −((P x)_L + c_L) / a_L,  y_P = −((P x)_P + c_P + A_LPᵀ y_L + G_Pᵀ λ + A_eq,Pᵀ ν) / a_P.
 The dense blocks of the QP are read straight from θ̃ by one sparse linear map (the
 parametric map's rows for those entries); every step is a torch operation, so autograd
-carries the QP's gradients back to the parameters.
+carries the QP's gradients back to the parameters. Where a_E, A_RK, the pinned blocks and P
+depend on no parameter (projections such as ‖y − x‖² with x a parameter), T and Q are
+constants and q, h, b_eq, u linear in θ̃: that reduction is done once, at compile time
+(`Folded`), and a call reads the reduced QP from θ̃ directly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from cvxlayer.compile.parametric import ParametricMap, SparseLinear
@@ -105,6 +110,98 @@ def piece_rows(linear: SparseLinear, shapes: dict, key: str):
     raise KeyError(key)
 
 
+@dataclass(frozen=True, eq=False)
+class Folded:
+    """The reduced QP as pieces of θ̃ directly, found at compile time when the elimination
+    is fixed: when a_E, A_RK (so T), the pinned columns' blocks and P depend on no
+    parameter, Q and T are constants and q, h, b_eq, u are linear in θ̃ (the products with
+    T are formed once, as sparse matrices, instead of per call in torch).
+
+    Attributes:
+        linear: θ̃ ↦ the pieces that depend on parameters, flattened and concatenated;
+            shapes: their shapes, in order.
+        constants: the other pieces' values (float64 arrays).
+    """
+
+    linear: SparseLinear
+    shapes: dict
+    constants: dict
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, form: QPForm) -> Folded | None:
+        """The folded pieces of `form` (Q, q, G, h, A_eq, b_eq, T, u, c_E, a_E and the blocks
+        that the dual recovery reads), or None where the elimination reads a parameter."""
+        rows = {k: piece_rows(form.linear, form.shapes, k)[0] for k in form.shapes}
+        fixed = ("a_E", "A_RK", "A_LP", "G_P", "A_eq_P", "P_KK", "P_KE", "P_EE", "P_EE_diag")
+        if any(rows[k][:, :-1].nnz for k in fixed if k in rows):
+            return None
+
+        def value(key):
+            if key not in rows:
+                return None
+            return rows[key][:, -1].toarray().reshape(form.shapes[key])
+
+        npin, e, k = form.pinned, form.elim.size, form.keep.size
+        a_E, T = value("a_E"), -value("A_RK") / value("a_E")[:, None]
+        b, c = rows["b"], rows["c"]
+        u = sp.diags(1.0 / a_E) @ b[form.elim_rows]  # (e, p + 1): u = U θ̃
+        h, b_eq = b[form.ineq_rows], b[form.eq_rows]
+        if npin:
+            u_P = u[:npin]
+            u_L = u[npin:] - sp.diags(1.0 / a_E[npin:]) @ (value("A_LP") @ u_P)
+            u = sp.vstack([u_P, u_L])
+            h, b_eq = h - value("G_P") @ u_P, b_eq - value("A_eq_P") @ u_P
+        q = c[form.keep] + T.T @ c[form.elim]
+        Q = np.zeros((k, k))
+        P_KK, P_KE = value("P_KK"), value("P_KE")
+        if P_KK is not None:
+            diag = value("P_EE_diag")
+            P_EE = np.diag(diag) if diag is not None else value("P_EE")
+            Q = P_KK + T.T @ P_EE @ T
+            weight = T.T @ P_EE  # q's term (P_KE + Tᵀ P_EE) u
+            if P_KE is not None:
+                Q = Q + P_KE @ T + (P_KE @ T).T
+                weight = weight + P_KE
+            q = q + weight @ u
+        width = b.shape[1]
+
+        def fixed_rows(array):  # a constant as rows of the map (the last column)
+            flat = np.asarray(array, dtype=float).reshape(-1, 1)
+            return sp.hstack([sp.csr_matrix((flat.size, width - 1)), sp.csr_matrix(flat)])
+
+        reduced = {"Q": (fixed_rows(Q), (k, k)), "T": (fixed_rows(T), (e, k))}
+        for key, piece in (("q", q), ("h", h), ("b_eq", b_eq), ("u", u)):
+            reduced[key] = (sp.csr_matrix(piece), (piece.shape[0],))
+        reduced["c_E"] = (c[form.elim], (e,))
+        for key in ("a_E", "G", "A_eq", "A_LP", "G_P", "A_eq_P", "P_KE", "P_EE", "P_EE_diag"):
+            if key in rows:
+                reduced[key] = (rows[key], form.shapes[key])
+        params = {key: v for key, v in reduced.items() if v[0][:, :-1].nnz}
+        constants = {
+            key: v[0][:, -1].toarray().reshape(v[1])
+            for key, v in reduced.items()
+            if key not in params
+        }
+        matrix = sp.vstack([v[0] for v in params.values()] or [sp.csr_matrix((0, width))])
+        shapes = {key: v[1] for key, v in params.items()}
+        return cls(SparseLinear(sp.csr_matrix(matrix)), shapes, constants)
+
+    def pieces(self, theta: torch.Tensor) -> dict:
+        """name ↦ (B, *shape) for the batch θ̃ (B, p + 1); constants are broadcast views."""
+        key = (theta.dtype, theta.device)
+        if key not in self._cache:
+            self._cache[key] = {
+                name: torch.as_tensor(v, dtype=theta.dtype, device=theta.device).unsqueeze(0)
+                for name, v in self.constants.items()
+            }
+        B = theta.shape[0]
+        d = {name: t.expand(B, *t.shape[1:]) for name, t in self._cache[key].items()}
+        if self.shapes:
+            d.update(split_pieces(self.linear, self.shapes, theta))
+        return d
+
+
 # CPU batches from this size go to the QP path (measured crossover: 16–32 elements at
 # n = 10–50 on 2 cores, bench/overhead.py)
 QP_MIN_BATCH = 24
@@ -136,6 +233,7 @@ class QPForm:
     linear: SparseLinear
     g_pattern: GPattern | None = None
     pinned: int = 0  # the first `pinned` of `elim` are pinned, the others lifted
+    folded: Folded | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     name = "qp"
@@ -207,10 +305,11 @@ class QPForm:
                 pieces[key] = np.where(pos < 0, -1, p_off + pos)
         shapes = {key: pos.shape for key, pos in pieces.items()}
         linear = param_map.linear.restrict(np.concatenate([v.ravel() for v in pieces.values()]))
-        return cls(
+        form = cls(
             structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear, g_pattern,
             int(pinned.size),
         )  # fmt: skip
+        return dataclasses.replace(form, folded=Folded.build(form))
 
     def pays_off(self, batch: int, device: torch.device, mode: str) -> bool:
         """Whether the QP path beats the generic `mode`: never native Clarabel (0.6 s
@@ -242,21 +341,14 @@ class QPForm:
     ) -> Solution:
         """Solve the batch with parameters θ̃ (B, p + 1) on the QP path; the cone program's
         x, y, s are returned, differentiable w.r.t. θ̃. (`warm_start` is not used here.)"""
-        d = split_pieces(self.linear, self.shapes, theta)
-        K, E, R, eq, ineq, x_order, y_order = self._indices(theta.device)
-        b, c, a_E, npin = d["b"], d["c"], d["a_E"], self.pinned
-        h, b_eq = b[:, ineq], b[:, eq]
-        # x_E = T x_K + u (pinned rows of A_RK are empty: T is zero there)
-        T = -d["A_RK"] / a_E.unsqueeze(-1)
-        u = b[:, R] / a_E
-        if npin:
-            u_P = u[:, :npin]
-            u = torch.cat([u_P, u[:, npin:] - mv(d["A_LP"], u_P) / a_E[:, npin:]], 1)
-            h, b_eq = h - mv(d["G_P"], u_P), b_eq - mv(d["A_eq_P"], u_P)
-        c_E = c[:, E]
+        *_, x_order, y_order = self._indices(theta.device)
+        if self.folded is not None:
+            d = self.folded.pieces(theta)
+        else:
+            d = self._reduce(split_pieces(self.linear, self.shapes, theta), theta.device)
+        T, u, c_E, a_E, npin = d["T"], d["u"], d["c_E"], d["a_E"], self.pinned
         P_KE, P_EE = d.get("P_KE"), d.get("P_EE", d.get("P_EE_diag"))
-        Q, q = reduced_objective(d.get("P_KK"), P_KE, P_EE, c[:, K], c_E, T, u)
-        qp = QPData(Q, q, d["G"], h, d["A_eq"], b_eq, self.g_pattern)
+        qp = QPData(d["Q"], d["q"], d["G"], d["h"], d["A_eq"], d["b_eq"], self.g_pattern)
         z, lam, nu, result = qp_solve_differentiable(
             qp,
             settings.eps_abs,
@@ -280,6 +372,23 @@ class QPForm:
         s_ineq = qp.h - mv(qp.G, z)
         s = torch.cat([s_ineq.new_zeros(s_ineq.shape[0], self.structure.cones.zero), s_ineq], 1)
         return Solution(x, y, s, result.status, result.iterations)
+
+    def _reduce(self, d: dict, device: torch.device) -> dict:
+        """`d` (the pieces of θ̃) with the reduced QP's pieces added: x_E = T x_K + u (pinned
+        rows of A_RK are empty: T is zero there), Q, q, h, b_eq and c_E (module docstring)."""
+        K, E, R, eq, ineq, *_ = self._indices(device)
+        b, c, a_E, npin = d["b"], d["c"], d["a_E"], self.pinned
+        h, b_eq = b[:, ineq], b[:, eq]
+        T = -d["A_RK"] / a_E.unsqueeze(-1)
+        u = b[:, R] / a_E
+        if npin:
+            u_P = u[:, :npin]
+            u = torch.cat([u_P, u[:, npin:] - mv(d["A_LP"], u_P) / a_E[:, npin:]], 1)
+            h, b_eq = h - mv(d["G_P"], u_P), b_eq - mv(d["A_eq_P"], u_P)
+        c_E = c[:, E]
+        P_EE = d.get("P_EE", d.get("P_EE_diag"))
+        Q, q = reduced_objective(d.get("P_KK"), d.get("P_KE"), P_EE, c[:, K], c_E, T, u)
+        return {**d, "Q": Q, "q": q, "h": h, "b_eq": b_eq, "T": T, "u": u, "c_E": c_E}
 
     def _indices(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         """K, E, R, the equality and inequality rows, and the permutations that put x = (z,
