@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from cvxlayer import CvxpyLayer, solve_qp
-from cvxlayer.fastpaths import active_set
+from cvxlayer.fastpaths import active_set, qp
 
 
 def test_singular_q_is_solved_by_proximal_iterations():
@@ -137,3 +137,27 @@ def test_backward_is_the_active_sets_exact_kkt_system_at_large_multipliers():
         grads.append([leaf.grad for leaf in leaves])
     for g_qp, g_ref in zip(*grads):
         torch.testing.assert_close(g_qp, g_ref, rtol=1e-6, atol=1e-6 * float(g_ref.abs().max()))
+
+
+def test_dependent_active_rows_leave_the_batched_kkt_solve_for_the_engine():
+    """Two copies of one active row make the active set's KKT matrix singular: the batched
+    LU reports it and the element goes to the compiled engine's regularized solve. With
+    Q = I and rows e₀ (twice) active, [Q Cᵀ; C 0](x, w) = (g, 0) has the unique x =
+    (0, g₁, g₂); only the split w₀ + w₁ = g₀ of the multipliers is not unique."""
+    Q = torch.eye(3, dtype=torch.float64).expand(2, 3, 3)
+    G = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64)
+    G = G.expand(2, 3, 3)
+    active = torch.tensor([[True, True, False]] * 2)
+    g = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    none = torch.zeros(2, 0, 3, dtype=torch.float64)  # no equality rows
+    arrays = [t.numpy() for t in (Q, none, G, active)]
+    *_, ok = qp._active_set_kkt(*arrays, g.numpy(), np.zeros((2, 0)), np.zeros((2, 3)))
+    assert not ok.any()
+    data = qp.QPData(Q, g, G, torch.ones(2, 3, dtype=torch.float64), none, none[:, :, 0])
+    system = qp.active_set_system(data, active, factor=False)
+    x, w, _ = qp._adjoint_solve(data, system, g, torch.zeros_like(g), none[:, :, 0])
+    torch.testing.assert_close(
+        x, torch.stack([torch.zeros(2), g[:, 1], g[:, 2]], 1), atol=1e-9, rtol=0
+    )
+    torch.testing.assert_close(w[:, 0] + w[:, 1], g[:, 0], atol=1e-9, rtol=0)
+    assert (w[:, 2] == 0).all()

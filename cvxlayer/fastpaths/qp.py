@@ -48,7 +48,7 @@ from cvxlayer.fastpaths import active_set
 from cvxlayer.fastpaths.batching import broadcast_batch
 from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv, namespace
 from cvxlayer.solvers.base import Status, floor_tolerance
-from cvxlayer.solvers.elementwise import as_array, as_tensor, for_each
+from cvxlayer.solvers.elementwise import as_array, as_tensor, for_each, one_blas_thread
 
 # IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
 MAX_ITERS = 50
@@ -63,6 +63,11 @@ _D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
 # enough for refinement to converge fast, small enough to keep H's conditioning moderate
 _D_POLISH = {torch.float64: 1e8, torch.float32: 1e3}
 _REFINE_STEPS = 3
+# the backward solves the active sets' KKT systems (size n + p + m) by one batched LU up to
+# this size (measured: ~5 µs an element at 20, 70 at 100, 270 at 150, where the compiled
+# engine per element costs less), and accepts a solution whose residual is below this
+# fraction of the right-hand side's scale
+_BATCHED_KKT_MAX, _KKT_RESIDUAL = 120, 1e-11
 _IPM_EPS = {torch.float64: 1e-8, torch.float32: 1e-4}
 _RETRY = 1e-3  # an element whose polish fails iterates on until its gap is this much smaller
 # an element that meets the user's tolerance ends at its best iterate once it has not
@@ -633,13 +638,24 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     cone = (system.free & (system.w_scale > 0)).cpu().numpy()
     Q, A, G, w_scale = (as_array(t) for t in (qp.Q, qp.A, qp.G, system.w_scale))
     gx, g_nu_, g_lam_ = (as_array(t) for t in (g_z, g_nu, g_lam))
+    x, w, v = np.zeros_like(gx), np.zeros((B, m)), np.zeros((B, p))
+    todo = np.arange(B)
+    if qp.q.shape[1] + p + m <= _BATCHED_KKT_MAX:  # active sets' systems in one LAPACK call
+        todo = np.flatnonzero(cone.any(1))
+        sets = np.flatnonzero(~cone.any(1))
+        if sets.size:
+            part = (t[sets] for t in (Q, A, G, equal, gx, g_nu_, g_lam_))
+            x_s, w_s, v_s, ok = _active_set_kkt(*part)
+            x[sets], w[sets], v[sets] = x_s, w_s, v_s
+            todo = np.sort(np.concatenate([todo, sets[~ok]]))
+    if todo.size == 0:
+        return tuple(as_tensor(a, qp.Q) for a in (x, w, v))
     # elements whose rows are all cones (an interior point's system) share one pattern
     interior = ~equal.any(1) & cone.all(1)
     lay_all = _rows_layout(p, m)
     rows_all = np.concatenate([A, G], 1)
     pat_all = engine.kkt_pattern(Q, rows_all[interior], p, lay_all) if interior.any() else None
     none = np.zeros((0, 3, 3))  # no nonsymmetric blocks
-    x, w, v = np.zeros_like(gx), np.zeros((B, m)), np.zeros((B, p))
 
     def run(i):
         e, c = np.flatnonzero(equal[i]), np.flatnonzero(cone[i])
@@ -658,8 +674,39 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
         )
         v[i], w[i, e], w[i, c] = out[:p], out[p:k], out[k:]
 
-    for_each(run, range(B))
-    return tuple(torch.as_tensor(a, dtype=qp.Q.dtype, device=qp.Q.device) for a in (x, w, v))
+    for_each(run, todo)
+    return tuple(as_tensor(a, qp.Q) for a in (x, w, v))
+
+
+def _active_set_kkt(Q, A, G, active, g_x, g_nu, g_lam):
+    """The active set's KKT system of each element, solved by one LU per element (LAPACK,
+    through numpy, for the whole batch in one call):
+
+        [Q      Aᵀ  Gᵀ D ] [x]   [g_x  ]
+        [A      0   0    ] [v] = [g_ν  ]      D = diag(active): active rows are equalities,
+        [D G    0   D − I] [w]   [D g_λ]      the others have w = 0.
+
+    Arrays are batch first (numpy). Returns x, w, v and (B,) ok: False where the system is
+    singular or its residual is above rounding (dependent active rows, a singular Q on
+    their null space), left to the compiled engine's regularized, refined solve."""
+    B, n = g_x.shape
+    p, m = A.shape[1], G.shape[1]
+    N, d = n + p + m, active.astype(float)
+    K = np.zeros((B, N, N))
+    DG = d[:, :, None] * G
+    K[:, :n, :n] = Q
+    K[:, :n, n : n + p], K[:, n : n + p, :n] = A.swapaxes(1, 2), A
+    K[:, :n, n + p :], K[:, n + p :, :n] = DG.swapaxes(1, 2), DG
+    K[:, np.arange(n + p, N), np.arange(n + p, N)] = d - 1
+    rhs = np.concatenate([g_x, g_nu, d * g_lam], 1)
+    try:
+        with one_blas_thread():
+            sol = np.linalg.solve(K, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return g_x * 0, g_lam * 0, g_nu * 0, np.zeros(B, dtype=bool)
+    residual = abs(rhs - mv(K, sol)).max(1)
+    ok = np.isfinite(sol).all(1) & (residual <= _KKT_RESIDUAL * (1 + abs(rhs).max(1)))
+    return sol[:, :n], sol[:, n + p :], sol[:, n : n + p], ok
 
 
 @functools.lru_cache(maxsize=256)
