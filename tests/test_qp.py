@@ -406,15 +406,17 @@ def _folded_problems():
 @pytest.mark.parametrize("name", sorted(_folded_problems()))
 def test_a_fixed_elimination_is_folded_into_the_map_and_changes_nothing(name):
     """With a_E, A_RK and P free of parameters the reduced QP is formed at compile time
-    (`qp_form.Folded`); the answers, duals and gradients are those of the per-call
+    (`qp_form.folded_rows`); the answers, duals and gradients are those of the per-call
     reduction to rounding."""
     prob, params, constraints = _folded_problems()[name]
     x = prob.variables()[0]
     duals = [c.dual_variables[0] for c in constraints]
     layer = CvxpyLayer(prob, params, [x, *duals])
-    assert layer.fast_path.folded is not None and layer.fast_path.elim.size > 0
+    assert layer.fast_path.folded and layer.fast_path.elim.size > 0
     per_call = CvxpyLayer(prob, params, [x, *duals])
-    per_call.fast_path = dataclasses.replace(per_call.fast_path, folded=None)
+    form = per_call.fast_path
+    pieces = qp_form.Pieces.from_rows(qp_form.raw_rows(form))
+    per_call.fast_path = dataclasses.replace(form, pieces=pieces, folded=False)
     gen = torch.Generator().manual_seed(11)
     values = [torch.randn(5, *p.shape, generator=gen, dtype=torch.float64) for p in params]
     results = []

@@ -48,7 +48,7 @@ from cvxlayer.fastpaths import active_set
 from cvxlayer.fastpaths.batching import broadcast_batch
 from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv, namespace
 from cvxlayer.solvers.base import Status, floor_tolerance
-from cvxlayer.solvers.elementwise import as_array, as_tensor, for_each, one_blas_thread
+from cvxlayer.solvers.elementwise import as_array, as_tensor, for_each
 
 # IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
 MAX_ITERS = 50
@@ -634,20 +634,18 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
         return _refined_solve(qp, system.factored(qp), g_z, g_lam, g_nu)
     engine = ipm._compiled_engine()
     B, m, p = qp.h.shape[0], qp.h.shape[1], qp.b.shape[1]
-    equal = (system.free & (system.w_scale == 0)).cpu().numpy()
-    cone = (system.free & (system.w_scale > 0)).cpu().numpy()
     Q, A, G, w_scale = (as_array(t) for t in (qp.Q, qp.A, qp.G, system.w_scale))
     gx, g_nu_, g_lam_ = (as_array(t) for t in (g_z, g_nu, g_lam))
+    free = system.free.cpu().numpy()
+    equal, cone = free & (w_scale == 0), free & (w_scale > 0)
     x, w, v = np.zeros_like(gx), np.zeros((B, m)), np.zeros((B, p))
-    todo = np.arange(B)
+    done = np.zeros(B, dtype=bool)
     if qp.q.shape[1] + p + m <= _BATCHED_KKT_MAX:  # active sets' systems in one LAPACK call
-        todo = np.flatnonzero(cone.any(1))
         sets = np.flatnonzero(~cone.any(1))
         if sets.size:
             part = (t[sets] for t in (Q, A, G, equal, gx, g_nu_, g_lam_))
-            x_s, w_s, v_s, ok = _active_set_kkt(*part)
-            x[sets], w[sets], v[sets] = x_s, w_s, v_s
-            todo = np.sort(np.concatenate([todo, sets[~ok]]))
+            x[sets], w[sets], v[sets], done[sets] = _active_set_kkt(*part)
+    todo = np.flatnonzero(~done)
     if todo.size == 0:
         return tuple(as_tensor(a, qp.Q) for a in (x, w, v))
     # elements whose rows are all cones (an interior point's system) share one pattern
@@ -668,7 +666,7 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
         s = np.concatenate([np.zeros(k), w_scale[i, c]])
         y = np.concatenate([np.zeros(k), np.ones(c.size)])
         gy = np.concatenate([g_nu_[i], g_lam_[i, e], g_lam_[i, c]])
-        out = np.zeros_like(gy)
+        out, w[i] = np.zeros_like(gy), 0.0
         engine.adjoint_one(
             Q[i], rows, k, lay, pat, s, y, none, none, gx[i], gy, np.zeros_like(gy), x[i], out
         )
@@ -679,8 +677,9 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
 
 
 def _active_set_kkt(Q, A, G, active, g_x, g_nu, g_lam):
-    """The active set's KKT system of each element, solved by one LU per element (LAPACK,
-    through numpy, for the whole batch in one call):
+    """The active set's KKT system of each element, solved by one LU per element (torch's
+    LAPACK, the whole batch in one call; numpy's OpenBLAS was slower and its threads spin
+    after it):
 
         [Q      Aᵀ  Gᵀ D ] [x]   [g_x  ]
         [A      0   0    ] [v] = [g_ν  ]      D = diag(active): active rows are equalities,
@@ -699,13 +698,11 @@ def _active_set_kkt(Q, A, G, active, g_x, g_nu, g_lam):
     K[:, :n, n + p :], K[:, n + p :, :n] = DG.swapaxes(1, 2), DG
     K[:, np.arange(n + p, N), np.arange(n + p, N)] = d - 1
     rhs = np.concatenate([g_x, g_nu, d * g_lam], 1)
-    try:
-        with one_blas_thread():
-            sol = np.linalg.solve(K, rhs[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        return g_x * 0, g_lam * 0, g_nu * 0, np.zeros(B, dtype=bool)
+    sol, info = torch.linalg.solve_ex(torch.from_numpy(K), torch.from_numpy(rhs))
+    sol = sol.numpy()
     residual = abs(rhs - mv(K, sol)).max(1)
-    ok = np.isfinite(sol).all(1) & (residual <= _KKT_RESIDUAL * (1 + abs(rhs).max(1)))
+    ok = (info.numpy() == 0) & np.isfinite(sol).all(1)
+    ok &= residual <= _KKT_RESIDUAL * (1 + abs(rhs).max(1))
     return sol[:, :n], sol[:, n + p :], sol[:, n : n + p], ok
 
 

@@ -29,7 +29,7 @@ parametric map's rows for those entries); every step is a torch operation, so au
 carries the QP's gradients back to the parameters. Where a_E, A_RK, the pinned blocks and P
 depend on no parameter (projections such as ‖y − x‖² with x a parameter), T and Q are
 constants and q, h, b_eq, u linear in θ̃: that reduction is done once, at compile time
-(`Folded`), and a call reads the reduced QP from θ̃ directly.
+(`folded_rows`), and a call reads the reduced QP from θ̃ directly.
 """
 
 from __future__ import annotations
@@ -111,15 +111,14 @@ def piece_rows(linear: SparseLinear, shapes: dict, key: str):
 
 
 @dataclass(frozen=True, eq=False)
-class Folded:
-    """The reduced QP as pieces of θ̃ directly, found at compile time when the elimination
-    is fixed: when a_E, A_RK (so T), the pinned columns' blocks and P depend on no
-    parameter, Q and T are constants and q, h, b_eq, u are linear in θ̃ (the products with
-    T are formed once, as sparse matrices, instead of per call in torch).
+class Pieces:
+    """What a call reads from θ̃: named pieces, those that depend on parameters through one
+    sparse linear map, the others constants made once (broadcast over the batch, and never
+    differentiated: e.g. the bounds of a box QP, the ε·I of a regularized objective).
 
     Attributes:
-        linear: θ̃ ↦ the pieces that depend on parameters, flattened and concatenated;
-            shapes: their shapes, in order.
+        linear: θ̃ ↦ the parameter-dependent pieces, flattened and concatenated; shapes:
+            their shapes, in order.
         constants: the other pieces' values (float64 arrays).
     """
 
@@ -129,77 +128,91 @@ class Folded:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, form: QPForm) -> Folded | None:
-        """The folded pieces of `form` (Q, q, G, h, A_eq, b_eq, T, u, c_E, a_E and the blocks
-        that the dual recovery reads), or None where the elimination reads a parameter."""
-        rows = {k: piece_rows(form.linear, form.shapes, k)[0] for k in form.shapes}
-        fixed = ("a_E", "A_RK", "A_LP", "G_P", "A_eq_P", "P_KK", "P_KE", "P_EE", "P_EE_diag")
-        if any(rows[k][:, :-1].nnz for k in fixed if k in rows):
-            return None
-
-        def value(key):
-            if key not in rows:
-                return None
-            return rows[key][:, -1].toarray().reshape(form.shapes[key])
-
-        npin, e, k = form.pinned, form.elim.size, form.keep.size
-        a_E, T = value("a_E"), -value("A_RK") / value("a_E")[:, None]
-        b, c = rows["b"], rows["c"]
-        u = sp.diags(1.0 / a_E) @ b[form.elim_rows]  # (e, p + 1): u = U θ̃
-        h, b_eq = b[form.ineq_rows], b[form.eq_rows]
-        if npin:
-            u_P = u[:npin]
-            u_L = u[npin:] - sp.diags(1.0 / a_E[npin:]) @ (value("A_LP") @ u_P)
-            u = sp.vstack([u_P, u_L])
-            h, b_eq = h - value("G_P") @ u_P, b_eq - value("A_eq_P") @ u_P
-        q = c[form.keep] + T.T @ c[form.elim]
-        Q = np.zeros((k, k))
-        P_KK, P_KE = value("P_KK"), value("P_KE")
-        if P_KK is not None:
-            diag = value("P_EE_diag")
-            P_EE = np.diag(diag) if diag is not None else value("P_EE")
-            Q = P_KK + T.T @ P_EE @ T
-            weight = T.T @ P_EE  # q's term (P_KE + Tᵀ P_EE) u
-            if P_KE is not None:
-                Q = Q + P_KE @ T + (P_KE @ T).T
-                weight = weight + P_KE
-            q = q + weight @ u
-        width = b.shape[1]
-
-        def fixed_rows(array):  # a constant as rows of the map (the last column)
-            flat = np.asarray(array, dtype=float).reshape(-1, 1)
-            return sp.hstack([sp.csr_matrix((flat.size, width - 1)), sp.csr_matrix(flat)])
-
-        reduced = {"Q": (fixed_rows(Q), (k, k)), "T": (fixed_rows(T), (e, k))}
-        for key, piece in (("q", q), ("h", h), ("b_eq", b_eq), ("u", u)):
-            reduced[key] = (sp.csr_matrix(piece), (piece.shape[0],))
-        reduced["c_E"] = (c[form.elim], (e,))
-        for key in ("a_E", "G", "A_eq", "A_LP", "G_P", "A_eq_P", "P_KE", "P_EE", "P_EE_diag"):
-            if key in rows:
-                reduced[key] = (rows[key], form.shapes[key])
-        params = {key: v for key, v in reduced.items() if v[0][:, :-1].nnz}
+    def from_rows(cls, rows: dict) -> Pieces:
+        """From name ↦ (its rows of the map θ̃ ↦ pieces (CSR, size × (p + 1)), its shape)."""
+        params = {key: v for key, v in rows.items() if v[0][:, :-1].nnz}
         constants = {
-            key: v[0][:, -1].toarray().reshape(v[1])
-            for key, v in reduced.items()
-            if key not in params
+            key: v[0][:, -1].toarray().reshape(v[1]) for key, v in rows.items() if key not in params
         }
+        width = next(iter(rows.values()))[0].shape[1]
         matrix = sp.vstack([v[0] for v in params.values()] or [sp.csr_matrix((0, width))])
         shapes = {key: v[1] for key, v in params.items()}
         return cls(SparseLinear(sp.csr_matrix(matrix)), shapes, constants)
 
-    def pieces(self, theta: torch.Tensor) -> dict:
-        """name ↦ (B, *shape) for the batch θ̃ (B, p + 1); constants are broadcast views."""
-        key = (theta.dtype, theta.device)
+    def __call__(self, theta: torch.Tensor) -> dict:
+        """name ↦ (B, *shape) for the batch θ̃ (B, p + 1); constants are broadcast views
+        (kept for the last batch size: a loop calls with one size)."""
+        key = (theta.dtype, theta.device, theta.shape[0])
         if key not in self._cache:
+            self._cache.clear()
             self._cache[key] = {
-                name: torch.as_tensor(v, dtype=theta.dtype, device=theta.device).unsqueeze(0)
+                name: torch.as_tensor(v, dtype=theta.dtype, device=theta.device)
+                .unsqueeze(0)
+                .expand(theta.shape[0], *v.shape)
                 for name, v in self.constants.items()
             }
-        B = theta.shape[0]
-        d = {name: t.expand(B, *t.shape[1:]) for name, t in self._cache[key].items()}
+        d = dict(self._cache[key])
         if self.shapes:
             d.update(split_pieces(self.linear, self.shapes, theta))
         return d
+
+
+def raw_rows(form: QPForm) -> dict:
+    """The pieces of `form` (c, b, a_E, A_RK, G, A_eq, …) as `Pieces.from_rows` takes them."""
+    return {k: (piece_rows(form.linear, form.shapes, k)[0], form.shapes[k]) for k in form.shapes}
+
+
+def folded_rows(form: QPForm, raw: dict) -> dict | None:
+    """The reduced QP's pieces (Q, q, G, h, A_eq, b_eq, T, u, c_E, a_E and the blocks that the
+    dual recovery reads) as map rows, or None where the elimination reads a parameter: when
+    a_E, A_RK (so T), the pinned columns' blocks and P are constants, Q and T are too and q,
+    h, b_eq, u are linear in θ̃ (the products with T are formed here, once, as sparse
+    matrices, instead of per call)."""
+    fixed = ("a_E", "A_RK", "A_LP", "G_P", "A_eq_P", "P_KK", "P_KE", "P_EE", "P_EE_diag")
+    if any(raw[k][0][:, :-1].nnz for k in fixed if k in raw):
+        return None
+
+    def value(key):
+        if key not in raw:
+            return None
+        return raw[key][0][:, -1].toarray().reshape(raw[key][1])
+
+    npin, e, k = form.pinned, form.elim.size, form.keep.size
+    a_E, T = value("a_E"), -value("A_RK") / value("a_E")[:, None]
+    b, c = raw["b"][0], raw["c"][0]
+    u = sp.diags(1.0 / a_E) @ b[form.elim_rows]  # (e, p + 1): u = U θ̃
+    h, b_eq = b[form.ineq_rows], b[form.eq_rows]
+    if npin:
+        u_P = u[:npin]
+        u_L = u[npin:] - sp.diags(1.0 / a_E[npin:]) @ (value("A_LP") @ u_P)
+        u = sp.vstack([u_P, u_L])
+        h, b_eq = h - value("G_P") @ u_P, b_eq - value("A_eq_P") @ u_P
+    q = c[form.keep] + T.T @ c[form.elim]
+    Q = np.zeros((k, k))
+    P_KK, P_KE = value("P_KK"), value("P_KE")
+    if P_KK is not None:
+        diag = value("P_EE_diag")
+        P_EE = np.diag(diag) if diag is not None else value("P_EE")
+        Q = P_KK + T.T @ P_EE @ T
+        weight = T.T @ P_EE  # q's term (P_KE + Tᵀ P_EE) u
+        if P_KE is not None:
+            Q = Q + P_KE @ T + (P_KE @ T).T
+            weight = weight + P_KE
+        q = q + weight @ u
+    width = b.shape[1]
+
+    def fixed_rows(array):  # a constant as rows of the map (the last column)
+        flat = np.asarray(array, dtype=float).reshape(-1, 1)
+        return sp.hstack([sp.csr_matrix((flat.size, width - 1)), sp.csr_matrix(flat)])
+
+    rows = {"Q": (fixed_rows(Q), (k, k)), "T": (fixed_rows(T), (e, k))}
+    for key, piece in (("q", q), ("h", h), ("b_eq", b_eq), ("u", u)):
+        rows[key] = (sp.csr_matrix(piece), (piece.shape[0],))
+    rows["c_E"] = (c[form.elim], (e,))
+    for key in ("a_E", "G", "A_eq", "A_LP", "G_P", "A_eq_P", "P_KE", "P_EE", "P_EE_diag"):
+        if key in raw:
+            rows[key] = raw[key]
+    return rows
 
 
 # CPU batches from this size go to the QP path (measured crossover: 16–32 elements at
@@ -233,7 +246,8 @@ class QPForm:
     linear: SparseLinear
     g_pattern: GPattern | None = None
     pinned: int = 0  # the first `pinned` of `elim` are pinned, the others lifted
-    folded: Folded | None = None
+    pieces: Pieces | None = None  # what a call reads from θ̃
+    folded: bool = False  # whether `pieces` hold the reduced QP (`folded_rows`)
     _cache: dict = field(default_factory=dict, repr=False)
 
     name = "qp"
@@ -309,7 +323,10 @@ class QPForm:
             structure, keep, elim, elim_rows, eq_rows, ineq_rows, shapes, linear, g_pattern,
             int(pinned.size),
         )  # fmt: skip
-        return dataclasses.replace(form, folded=Folded.build(form))
+        raw = raw_rows(form)
+        folded = folded_rows(form, raw)
+        pieces = Pieces.from_rows(raw if folded is None else folded)
+        return dataclasses.replace(form, pieces=pieces, folded=folded is not None)
 
     def pays_off(self, batch: int, device: torch.device, mode: str) -> bool:
         """Whether the QP path beats the generic `mode`: never native Clarabel (0.6 s
@@ -342,10 +359,9 @@ class QPForm:
         """Solve the batch with parameters θ̃ (B, p + 1) on the QP path; the cone program's
         x, y, s are returned, differentiable w.r.t. θ̃. (`warm_start` is not used here.)"""
         *_, x_order, y_order = self._indices(theta.device)
-        if self.folded is not None:
-            d = self.folded.pieces(theta)
-        else:
-            d = self._reduce(split_pieces(self.linear, self.shapes, theta), theta.device)
+        d = self.pieces(theta)
+        if not self.folded:
+            d = self._reduce(d, theta.device)
         T, u, c_E, a_E, npin = d["T"], d["u"], d["c_E"], d["a_E"], self.pinned
         P_KE, P_EE = d.get("P_KE"), d.get("P_EE", d.get("P_EE_diag"))
         qp = QPData(d["Q"], d["q"], d["G"], d["h"], d["A_eq"], d["b_eq"], self.g_pattern)

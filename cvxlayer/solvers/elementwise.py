@@ -37,13 +37,6 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def one_blas_thread():
-    """A context in which BLAS/LAPACK (numpy's and scipy's OpenBLAS) runs on one thread:
-    its own threads otherwise spin after each call and slow torch's that follow (measured:
-    a batch of eight 100 × 100 solves 0.6 → 3.9 ms, and the torch operations after it ~2×)."""
-    return _blas().limit(limits=1, user_api="blas")
-
-
 def map_chunks(run: Callable[[Sequence[int]], list], chunks: Sequence, workers: int) -> list:
     """[run(chunk) for chunk in chunks], flattened, on `workers` threads.
 
@@ -51,7 +44,7 @@ def map_chunks(run: Callable[[Sequence[int]], list], chunks: Sequence, workers: 
     already has a core, and OpenBLAS's own threads then fight the workers and spin after
     (measured: a policy rollout's backward 1.6× slower with them)."""
     if workers > 1:
-        with one_blas_thread():
+        with _blas().limit(limits=1, user_api="blas"):
             return [out for part in _pool(workers).map(run, chunks) for out in part]
     return [out for chunk in chunks for out in run(chunk)]
 
