@@ -61,18 +61,19 @@ class KKTAdjoint:
         if engine is None or not active:
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
         ipm_compiled, lay, p = engine
-        st = program.structure
-        ops = SparseOps.of(st, program.b.device)
-        A_dense, P_dense = ops.dense(program.A, program.P)
-
-        A = as_array(A_dense)
-        P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else as_array(P_dense)
         x, s, y = (as_array(t) for t in (solution.x, solution.s, solution.y))
         if lay.kinds.size:  # exponential or power cones: polished solutions on the boundary
             s, y = moved_inside(lay, p, s, y)
             inside = active
         else:
             inside = [i for i in active if ipm_compiled.interior(lay, s[i], y[i], p)]
+        if not inside:  # e.g. a first-order solver's solutions, on the cones' boundary
+            return self.fallback.vjp(program, solution, dx, dy, ds, active)
+        st = program.structure
+        ops = SparseOps.of(st, program.b.device)
+        A_dense, P_dense = ops.dense(program.A, program.P)
+        A = as_array(A_dense)
+        P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else as_array(P_dense)
         gx, gy, gs = (as_array(t) for t in (dx, dy, ds))
         U, L_inv = moreau_scaling(program, solution.y, solution.s)
         pat = ipm_compiled.structure_pattern(st)
