@@ -10,6 +10,7 @@ from problems import CASES, solve_reference
 
 from cvxlayer import CvxpyLayer, SolverError, Status, solve_qp
 from cvxlayer.fastpaths import QPForm, qp_form
+from cvxlayer.fastpaths.qp import QPData, qp_solve_differentiable
 from cvxlayer.fastpaths.qp_form import QP_MIN_BATCH
 
 TIGHT = {"eps": 1e-9, "max_iters": 200_000}
@@ -439,3 +440,30 @@ def test_a_fixed_elimination_is_folded_into_the_map_and_changes_nothing(name):
             p.value = v[i].numpy()
         prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
         np.testing.assert_allclose(outs_a[0][i].detach().numpy(), x.value, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["active_set", "ipm"])
+def test_a_gram_objective_is_differentiated_through_its_rank_two_gradient(method):
+    """Q = Q₀ + Tᵀ diag(p) T given as `gram` (how the QP path passes ½‖Lz‖²): the solution
+    and the gradients in T and p are those of the same QP with Q formed by autograd."""
+    gen = torch.Generator().manual_seed(5)
+    B, n, e, m = 3, 4, 5, 6
+    f64 = {"generator": gen, "dtype": torch.float64}
+    T0, p0 = torch.randn(B, e, n, **f64), torch.rand(B, e, **f64) + 0.5
+    Q0 = 0.1 * torch.eye(n, dtype=torch.float64).expand(B, n, n)
+    q, G = torch.randn(B, n, **f64), torch.randn(B, m, n, **f64)
+    h = torch.rand(B, m, **f64)  # z = 0 is feasible; some rows are active
+    none = torch.zeros(B, 0, n, dtype=torch.float64)
+    w = torch.randn(B, n, **f64)
+    grads = []
+    for gram in (True, False):
+        T, p = T0.clone().requires_grad_(), p0.clone().requires_grad_()
+        Q = Q0 if gram else Q0 + T.transpose(1, 2) @ (p.unsqueeze(-1) * T)
+        data = QPData(Q, q, G, h, none, none[:, :, 0])
+        z, *_ = qp_solve_differentiable(
+            data, 1e-10, 1e-10, method=method, gram=(T, p) if gram else None
+        )
+        (z * w).sum().backward()
+        grads.append((z.detach(), T.grad, p.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)

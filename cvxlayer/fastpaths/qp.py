@@ -595,10 +595,20 @@ def _refined_solve(qp: QPData, system: AdjointSystem, r_z, r_lam, r_nu):
 
 
 def qp_vjp(
-    qp: QPData, sol: PDIPMResult, g_z, g_lam, g_nu, needed: tuple[bool, ...] = (True,) * 6
+    qp: QPData,
+    sol: PDIPMResult,
+    g_z,
+    g_lam,
+    g_nu,
+    needed: tuple[bool, ...] = (True,) * 6,
+    gram: tuple = (None, None),
+    gram_needed: tuple[bool, bool] = (False, False),
 ) -> tuple[torch.Tensor | None, ...]:
-    """Gradients (∇Q, ∇q, ∇G, ∇h, ∇A, ∇b) of ⟨g, (z, λ, ν)⟩ by OptNet's differentials, from
-    the factorization at the solution (module docstring); None for those not `needed`."""
+    """Gradients (∇Q, ∇q, ∇G, ∇h, ∇A, ∇b, ∇T, ∇p) of ⟨g, (z, λ, ν)⟩ by OptNet's
+    differentials, from the factorization at the solution (module docstring); None for
+    those not `needed`. With Q = Q₀ + Tᵀ diag(p) T (`gram`), ∇Q = −½(d_z zᵀ + z d_zᵀ) has
+    rank two, so ∇T = 2 diag(p) T ∇Q = −diag(p)((T d_z) zᵀ + (T z) d_zᵀ) and
+    ∇p = −(T d_z)∘(T z), without forming ∇Q."""
     z, lam, nu = sol.z, sol.lam, sol.nu
     d_z, d_lam, d_nu = _adjoint_solve(qp, sol.system, g_z, g_lam, g_nu)
 
@@ -608,7 +618,15 @@ def qp_vjp(
     grad_Q = -0.5 * outer(d_z, z, z, d_z) if needed[0] else None
     grad_G = -outer(lam, d_z, d_lam, z) if needed[2] else None
     grad_A = -outer(nu, d_z, d_nu, z) if needed[4] else None
-    return grad_Q, -d_z, grad_G, d_lam, grad_A, d_nu
+    grad_T = grad_p = None
+    T, p = gram
+    if T is not None and any(gram_needed):
+        T_dz, T_z = mv(T, d_z), mv(T, z)
+        if gram_needed[0]:
+            grad_T = -p.unsqueeze(-1) * outer(T_dz, z, T_z, d_z)
+        if gram_needed[1]:
+            grad_p = -T_dz * T_z
+    return grad_Q, -d_z, grad_G, d_lam, grad_A, d_nu, grad_T, grad_p
 
 
 def _torch_backward(qp: QPData) -> bool:
@@ -728,12 +746,15 @@ class _QPSolve(torch.autograd.Function):
     # node would be a reference cycle through the autograd graph, which Python's garbage
     # collector cannot see, and every call's tensors would stay alive.
     @staticmethod
-    def forward(ctx, Q, q, G, h, A, b, settings, out):
-        tensors = (t.detach() for t in (Q, q, G, h, A, b))
-        qp = QPData(*tensors, out["G_pattern"])
+    def forward(ctx, Q, q, G, h, A, b, T, p, settings, out):
+        Q, q, G, h, A, b = (t.detach() for t in (Q, q, G, h, A, b))
+        if T is not None:  # Q + Tᵀ diag(p) T
+            T, p = T.detach(), p.detach()
+            Q = torch.baddbmm(Q, T.transpose(1, 2), p.unsqueeze(-1) * T)
+        qp = QPData(Q, q, G, h, A, b, out["G_pattern"])
         sol = solve_batch(qp, *settings)
         out["result"] = sol
-        ctx.qp, ctx.failed_nan = qp, out["failed_gradient"] == "nan"
+        ctx.qp, ctx.gram, ctx.failed_nan = qp, (T, p), out["failed_gradient"] == "nan"
         ctx.rest = (sol.s, sol.status, sol.iterations, sol.system)
         ctx.save_for_backward(sol.z, sol.lam, sol.nu)
         return sol.z, sol.lam, sol.nu
@@ -743,7 +764,8 @@ class _QPSolve(torch.autograd.Function):
         z, lam, nu = ctx.saved_tensors
         s, status, iterations, system = ctx.rest
         sol = PDIPMResult(z, s, lam, nu, status, iterations, system)
-        grads = qp_vjp(ctx.qp, sol, g_z, g_lam, g_nu, ctx.needs_input_grad[:6])
+        needed = ctx.needs_input_grad
+        grads = qp_vjp(ctx.qp, sol, g_z, g_lam, g_nu, needed[:6], ctx.gram, needed[6:8])
         failed = [not st.ok for st in status]
         if any(failed):
             failed = torch.tensor(failed, device=g_z.device)
@@ -763,18 +785,22 @@ def qp_solve_differentiable(
     verbose: bool = False,
     failed_gradient: str = "zero",
     method: str = "auto",
+    gram: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PDIPMResult]:
     """`solve_batch` with autograd: (z, λ, ν) are differentiable w.r.t. every field of `qp`.
 
-    Elements not solved get a zero (or NaN: `failed_gradient="nan"`) gradient.
+    Elements not solved get a zero (or NaN: `failed_gradient="nan"`) gradient. With `gram`
+    = (T (B, e, n), p (B, e)) the objective's matrix is qp.Q + Tᵀ diag(p) T, formed here and
+    differentiated in T and p through the rank-two form of its gradient (`qp_vjp`): a
+    reduced objective ½‖Lz‖² then costs no (n × n)-sized products in the backward.
 
     Returns:
         z (B, n), λ (B, m), ν (B, p), and the detached `PDIPMResult` (status, iterations).
     """
     out = {"failed_gradient": failed_gradient, "G_pattern": qp.G_pattern}
-    z, lam, nu = _QPSolve.apply(
-        qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b, (eps_abs, eps_rel, max_iters, verbose, method), out
-    )
+    T, p = gram if gram is not None else (None, None)
+    settings = (eps_abs, eps_rel, max_iters, verbose, method)
+    z, lam, nu = _QPSolve.apply(qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b, T, p, settings, out)
     return z, lam, nu, out["result"]
 
 

@@ -372,6 +372,7 @@ class QPForm:
             min(settings.max_iters, MAX_ITERS),
             settings.verbose,
             failed_gradient,
+            gram=d.get("gram"),
         )
         # back to the cone program: x = (z, x_E), y = (y_R, ν, λ), s = (0, h − Gz)
         x_E = mv(T, z) + u
@@ -401,10 +402,17 @@ class QPForm:
             u_P = u[:, :npin]
             u = torch.cat([u_P, u[:, npin:] - mv(d["A_LP"], u_P) / a_E[:, npin:]], 1)
             h, b_eq = h - mv(d["G_P"], u_P), b_eq - mv(d["A_eq_P"], u_P)
-        c_E = c[:, E]
-        P_EE = d.get("P_EE", d.get("P_EE_diag"))
-        Q, q = reduced_objective(d.get("P_KK"), d.get("P_KE"), P_EE, c[:, K], c_E, T, u)
-        return {**d, "Q": Q, "q": q, "h": h, "b_eq": b_eq, "T": T, "u": u, "c_E": c_E}
+        c_E, P_KK, P_KE = c[:, E], d.get("P_KK"), d.get("P_KE")
+        P_EE, gram = d.get("P_EE", d.get("P_EE_diag")), None
+        if P_KK is not None and P_KE is None and "P_EE_diag" in d:
+            # Q = P_KK + Tᵀ diag(P_EE) T, formed and differentiated by the solve itself
+            # (`qp_solve_differentiable`'s gram): its gradient has rank two
+            Q, gram = P_KK, (T, P_EE)
+            q = c[:, K] + mtv(T, c_E + P_EE * u)
+        else:
+            Q, q = reduced_objective(P_KK, P_KE, P_EE, c[:, K], c_E, T, u)
+        reduced = {"Q": Q, "q": q, "h": h, "b_eq": b_eq, "T": T, "u": u, "c_E": c_E, "gram": gram}
+        return {**d, **reduced}
 
     def _indices(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         """K, E, R, the equality and inequality rows, and the permutations that put x = (z,
