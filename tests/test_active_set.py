@@ -151,7 +151,8 @@ def test_dependent_active_rows_leave_the_batched_kkt_solve_for_the_engine():
     g = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     none = torch.zeros(2, 0, 3, dtype=torch.float64)  # no equality rows
     arrays = [t.numpy() for t in (Q, none, G, active)]
-    *_, ok = qp._active_set_kkt(*arrays, g.numpy(), np.zeros((2, 0)), np.zeros((2, 3)))
+    bounds = active_set.bound_rows(arrays[2])[:2]  # row 0 bounds z₀; its copy stays general
+    *_, ok = qp._active_set_kkt(*arrays, g.numpy(), np.zeros((2, 0)), np.zeros((2, 3)), bounds)
     assert not ok.any()
     data = qp.QPData(Q, g, G, torch.ones(2, 3, dtype=torch.float64), none, none[:, :, 0])
     system = qp.active_set_system(data, active, factor=False)
@@ -161,3 +162,42 @@ def test_dependent_active_rows_leave_the_batched_kkt_solve_for_the_engine():
     )
     torch.testing.assert_close(w[:, 0] + w[:, 1], g[:, 0], atol=1e-9, rtol=0)
     assert (w[:, 2] == 0).all()
+
+
+def test_active_bounds_leave_the_batched_kkt_system_and_match_the_engine(monkeypatch):
+    """Bounds lo_j ≤ x_j ≤ hi_j that are active fix their variable in the backward's
+    batched solve (the rest is solved on the free variables); the gradients are those of
+    the compiled engine's solve of the whole system, and of the residual map at native
+    SCS's solution (an independent method)."""
+    n = 6
+    x, L, q, c = cp.Variable(n), cp.Parameter((n, n)), cp.Parameter(n), cp.Parameter(n)
+    lo, hi = cp.Parameter(n), cp.Parameter(n)  # bounds' gradients are their multipliers'
+    cons = [x <= hi, x >= lo, cp.sum(x) == 0.3, c @ x <= 0.5]
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L @ x) + q @ x), cons)
+    gen = torch.Generator().manual_seed(4)
+    f64 = {"generator": gen, "dtype": torch.float64}
+    values = [
+        torch.eye(n, dtype=torch.float64) + 0.2 * torch.randn(4, n, n, **f64),
+        3 * torch.randn(4, n, **f64),  # large enough for several bounds to be active
+        torch.randn(4, n, **f64),
+        -1 - 0.1 * torch.rand(4, n, **f64),
+        1 + 0.1 * torch.rand(4, n, **f64),
+    ]
+    weights = torch.randn(4, n, **f64)
+
+    def gradients(**kwargs):
+        layer = CvxpyLayer(prob, [L, q, c, lo, hi], [x], **kwargs)
+        leaves = [v.clone().requires_grad_() for v in values]
+        (sol,) = layer(*leaves, solver_args={"eps": 1e-10, "max_iters": 100_000})
+        (sol * weights).sum().backward()
+        return sol.detach(), [leaf.grad for leaf in leaves]
+
+    sol, batched = gradients()
+    at_bound = ((sol - values[3]).abs() < 1e-9) | ((sol - values[4]).abs() < 1e-9)
+    assert at_bound.sum() >= 4 and (batched[3] != 0).any() and (batched[4] != 0).any()
+    monkeypatch.setattr(qp, "_BATCHED_KKT_MAX", 0)  # every element through the engine
+    _, engine = gradients()
+    _, residual_map = gradients(fast_path=False, mode="scs")
+    for a, b, r in zip(batched, engine, residual_map):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(a, r, atol=1e-6 * float(r.abs().max()), rtol=1e-6)

@@ -42,7 +42,7 @@ _NO_LOWER = -1e30  # DAQP's "no lower bound"
 _THREADED_WORK = 1e6
 
 
-def _bound_rows(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bound_rows(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of G (B, m, n) that are bounds on one variable in every element: (rows,
     columns, upper) with upper True for g z_j ≤ h (g > 0), False for g < 0; at most one
     upper and one lower row per variable (the rest stay general rows)."""
@@ -77,7 +77,7 @@ def solve_each(
     A (B, p, n), b (B, p); `eps` the caller's tolerance; `workers` threads (default:
     torch's thread count where an element's work passes `_THREADED_WORK`, else one).
 
-    Rows of G that bound one variable (`_bound_rows`, e.g. box constraints) go to DAQP as
+    Rows of G that bound one variable (`bound_rows`, e.g. box constraints) go to DAQP as
     simple bounds, which it handles without row products (2× faster on a box QP, n = 100).
 
     Returns:
@@ -88,7 +88,7 @@ def solve_each(
     m, p = h.shape[1], b.shape[1]
     if workers is None and n * n * (n + m + p) < _THREADED_WORK:
         workers = 1
-    bound, column, upper = _bound_rows(G)
+    bound, column, upper = bound_rows(G)
     k = n if bound.size else 0  # DAQP's simple bounds: on every variable, or none
     general = np.ones(m, dtype=bool)
     general[bound] = False

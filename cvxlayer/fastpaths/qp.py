@@ -63,10 +63,10 @@ _D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
 # enough for refinement to converge fast, small enough to keep H's conditioning moderate
 _D_POLISH = {torch.float64: 1e8, torch.float32: 1e3}
 _REFINE_STEPS = 3
-# the backward solves the active sets' KKT systems (size n + p + m) by one batched LU up to
-# this size (measured: ~5 µs an element at 20, 70 at 100, 270 at 150, where the compiled
-# engine per element costs less), and accepts a solution whose residual is below this
-# fraction of the right-hand side's scale
+# the backward solves the active sets' KKT systems (size n + p + the rows that are not
+# bounds) by one batched LU up to this size (measured: ~5 µs an element at 20, 70 at 100,
+# 270 at 150, where the compiled engine per element costs less), and accepts a solution
+# whose residual is below this fraction of the right-hand side's scale
 _BATCHED_KKT_MAX, _KKT_RESIDUAL = 120, 1e-11
 _IPM_EPS = {torch.float64: 1e-8, torch.float32: 1e-4}
 _RETRY = 1e-3  # an element whose polish fails iterates on until its gap is this much smaller
@@ -658,11 +658,13 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     equal, cone = free & (w_scale == 0), free & (w_scale > 0)
     x, w, v = np.zeros_like(gx), np.zeros((B, m)), np.zeros((B, p))
     done = np.zeros(B, dtype=bool)
-    if qp.q.shape[1] + p + m <= _BATCHED_KKT_MAX:  # active sets' systems in one LAPACK call
+    bound_rows, bound_cols, _ = active_set.bound_rows(G)
+    if qp.q.shape[1] + p + m - bound_rows.size <= _BATCHED_KKT_MAX:  # one LAPACK call
         sets = np.flatnonzero(~cone.any(1))
         if sets.size:
             part = (t[sets] for t in (Q, A, G, equal, gx, g_nu_, g_lam_))
-            x[sets], w[sets], v[sets], done[sets] = _active_set_kkt(*part)
+            solved = _active_set_kkt(*part, (bound_rows, bound_cols))
+            x[sets], w[sets], v[sets], done[sets] = solved
     todo = np.flatnonzero(~done)
     if todo.size == 0:
         return tuple(as_tensor(a, qp.Q) for a in (x, w, v))
@@ -694,34 +696,64 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     return tuple(as_tensor(a, qp.Q) for a in (x, w, v))
 
 
-def _active_set_kkt(Q, A, G, active, g_x, g_nu, g_lam):
+def _active_set_kkt(Q, A, G, active, g_x, g_nu, g_lam, bounds):
     """The active set's KKT system of each element, solved by one LU per element (torch's
     LAPACK, the whole batch in one call; numpy's OpenBLAS was slower and its threads spin
-    after it):
+    after it). With D = diag(active) on the general rows (active rows are equalities, the
+    others have w = 0),
 
         [Q      Aᵀ  Gᵀ D ] [x]   [g_x  ]
-        [A      0   0    ] [v] = [g_ν  ]      D = diag(active): active rows are equalities,
-        [D G    0   D − I] [w]   [D g_λ]      the others have w = 0.
+        [A      0   0    ] [v] = [g_ν  ]
+        [D G    0   D − I] [w]   [D g_λ]
+
+    except that an active bound row (`bounds`: rows, columns, of G that bound one variable)
+    fixes its variable, x_j = g_λ,i / G_ij: x_j leaves the system (an identity row and
+    column), and the row's multiplier follows from stationarity in x_j afterwards. A box QP
+    is then a solve on its free variables.
 
     Arrays are batch first (numpy). Returns x, w, v and (B,) ok: False where the system is
     singular or its residual is above rounding (dependent active rows, a singular Q on
-    their null space), left to the compiled engine's regularized, refined solve."""
+    their null space, both bounds of a variable active), left to the compiled engine's
+    regularized, refined solve."""
     B, n = g_x.shape
-    p, m = A.shape[1], G.shape[1]
-    N, d = n + p + m, active.astype(float)
+    rows, cols = bounds
+    general = np.ones(G.shape[1], dtype=bool)
+    general[rows] = False
+    G_g, p, g = G[:, general], A.shape[1], int(general.sum())
+    N, d = n + p + g, active[:, general].astype(float)
     K = np.zeros((B, N, N))
-    DG = d[:, :, None] * G
+    DG = d[:, :, None] * G_g
     K[:, :n, :n] = Q
     K[:, :n, n : n + p], K[:, n : n + p, :n] = A.swapaxes(1, 2), A
     K[:, :n, n + p :], K[:, n + p :, :n] = DG.swapaxes(1, 2), DG
     K[:, np.arange(n + p, N), np.arange(n + p, N)] = d - 1
-    rhs = np.concatenate([g_x, g_nu, d * g_lam], 1)
+    rhs = np.concatenate([g_x, g_nu, d * g_lam[:, general]], 1)
+    # fixed variables: their columns move to the right-hand side, their rows become x_j = …
+    coef = G[:, rows, cols]
+    on = active[:, rows]
+    fixed, x_fixed = np.zeros((B, n), dtype=bool), np.zeros((B, n))
+    np.add.at(x_fixed.T, cols, (on * g_lam[:, rows] / np.where(on, coef, 1.0)).T)
+    np.add.at(fixed.T, cols, on.T)
+    twice = np.zeros((B, n), dtype=int)
+    np.add.at(twice.T, cols, on.T)
+    rhs -= mv(K[:, :, :n], x_fixed)
+    mask = np.zeros((B, N), dtype=bool)
+    mask[:, :n] = fixed
+    K[mask] = 0.0
+    K.swapaxes(1, 2)[mask] = 0.0
+    K[:, np.arange(n), np.arange(n)] += fixed
+    rhs[:, :n] = np.where(fixed, x_fixed, rhs[:, :n])
     sol, info = torch.linalg.solve_ex(torch.from_numpy(K), torch.from_numpy(rhs))
     sol = sol.numpy()
     residual = abs(rhs - mv(K, sol)).max(1)
-    ok = (info.numpy() == 0) & np.isfinite(sol).all(1)
+    ok = (info.numpy() == 0) & np.isfinite(sol).all(1) & (twice <= 1).all(1)
     ok &= residual <= _KKT_RESIDUAL * (1 + abs(rhs).max(1))
-    return sol[:, :n], sol[:, n + p :], sol[:, n : n + p], ok
+    x, v, w = sol[:, :n], sol[:, n : n + p], np.zeros_like(g_lam)
+    w[:, general] = sol[:, n + p :]
+    # a fixed variable's stationarity: Q x + Aᵀ v + G_gᵀ w_g + G_ij w_i = g_x at row j
+    rest = g_x - mv(Q, x) - mtv(A, v) - mtv(G_g, w[:, general])
+    w[:, rows] = np.where(on, rest[:, cols] / np.where(on, coef, 1.0), 0.0)
+    return x, w, v, ok
 
 
 @functools.lru_cache(maxsize=256)
