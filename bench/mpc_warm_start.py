@@ -1,7 +1,12 @@
 """Warm starts in receding-horizon control: iterations and time per call of the MPC path
 with and without the previous call's solution (shifted by one step) as the start.
 
-    python bench/mpc_warm_start.py [--steps 30] [--batch 32] [--horizon 20] [--out DIR]
+    python bench/mpc_warm_start.py [--steps 30] [--batch 32] [--horizon 20] [--path qp]
+                                   [--out DIR]
+
+With `--path qp` the same loop runs on the QP path (the problem as a dense QP, DAQP per
+element; its warm start is the previous solution as it is: DAQP's working set starts from
+the constraints active there).
 
 Closed loop on T7's systems (n = 10, m = 2, |u| ≤ 0.3, A = I + 0.1·randn, so some are
 unstable): at each step the layer plans from the current states, the first controls are
@@ -46,28 +51,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--horizon", type=int, default=20)
-    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--path", default="mpc", choices=("mpc", "qp"))
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     task = box_lqr(batch=args.batch, T=args.horizon)
     A, Bm, x0 = task.values
-    layer = CvxpyLayer(task.problem, task.parameters, [task.variable])
+    fast_path = "lqr" if args.path == "mpc" else "qp"
+    layer = CvxpyLayer(task.problem, task.parameters, [task.variable], fast_path=fast_path)
     rows, applied = {}, {}
     for warm in (False, True, False, True):  # twice each: the first pass compiles/warms up
         rows[warm], applied[warm] = closed_loop(layer, A, Bm, x0, args.steps, warm)
     diff = float((applied[True] - applied[False]).abs().max())
     lines = [
-        f"# Receding-horizon MPC: warm starts (T7 systems, horizon {args.horizon}, batch "
+        f"# Receding-horizon MPC on the {args.path.upper()} path: warm starts (T7 systems, "
+        f"horizon {args.horizon}, batch "
         f"{args.batch}, {args.steps} closed-loop steps, {torch.get_num_threads()} threads)",
         "",
         "| start | mean iterations per call | ms per call (median) |",
         "|---|---:|---:|",
     ]
-    for warm, name in ((False, "cold"), (True, "previous solution shifted by one step")):
+    previous = "previous solution" + (" shifted by one step" if args.path == "mpc" else "")
+    for warm, name in ((False, "cold"), (True, previous)):
         its = sum(r[1] for r in rows[warm]) / len(rows[warm])
         ms = sorted(r[0] for r in rows[warm])[len(rows[warm]) // 2] * 1e3
         lines.append(f"| {name} | {its:.1f} | {ms:.1f} |")
     lines += ["", f"Largest difference of the applied controls, cold vs warm: {diff:.1e}."]
-    out = Path(args.out)
+    out = Path(args.out or OUT.with_name(OUT.name + ("" if args.path == "mpc" else "_qp")))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

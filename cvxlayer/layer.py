@@ -54,7 +54,7 @@ class SolveInfo:
             unconverged (inaccurate, or its residuals beyond the tolerance) and native
             Clarabel finished it before it was differentiated.
         x: (B, n) the cone program's primal solution (detached): passed back as
-            `solver_args={"warm_start": info}`, it starts the next call (MPC path).
+            `solver_args={"warm_start": info}`, it starts the next call (MPC and QP paths).
     """
 
     status: tuple[Status, ...]
@@ -183,7 +183,7 @@ class CvxpyLayer(torch.nn.Module):
                 "lsqr", "diffcp"), `failed_gradient` ("zero", "nan"), `max_batch` (solve
                 the batch in chunks of at most this many elements: bounds peak memory) and
                 `warm_start` (a previous call's `SolveInfo`: its solution starts the MPC
-                path, shifted by `warm_start_shift` stages).
+                path, shifted by `warm_start_shift` stages, and the QP path's active set).
                 The keys cvxpylayers passes to diffcp (`mode`, `solve_method`,
                 `n_jobs_forward`, …, and those of SCS, ECOS, Clarabel) are accepted: mapped
                 where they have a meaning here, else ignored with a warning. Other keys raise

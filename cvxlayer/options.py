@@ -154,7 +154,7 @@ class CallOptions:
         generic_mode: the generic mode for this call (from diffcp's `solve_method`); None:
             the layer's.
         warm_start: (B, n) the cone program's x from a previous call (its `SolveInfo.x`),
-            where the MPC path starts; None: a cold start.
+            where the MPC path starts and the QP path's active set begins; None: cold.
         warm_start_shift: stages the MPC path shifts that guess by (receding horizon: 1).
     """
 

@@ -201,3 +201,23 @@ def test_active_bounds_leave_the_batched_kkt_system_and_match_the_engine(monkeyp
     for a, b, r in zip(batched, engine, residual_map):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
         torch.testing.assert_close(a, r, atol=1e-6 * float(r.abs().max()), rtol=1e-6)
+
+
+def test_a_previous_solution_warm_starts_the_active_set():
+    """`solver_args={"warm_start": info}` on the QP path: DAQP's working set starts from
+    the constraints active at the previous solution, so a nearby problem takes fewer
+    active-set iterations, and the answer is the cold solve's."""
+    n = 20
+    x, y = cp.Parameter(n), cp.Variable(n)
+    M = np.random.default_rng(2).standard_normal((3 * n, n))
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [M @ y <= 1])
+    layer = CvxpyLayer(prob, [x], [y])
+    gen = torch.Generator().manual_seed(3)
+    x0 = 3 * torch.randn(4, n, generator=gen, dtype=torch.float64)
+    x1 = x0 + 0.01 * torch.randn(4, n, generator=gen, dtype=torch.float64)
+    _, info = layer(x0, return_status=True)
+    (cold,), cold_info = layer(x1, return_status=True)
+    (warm,), warm_info = layer(x1, solver_args={"warm_start": info}, return_status=True)
+    assert warm_info.mode == "qp" and (cold_info.iterations >= 5).all()
+    assert (warm_info.iterations < cold_info.iterations).all()
+    torch.testing.assert_close(warm, cold, atol=1e-9, rtol=0)

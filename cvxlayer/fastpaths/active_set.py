@@ -72,10 +72,13 @@ def solve_each(
     b: np.ndarray,
     eps: float,
     workers: int | None = None,
+    start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """DAQP on every element of a batch: Q (B, n, n), q (B, n), G (B, m, n), h (B, m),
     A (B, p, n), b (B, p); `eps` the caller's tolerance; `workers` threads (default:
-    torch's thread count where an element's work passes `_THREADED_WORK`, else one).
+    torch's thread count where an element's work passes `_THREADED_WORK`, else one);
+    `start` (B, n) a guess of z (a previous call's solution): DAQP's working set then starts
+    from the constraints active there.
 
     Rows of G that bound one variable (`bound_rows`, e.g. box constraints) go to DAQP as
     simple bounds, which it handles without row products (2× faster on a box QP, n = 100).
@@ -107,9 +110,11 @@ def solve_each(
     solved, iterations = np.zeros(B, dtype=bool), np.zeros(B, dtype=np.int64)
 
     def run(i):
+        guess = None if start is None else start[i]
         x, _, flag, info = daqp.solve(
-            Q[i], q[i], rows[i], upper_all[i], lower_all[i], sense, primal_tol=tol, eps_prox=-1
-        )
+            Q[i], q[i], rows[i], upper_all[i], lower_all[i], sense,
+            primal_tol=tol, eps_prox=-1, primal_start=guess,
+        )  # fmt: skip
         solved[i], iterations[i] = flag == _SOLVED_FLAG, info["iterations"]
         if solved[i]:
             z[i], mult[i] = x, info["lam"]

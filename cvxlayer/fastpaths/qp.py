@@ -479,12 +479,14 @@ def solve_batch(
     max_iters: int = MAX_ITERS,
     verbose: bool = False,
     method: str = "auto",
+    start: torch.Tensor | None = None,
 ) -> PDIPMResult:
     """Solve a batch of QPs by the dual active set (`active_set.py`), the interior point
     (`pdipm`), or, with "auto", the active set where it is measured faster
     (`_active_set_applies`). Elements the active set does not solve, or whose solution
     misses the stopping rule, are solved by the interior point (which then reports
-    infeasible or difficult elements as it does alone)."""
+    infeasible or difficult elements as it does alone). `start` (B, n): a guess of z that
+    starts the active set's working set (warm start; the interior point ignores it)."""
     if method not in ("auto", "active_set", "ipm"):
         raise ValueError(f"unknown QP method {method!r}; use 'auto', 'active_set' or 'ipm'")
     if method == "ipm" or (method == "auto" and not _active_set_applies(qp)):
@@ -492,8 +494,9 @@ def solve_batch(
     eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
     a = QPData(*(as_array(t) for t in (qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b)))
     B, device = qp.q.shape[0], qp.Q.device
+    guess = None if start is None else as_array(start)
     z, lam, nu, solved, iterations = active_set.solve_each(
-        a.Q, a.q, a.G, a.h, a.A, a.b, min(eps_abs, eps_rel)
+        a.Q, a.q, a.G, a.h, a.A, a.b, min(eps_abs, eps_rel), start=guess
     )
     s = np.maximum(a.h - mv(a.G, z), 0.0)
     solved &= _Iterate(a, z, s, lam, nu).converged(a, eps_abs, eps_rel)
@@ -784,7 +787,7 @@ class _QPSolve(torch.autograd.Function):
             T, p = T.detach(), p.detach()
             Q = torch.baddbmm(Q, T.transpose(1, 2), p.unsqueeze(-1) * T)
         qp = QPData(Q, q, G, h, A, b, out["G_pattern"])
-        sol = solve_batch(qp, *settings)
+        sol = solve_batch(qp, *settings, start=out.get("start"))
         out["result"] = sol
         ctx.qp, ctx.gram, ctx.failed_nan = qp, (T, p), out["failed_gradient"] == "nan"
         ctx.rest = (sol.s, sol.status, sol.iterations, sol.system)
@@ -818,6 +821,7 @@ def qp_solve_differentiable(
     failed_gradient: str = "zero",
     method: str = "auto",
     gram: tuple[torch.Tensor, torch.Tensor] | None = None,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PDIPMResult]:
     """`solve_batch` with autograd: (z, λ, ν) are differentiable w.r.t. every field of `qp`.
 
@@ -825,11 +829,12 @@ def qp_solve_differentiable(
     = (T (B, e, n), p (B, e)) the objective's matrix is qp.Q + Tᵀ diag(p) T, formed here and
     differentiated in T and p through the rank-two form of its gradient (`qp_vjp`): a
     reduced objective ½‖Lz‖² then costs no (n × n)-sized products in the backward.
+    `start` (B, n): a guess of z for the active set's working set (`solve_batch`).
 
     Returns:
         z (B, n), λ (B, m), ν (B, p), and the detached `PDIPMResult` (status, iterations).
     """
-    out = {"failed_gradient": failed_gradient, "G_pattern": qp.G_pattern}
+    out = {"failed_gradient": failed_gradient, "G_pattern": qp.G_pattern, "start": start}
     T, p = gram if gram is not None else (None, None)
     settings = (eps_abs, eps_rel, max_iters, verbose, method)
     z, lam, nu = _QPSolve.apply(qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b, T, p, settings, out)

@@ -357,7 +357,9 @@ class QPForm:
         warm_start: tuple = (None, 0),
     ) -> Solution:
         """Solve the batch with parameters θ̃ (B, p + 1) on the QP path; the cone program's
-        x, y, s are returned, differentiable w.r.t. θ̃. (`warm_start` is not used here.)"""
+        x, y, s are returned, differentiable w.r.t. θ̃. `warm_start` = (a previous call's x of
+        the cone program (B, n) or None, a shift): its kept columns start the active set's
+        working set (the shift, meaningful for the MPC path's stages, is not used here)."""
         *_, x_order, y_order = self._indices(theta.device)
         d = self.pieces(theta)
         if not self.folded:
@@ -373,6 +375,7 @@ class QPForm:
             settings.verbose,
             failed_gradient,
             gram=d.get("gram"),
+            start=None if warm_start[0] is None else warm_start[0][:, self.keep],
         )
         # back to the cone program: x = (z, x_E), y = (y_R, ν, λ), s = (0, h − Gz)
         x_E = mv(T, z) + u
