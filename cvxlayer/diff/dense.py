@@ -51,6 +51,10 @@ def residual_jacobian_t(A, P, D) -> torch.Tensor:
     return Jt
 
 
+# CPU systems up to this size are factored as one batch (`solve_transposed_system`)
+BATCHED_LU_MAX = 120
+
+
 def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """r with Jᵀ r = rhs per element, given Jᵀ (B, N, N); least squares (minimum norm) where
     J is singular.
@@ -64,10 +68,14 @@ def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor
     the largest (pinv's own cut-off) while its solve amplifies rhs by more than 1/√ε
     relative to J's scale (`_unreliable`).
 
-    On the CPU each element is factored by LAPACK on its own, over torch's thread count
-    (a batched CPU factorization is a loop over elements anyway); on CUDA, batched.
+    On CUDA, and on the CPU up to `BATCHED_LU_MAX` rows, the batch is factored in one call
+    (one small element's LU is a few µs; a Python loop over elements costs more); larger
+    CPU systems are factored by LAPACK element by element over torch's thread count (a
+    batched CPU factorization is a loop over elements anyway, and torch 2.13's MKL one of
+    a few hundred rows returned invalid pivots: `linalg.lu_factor`). On the CPU the
+    minimum-norm fallback is `min_norm_solve`, on CUDA the pseudo-inverse.
     """
-    if Jt.is_cuda:
+    if Jt.is_cuda or Jt.shape[-1] <= BATCHED_LU_MAX:
         LU, pivots, info = torch.linalg.lu_factor_ex(Jt)
         r = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
         pivot = LU.diagonal(dim1=1, dim2=2).abs()
@@ -77,7 +85,12 @@ def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor
             pivot.amin(1), pivot.amax(1), r.abs().amax(1), rhs.abs().amax(1), Jt.shape[-1], eps
         )
         if bool(bad.any()):
-            r[bad] = (torch.linalg.pinv(Jt[bad]) @ rhs[bad].unsqueeze(-1)).squeeze(-1)
+            if Jt.is_cuda:
+                r[bad] = (torch.linalg.pinv(Jt[bad]) @ rhs[bad].unsqueeze(-1)).squeeze(-1)
+            else:
+                for i in bad.nonzero().flatten().tolist():
+                    M, b = Jt[i].detach().numpy(), rhs[i].detach().numpy()
+                    r[i] = torch.as_tensor(min_norm_solve(M, b))
         return r
     M, b = Jt.detach().numpy(), rhs.detach().numpy()
     getrf, getrs = scipy.linalg.get_lapack_funcs(("getrf", "getrs"), (M,))
