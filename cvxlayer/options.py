@@ -181,7 +181,9 @@ def parse_solver_args(
         ValueError: an unknown key (the message lists the accepted ones) or a bad value.
     """
     base = defaults or CallOptions(SolveSettings(), "auto")
-    given = dict(solver_args or {})
+    if not solver_args and base.warm_start is None and base.warm_start_shift == 0:
+        return base  # the layer's defaults as they are (the common call)
+    given = dict(solver_args)
     unknown = sorted(set(given) - ACCEPTED)
     if unknown:
         raise ValueError(
