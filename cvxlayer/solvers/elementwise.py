@@ -25,10 +25,14 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="cvxlayer-native")
 
 
-def worker_count(settings: SolveSettings, elements: int) -> int:
-    """Threads for `elements` solves: `settings.threads` (-1: torch's thread count), one
-    when `verbose` (a solver's log stays readable), never more than the elements."""
-    threads = torch.get_num_threads() if settings.threads == -1 else settings.threads
+def worker_count(settings: SolveSettings, elements: int, small: bool = False) -> int:
+    """Threads for `elements` solves: `settings.threads` (-1: torch's thread count, or one
+    where the caller says each solve is `small`: waking the pool and handing the GIL back
+    and forth then cost more than the solves), one when `verbose` (a solver's log stays
+    readable), never more than the elements."""
+    threads = settings.threads
+    if threads == -1:
+        threads = 1 if small else torch.get_num_threads()
     return 1 if settings.verbose else max(1, min(elements, threads))
 
 
