@@ -467,3 +467,31 @@ def test_a_gram_objective_is_differentiated_through_its_rank_two_gradient(method
         grads.append((z.detach(), T.grad, p.grad))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_pieces_that_are_parameters_are_views_of_theta():
+    """G in G x ≤ h and L of ½‖Lx‖² are read from θ̃ as strided views (no gather): the
+    pieces and their gradients are the sparse map's exactly; a piece whose entries are
+    mixed (b = h + h2, two parameters per entry) stays on the map."""
+    n, m = 4, 3
+    x = cp.Variable(n)
+    L, G, h, h2 = cp.Parameter((n, n)), cp.Parameter((m, n)), cp.Parameter(m), cp.Parameter(m)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(L @ x) + cp.sum(x)), [G @ x <= h + h2])
+    form = CvxpyLayer(prob, [L, G, h, h2], [x]).fast_path
+    assert {"A_RK", "G"} <= set(form.pieces.views) and "b" in form.pieces.shapes
+    mapped = qp_form.Pieces.from_rows(qp_form.raw_rows(form), views=False)
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(2, form.linear.matrix.shape[1], generator=gen, dtype=torch.float64)
+    theta.requires_grad_()
+    a, b = form.pieces(theta), mapped(theta)
+    assert set(a) == set(b)
+    weights = {
+        key: torch.randn(v.shape, generator=gen, dtype=torch.float64) for key, v in a.items()
+    }
+    grads = []
+    for pieces in (a, b):
+        loss = sum((weights[key] * v).sum() for key, v in pieces.items())
+        grads.append(torch.autograd.grad(loss, theta)[0])
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-14, rtol=0)

@@ -112,32 +112,41 @@ def piece_rows(linear: SparseLinear, shapes: dict, key: str):
 
 @dataclass(frozen=True, eq=False)
 class Pieces:
-    """What a call reads from θ̃: named pieces, those that depend on parameters through one
-    sparse linear map, the others constants made once (broadcast over the batch, and never
+    """What a call reads from θ̃: named pieces. A piece that is a parameter as it is (up to a
+    constant factor and a transposition, e.g. G in G z ≤ h, or L of ½‖Lz‖²) is a strided
+    view of θ̃ (no copy); the other parameter-dependent ones come from one sparse linear
+    map; the rest are constants made once (broadcast over the batch, and never
     differentiated: e.g. the bounds of a box QP, the ε·I of a regularized objective).
 
     Attributes:
-        linear: θ̃ ↦ the parameter-dependent pieces, flattened and concatenated; shapes:
-            their shapes, in order.
-        constants: the other pieces' values (float64 arrays).
+        linear: θ̃ ↦ the mapped pieces, flattened and concatenated; shapes: their shapes,
+            in order.
+        constants: the constant pieces' values (float64 arrays).
+        views: name ↦ (shape, offset, strides, factor): the piece is
+            factor · θ̃[:, offset + Σ_k i_k strides_k].
     """
 
     linear: SparseLinear
     shapes: dict
     constants: dict
+    views: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_rows(cls, rows: dict) -> Pieces:
-        """From name ↦ (its rows of the map θ̃ ↦ pieces (CSR, size × (p + 1)), its shape)."""
+    def from_rows(cls, rows: dict, views: bool = True) -> Pieces:
+        """From name ↦ (its rows of the map θ̃ ↦ pieces (CSR, size × (p + 1)), its shape);
+        `views`: read the pieces that can be from θ̃ as views (else all through the map)."""
         params = {key: v for key, v in rows.items() if v[0][:, :-1].nnz}
         constants = {
             key: v[0][:, -1].toarray().reshape(v[1]) for key, v in rows.items() if key not in params
         }
+        views = {key: _strided(*v) for key, v in params.items()} if views else {}
+        views = {key: view for key, view in views.items() if view is not None}
+        mapped = {key: v for key, v in params.items() if key not in views}
         width = next(iter(rows.values()))[0].shape[1]
-        matrix = sp.vstack([v[0] for v in params.values()] or [sp.csr_matrix((0, width))])
-        shapes = {key: v[1] for key, v in params.items()}
-        return cls(SparseLinear(sp.csr_matrix(matrix)), shapes, constants)
+        matrix = sp.vstack([v[0] for v in mapped.values()] or [sp.csr_matrix((0, width))])
+        shapes = {key: v[1] for key, v in mapped.items()}
+        return cls(SparseLinear(sp.csr_matrix(matrix)), shapes, constants, views)
 
     def __call__(self, theta: torch.Tensor) -> dict:
         """name ↦ (B, *shape) for the batch θ̃ (B, p + 1); constants are broadcast views
@@ -154,7 +163,40 @@ class Pieces:
         d = dict(self._cache[key])
         if self.shapes:
             d.update(split_pieces(self.linear, self.shapes, theta))
+        if self.views:
+            theta = theta.contiguous()
+            for name, (shape, offset, strides, factor) in self.views.items():
+                view = theta.as_strided(
+                    (theta.shape[0], *shape),
+                    (theta.stride(0), *strides),
+                    theta.storage_offset() + offset,
+                )
+                d[name] = view if factor == 1 else factor * view
         return d
+
+
+def _strided(rows: sp.csr_matrix, shape: tuple) -> tuple | None:
+    """(shape, offset, strides, factor) when the piece with these map rows is factor times
+    entries of θ̃ at offset + Σ_k i_k strides_k (one nonzero per row, one factor, no
+    constant term, distinct entries), else None."""
+    size = math.prod(shape)
+    counts = np.diff(rows.indptr)
+    if size == 0 or not (counts == 1).all() or rows[:, -1].nnz:
+        return None
+    cols, values = rows.indices.astype(np.int64), rows.data
+    if not (values == values[0]).all():
+        return None
+    grid = cols.reshape(shape)
+    strides = [
+        int(np.take(grid, 1, axis=k).flat[0] - grid.flat[0]) if n > 1 else 0
+        for k, n in enumerate(shape)
+    ]
+    index = np.indices(shape).reshape(len(shape), -1).T
+    if min(strides) < 0 or not (index @ np.array(strides) + grid.flat[0] == cols).all():
+        return None
+    if np.unique(cols).size != size:
+        return None
+    return tuple(shape), int(grid.flat[0]), tuple(strides), float(values[0])
 
 
 def raw_rows(form: QPForm) -> dict:
