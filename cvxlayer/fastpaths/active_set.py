@@ -46,21 +46,18 @@ def bound_rows(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of G (B, m, n) that are bounds on one variable in every element: (rows,
     columns, upper) with upper True for g z_j ≤ h (g > 0), False for g < 0; at most one
     upper and one lower row per variable (the rest stay general rows)."""
-    nonzero = G != 0
-    single = (nonzero.sum(2) == 1).all(0)
-    if not single.any():
-        none = np.zeros(0, dtype=np.int64)
-        return none, none, none.astype(bool)
-    column = nonzero[0].argmax(1)
-    rows = np.flatnonzero(single & nonzero[:, np.arange(G.shape[1]), column].all(0))
-    coef = G[:, rows, column[rows]]
+    candidates = np.flatnonzero(np.count_nonzero(G[0], axis=1) == 1)  # element 0's first
+    nonzero = G[:, candidates] != 0
+    first = nonzero[0].argmax(1)  # each candidate's variable
+    keep = (nonzero.sum(2) == 1).all(0) & nonzero[:, np.arange(candidates.size), first].all(0)
+    rows, column = candidates[keep], first[keep]
+    coef = G[:, rows, column]
     upper = (coef > 0).all(0)
     signed = upper | (coef < 0).all(0)
-    rows, upper = rows[signed], upper[signed]
+    rows, column, upper = rows[signed], column[signed], upper[signed]
     # the first row per (variable, side)
-    _, first = np.unique(column[rows] * 2 + upper, return_index=True)
-    rows, upper = rows[first], upper[first]
-    return rows, column[rows], upper
+    _, first_row = np.unique(column * 2 + upper, return_index=True)
+    return rows[first_row], column[first_row], upper[first_row]
 
 
 def solve_each(

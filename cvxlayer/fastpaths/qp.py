@@ -272,6 +272,7 @@ class PDIPMResult:
     status: tuple[Status, ...]
     iterations: torch.Tensor  # (B,)
     system: AdjointSystem
+    arrays: QPData | None = None  # the data as float64 arrays, where the active set ran
 
 
 class _Iterate:
@@ -519,7 +520,8 @@ def solve_batch(
             status[i] = st
         iterations[rest.cpu()] = ipm.iterations
         parts.append((rest, ipm.system))
-    return PDIPMResult(z, s, lam, nu, tuple(status), iterations, AdjointSystem.assemble(parts))
+    system = AdjointSystem.assemble(parts)
+    return PDIPMResult(z, s, lam, nu, tuple(status), iterations, system, a)
 
 
 def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
@@ -613,10 +615,10 @@ def qp_vjp(
     rank two, so ∇T = 2 diag(p) T ∇Q = −diag(p)((T d_z) zᵀ + (T z) d_zᵀ) and
     ∇p = −(T d_z)∘(T z), without forming ∇Q."""
     z, lam, nu = sol.z, sol.lam, sol.nu
-    d_z, d_lam, d_nu = _adjoint_solve(qp, sol.system, g_z, g_lam, g_nu)
+    d_z, d_lam, d_nu = _adjoint_solve(qp, sol.system, g_z, g_lam, g_nu, sol.arrays)
 
-    def outer(a, b, c, d):  # a bᵀ + c dᵀ
-        return torch.einsum("bi,bj->bij", a, b) + torch.einsum("bi,bj->bij", c, d)
+    def outer(a, b, c, d):  # a bᵀ + c dᵀ, written once (one batched product of rank two)
+        return torch.stack([a, c], -1) @ torch.stack([b, d], 1)
 
     grad_Q = -0.5 * outer(d_z, z, z, d_z) if needed[0] else None
     grad_G = -outer(lam, d_z, d_lam, z) if needed[2] else None
@@ -640,7 +642,7 @@ def _torch_backward(qp: QPData) -> bool:
     return qp.Q.device.type != "cpu" or ipm._compiled_engine() is None
 
 
-def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
+def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=None):
     """(x, w, v) of `_refined_solve`'s system: on CPU tensors per element by the compiled
     interior point's kernel (`ipm_compiled.adjoint_one`), else batched with the torch
     factorization. In the kernel's system the rows of A and the active rows of G (free,
@@ -648,14 +650,17 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
     cones with H = w_scale, and the rows outside `free` are left out (w = 0): the active
     set's KKT system exactly. (With H = 1e-8 standing for the active rows and 1e8 for the
     dropped ones, the gradients of box-constrained LQR as a QP were up to 1.4e-4 off,
-    relative, where the multipliers are large: `tests/test_active_set.py`.)"""
+    relative, where the multipliers are large: `tests/test_active_set.py`.) `arrays`: the
+    data as float64 arrays if the forward made them."""
     from cvxlayer.solvers import ipm
 
     if _torch_backward(qp):
         return _refined_solve(qp, system.factored(qp), g_z, g_lam, g_nu)
     engine = ipm._compiled_engine()
     B, m, p = qp.h.shape[0], qp.h.shape[1], qp.b.shape[1]
-    Q, A, G, w_scale = (as_array(t) for t in (qp.Q, qp.A, qp.G, system.w_scale))
+    if arrays is None:
+        arrays = QPData(*(as_array(t) for t in (qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b)))
+    Q, A, G, w_scale = arrays.Q, arrays.A, arrays.G, as_array(system.w_scale)
     gx, g_nu_, g_lam_ = (as_array(t) for t in (g_z, g_nu, g_lam))
     free = system.free.cpu().numpy()
     equal, cone = free & (w_scale == 0), free & (w_scale > 0)
@@ -673,9 +678,10 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu):
         return tuple(as_tensor(a, qp.Q) for a in (x, w, v))
     # elements whose rows are all cones (an interior point's system) share one pattern
     interior = ~equal.any(1) & cone.all(1)
-    lay_all = _rows_layout(p, m)
-    rows_all = np.concatenate([A, G], 1)
-    pat_all = engine.kkt_pattern(Q, rows_all[interior], p, lay_all) if interior.any() else None
+    lay_all, rows_all, pat_all = _rows_layout(p, m), None, None
+    if interior.any():
+        rows_all = np.concatenate([A, G], 1)
+        pat_all = engine.kkt_pattern(Q, rows_all[interior], p, lay_all)
     none = np.zeros((0, 3, 3))  # no nonsymmetric blocks
 
     def run(i):
@@ -790,15 +796,15 @@ class _QPSolve(torch.autograd.Function):
         sol = solve_batch(qp, *settings, start=out.get("start"))
         out["result"] = sol
         ctx.qp, ctx.gram, ctx.failed_nan = qp, (T, p), out["failed_gradient"] == "nan"
-        ctx.rest = (sol.s, sol.status, sol.iterations, sol.system)
+        ctx.rest = (sol.s, sol.status, sol.iterations, sol.system, sol.arrays)
         ctx.save_for_backward(sol.z, sol.lam, sol.nu)
         return sol.z, sol.lam, sol.nu
 
     @staticmethod
     def backward(ctx, g_z, g_lam, g_nu):
         z, lam, nu = ctx.saved_tensors
-        s, status, iterations, system = ctx.rest
-        sol = PDIPMResult(z, s, lam, nu, status, iterations, system)
+        s, status, iterations, system, arrays = ctx.rest
+        sol = PDIPMResult(z, s, lam, nu, status, iterations, system, arrays)
         needed = ctx.needs_input_grad
         grads = qp_vjp(ctx.qp, sol, g_z, g_lam, g_nu, needed[:6], ctx.gram, needed[6:8])
         failed = [not st.ok for st in status]
