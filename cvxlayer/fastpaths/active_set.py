@@ -116,7 +116,7 @@ def solve_each(
         if solved[i]:
             z[i], mult[i] = x, info["lam"]
 
-    for_each(run, range(B), workers)
+    for_each(run, range(B), workers, blas=False)  # DAQP is self-contained C
     lam = np.zeros((B, m))
     lam[:, general] = mult[:, k + p :]
     # a bound's multiplier μ_j (> 0 upper, < 0 lower active) is g λ for its row g z_j ≤ h

@@ -61,35 +61,37 @@ def one_blas_thread():
             lib.set_num_threads(count)
 
 
-def map_chunks(run: Callable[[Sequence[int]], list], chunks: Sequence, workers: int) -> list:
+def map_chunks(
+    run: Callable[[Sequence[int]], list], chunks: Sequence, workers: int, blas: bool = True
+) -> list:
     """[run(chunk) for chunk in chunks], flattened, on `workers` threads, with BLAS held to
-    one thread (`one_blas_thread`)."""
-    with one_blas_thread():
+    one thread (`one_blas_thread`) unless `run` calls none (`blas=False`: ~20 µs saved)."""
+    with one_blas_thread() if blas else contextlib.nullcontext():
         if workers > 1:
             return [out for part in _pool(workers).map(run, chunks) for out in part]
         return [out for chunk in chunks for out in run(chunk)]
 
 
 def for_each(
-    run: Callable[[int], object], indices: Sequence[int], workers: int | None = None
+    run: Callable[[int], object],
+    indices: Sequence[int],
+    workers: int | None = None,
+    blas: bool = True,
 ) -> None:
     """run(i) for every index, over `workers` threads (default: torch's thread count, at
-    most one per index), each thread taking a run of consecutive indices (`map_chunks`)."""
+    most one per index), each thread taking a run of consecutive indices (`map_chunks`,
+    whose `blas` this is)."""
     indices = np.asarray(indices)
     if workers is None:
         workers = max(1, min(torch.get_num_threads(), indices.size))
-    if workers == 1:
-        with one_blas_thread():
-            for i in indices:
-                run(i)
-        return
 
     def run_chunk(chunk):
         for i in chunk:
             run(i)
         return []
 
-    map_chunks(run_chunk, np.array_split(indices, workers), workers)
+    chunks = [indices] if workers == 1 else np.array_split(indices, workers)
+    map_chunks(run_chunk, chunks, workers, blas)
 
 
 def as_array(tensor: torch.Tensor) -> np.ndarray:
