@@ -643,8 +643,10 @@ def _torch_backward(qp: QPData) -> bool:
 
 
 def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=None):
-    """(x, w, v) of `_refined_solve`'s system: on CPU tensors per element by the compiled
-    interior point's kernel (`ipm_compiled.adjoint_one`), else batched with the torch
+    """(x, w, v) of `_refined_solve`'s system. On CPU tensors: active sets' systems (no row
+    with w_scale > 0) of up to `_BATCHED_KKT_MAX` rows by one batched LU
+    (`_active_set_kkt`), the others, and those it rejects, per element by the compiled
+    interior point's kernel (`ipm_compiled.adjoint_one`); on CUDA batched with the torch
     factorization. In the kernel's system the rows of A and the active rows of G (free,
     w_scale = 0) are equalities, the free rows with w_scale > 0 (an interior point's) one-row
     cones with H = w_scale, and the rows outside `free` are left out (w = 0): the active
