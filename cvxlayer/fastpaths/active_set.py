@@ -46,7 +46,10 @@ def bound_rows(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of G (B, m, n) that are bounds on one variable in every element: (rows,
     columns, upper) with upper True for g z_j ≤ h (g > 0), False for g < 0; at most one
     upper and one lower row per variable (the rest stay general rows)."""
-    candidates = np.flatnonzero(np.count_nonzero(G[0], axis=1) == 1)  # element 0's first
+    candidates = np.flatnonzero((G[0] != 0).sum(1) == 1)  # element 0's rows first
+    if candidates.size == 0:
+        none = np.zeros(0, dtype=np.int64)
+        return none, none, none.astype(bool)
     nonzero = G[:, candidates] != 0
     first = nonzero[0].argmax(1)  # each candidate's variable
     keep = (nonzero.sum(2) == 1).all(0) & nonzero[:, np.arange(candidates.size), first].all(0)
