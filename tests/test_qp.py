@@ -375,10 +375,11 @@ def test_pinned_variables_are_eliminated_and_match_the_generic_path():
 
 def test_auto_takes_the_qp_path_on_the_cpu_by_size_and_batch(monkeypatch):
     """On the CPU, QPs up to ACTIVE_SET_MAX_N variables take the QP path (the active set
-    per element) at any batch size; larger ones from QP_MIN_BATCH elements (below, the
-    generic auto mode, native SCS for this small program, beats the batched interior
-    point; bench/overhead.py). All answer the same."""
-    n = 3
+    per element) at any batch size; larger ones with a sparse G (this box) from
+    QP_MIN_BATCH elements (below, the generic auto mode, native SCS for this small
+    program, beats the batched interior point), with a dense G at any batch size. All
+    answer the same."""
+    n = 8  # the box's G is then sparse (`GPattern`), a dense one's is not
     x, lo = cp.Variable(n), cp.Parameter(n)
     prob = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, x <= 1])
     layer = CvxpyLayer(prob, [lo], [x])
@@ -392,6 +393,14 @@ def test_auto_takes_the_qp_path_on_the_cpu_by_size_and_batch(monkeypatch):
             (sol,), info = layer(lo_v, return_status=True)
             assert info.mode == mode, (limit, batch)
             torch.testing.assert_close(sol, lo_v.clamp(min=0), atol=1e-5, rtol=0)
+    M = cp.Parameter((n, n))
+    dense = cp.Problem(cp.Minimize(cp.sum_squares(x - lo)), [M @ x <= 1])
+    layer = CvxpyLayer(dense, [M, lo], [x])
+    assert layer.fast_path.g_pattern is None
+    lo_v = torch.rand(1, n, generator=gen, dtype=torch.float64)
+    (sol,), info = layer(torch.eye(n, dtype=torch.float64)[None], lo_v, return_status=True)
+    assert info.mode == "qp"  # ACTIVE_SET_MAX_N is still n − 1 here: the interior point
+    torch.testing.assert_close(sol, lo_v.clamp(max=1), atol=1e-6, rtol=0)
 
 
 def _folded_problems():
