@@ -71,7 +71,7 @@ _IGNORED = {
     "n_jobs_backward": "the backward is one batched computation on torch's threads "
     "(torch.set_num_threads)",
     "warm_start": "diffcp's warm start is not used; the SolveInfo of a previous call (made "
-    "with return_status=True) warm-starts the MPC path",
+    "with return_status=True) warm-starts the MPC and QP paths",
     "warm_starts": "warm starts are not used",
     "raise_on_error": "failures follow return_status (see CvxpyLayer.forward)",
     "derivative_kwargs": "the backward takes solver_args['backward']",

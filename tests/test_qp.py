@@ -488,7 +488,7 @@ def test_pieces_that_are_parameters_are_views_of_theta():
     prob = cp.Problem(cp.Minimize(cp.sum_squares(L @ x) + cp.sum(x)), [G @ x <= h + h2])
     form = CvxpyLayer(prob, [L, G, h, h2], [x]).fast_path
     assert {"A_RK", "G"} <= set(form.pieces.views) and "b" in form.pieces.shapes
-    mapped = qp_form.Pieces.from_rows(qp_form.raw_rows(form), views=False)
+    mapped = qp_form.Pieces.from_rows(qp_form.raw_rows(form), strided=False)
     gen = torch.Generator().manual_seed(0)
     theta = torch.randn(2, form.linear.matrix.shape[1], generator=gen, dtype=torch.float64)
     theta.requires_grad_()

@@ -123,6 +123,10 @@ class QPData:
     b: torch.Tensor  # (B, p)
     G_pattern: GPattern | None = None
 
+    def arrays(self) -> QPData:
+        """The data as C-contiguous float64 numpy arrays (dense G), for per-element work."""
+        return QPData(*(as_array(t) for t in (self.Q, self.q, self.G, self.h, self.A, self.b)))
+
 
 def _select(obj, keep: torch.Tensor):
     """A shallow copy of `obj` with every tensor attribute indexed by `keep` (batch rows)."""
@@ -493,7 +497,7 @@ def solve_batch(
     if method == "ipm" or (method == "auto" and not _active_set_applies(qp)):
         return pdipm(qp, eps_abs, eps_rel, max_iters, verbose)
     eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
-    a = QPData(*(as_array(t) for t in (qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b)))
+    a = qp.arrays()
     B, device = qp.q.shape[0], qp.Q.device
     guess = None if start is None else as_array(start)
     z, lam, nu, solved, iterations = active_set.solve_each(
@@ -661,7 +665,7 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=N
     engine = ipm._compiled_engine()
     B, m, p = qp.h.shape[0], qp.h.shape[1], qp.b.shape[1]
     if arrays is None:
-        arrays = QPData(*(as_array(t) for t in (qp.Q, qp.q, qp.G, qp.h, qp.A, qp.b)))
+        arrays = qp.arrays()
     Q, A, G, w_scale = arrays.Q, arrays.A, arrays.G, as_array(system.w_scale)
     gx, g_nu_, g_lam_ = (as_array(t) for t in (g_z, g_nu, g_lam))
     free = system.free.cpu().numpy()
@@ -742,11 +746,10 @@ def _active_set_kkt(Q, A, G, active, g_x, g_nu, g_lam, bounds):
     # fixed variables: their columns move to the right-hand side, their rows become x_j = …
     coef = G[:, rows, cols]
     on = active[:, rows]
-    fixed, x_fixed = np.zeros((B, n), dtype=bool), np.zeros((B, n))
+    x_fixed, active_bounds = np.zeros((B, n)), np.zeros((B, n), dtype=int)
     np.add.at(x_fixed.T, cols, (on * g_lam[:, rows] / np.where(on, coef, 1.0)).T)
-    np.add.at(fixed.T, cols, on.T)
-    twice = np.zeros((B, n), dtype=int)
-    np.add.at(twice.T, cols, on.T)
+    np.add.at(active_bounds.T, cols, on.T)  # per variable; two: both sides active
+    fixed = active_bounds > 0
     rhs -= mv(K[:, :, :n], x_fixed)
     mask = np.zeros((B, N), dtype=bool)
     mask[:, :n] = fixed
@@ -757,7 +760,7 @@ def _active_set_kkt(Q, A, G, active, g_x, g_nu, g_lam, bounds):
     sol, info = torch.linalg.solve_ex(torch.from_numpy(K), torch.from_numpy(rhs))
     sol = sol.numpy()
     residual = abs(rhs - mv(K, sol)).max(1)
-    ok = (info.numpy() == 0) & np.isfinite(sol).all(1) & (twice <= 1).all(1)
+    ok = (info.numpy() == 0) & np.isfinite(sol).all(1) & (active_bounds <= 1).all(1)
     ok &= residual <= _KKT_RESIDUAL * (1 + abs(rhs).max(1))
     x, v, w = sol[:, :n], sol[:, n : n + p], np.zeros_like(g_lam)
     w[:, general] = sol[:, n + p :]

@@ -133,14 +133,14 @@ class Pieces:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_rows(cls, rows: dict, views: bool = True) -> Pieces:
+    def from_rows(cls, rows: dict, strided: bool = True) -> Pieces:
         """From name ↦ (its rows of the map θ̃ ↦ pieces (CSR, size × (p + 1)), its shape);
-        `views`: read the pieces that can be from θ̃ as views (else all through the map)."""
+        `strided`: read the pieces that can be from θ̃ as views (else all through the map)."""
         params = {key: v for key, v in rows.items() if v[0][:, :-1].nnz}
         constants = {
             key: v[0][:, -1].toarray().reshape(v[1]) for key, v in rows.items() if key not in params
         }
-        views = {key: _strided(*v) for key, v in params.items()} if views else {}
+        views = {key: _strided(*v) for key, v in params.items()} if strided else {}
         views = {key: view for key, view in views.items() if view is not None}
         mapped = {key: v for key, v in params.items() if key not in views}
         width = next(iter(rows.values()))[0].shape[1]
