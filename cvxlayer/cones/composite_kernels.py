@@ -14,6 +14,7 @@ iterate's scaling (allocated once per solve by `state`).
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -91,9 +92,16 @@ def interior(lay, s, z):
 
 
 @njit(**_OPTIONS)
+def symmetric_scaling(lay, s, z, st):
+    """The second-order (and orthant) blocks' Nesterov–Todd scaling at interior (s, z),
+    into st."""
+    soc.scaling(lay.starts, s, z, st.w, st.eta, st.lam)
+
+
+@njit(**_OPTIONS)
 def scaling(lay, s, z, st):
     """Each block's scaling at interior (s, z), into st."""
-    soc.scaling(lay.starts, s, z, st.w, st.eta, st.lam)
+    symmetric_scaling(lay, s, z, st)
     vec, mat = ns.scratch()
     for i in range(lay.kinds.size):
         a, b = _rows(lay, i)
@@ -225,11 +233,19 @@ def step(lay, st, s, z, sds, wdz):
         soc.step(lay.starts, st.lam, sds, scratch), soc.step(lay.starts, st.lam, wdz, scratch)
     )
     vec = ns.scratch()[0]
+    # a grid index k with ratioᵏ⁻¹ > α: a block whose grid index is below it steps further
+    bound = -1
+    if alpha <= 0.0:
+        bound = ns.GRID
+    elif alpha < 1.0:
+        bound = min(math.ceil(math.log(alpha) / ns.LOG_RATIO), ns.GRID)
     for i in range(lay.kinds.size):
         a, b = _rows(lay, i)
-        alpha = min(
-            alpha, ns.step(lay.kinds[i], lay.params[i], s[a:b], z[a:b], sds[a:b], wdz[a:b], vec)
+        block, k = ns.step(
+            lay.kinds[i], lay.params[i], s[a:b], z[a:b], sds[a:b], wdz[a:b], vec, bound
         )
+        if block < alpha:
+            alpha, bound = block, k
     return alpha
 
 

@@ -19,7 +19,8 @@ _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 EXP, POWER = 0, 1
 _EPS = np.finfo(np.float64).eps
 # the step's candidates (as `nonsymmetric.py`): a geometric grid, then halvings
-_RATIO, _GRID, _BISECT = 0.65, 24, 3
+_RATIO, GRID, _BISECT = 0.65, 24, 3
+LOG_RATIO = math.log(_RATIO)
 
 
 # ---------------------------------------------------------------- the family's barrier
@@ -245,27 +246,31 @@ def _inside_at(kind, a, s, ds, z, dz, alpha, ts, tz):
 
 
 @njit(**_OPTIONS)
-def step(kind, a, s, z, ds, dz, vec):
-    """The largest candidate α ≤ 1 with s + αΔs ∈ int K, z + αΔz ∈ int K* (the feasible
-    steps form an interval [0, α*)): the first of a geometric grid, then halvings of the
-    gap above it; 0 if none down to ~5e-5. vec: `scratch`'s first part."""
+def step(kind, a, s, z, ds, dz, vec, bound):
+    """(α, k): the largest candidate α ≤ 1 with s + αΔs ∈ int K, z + αΔz ∈ int K* (the
+    feasible steps form an interval [0, α*)): the first of a geometric grid, ratioᵏ, then
+    halvings of the gap above it; 0 if none down to ~5e-5. With `bound` ≥ 0, the grid
+    index of another block's step (the smaller one wins): (inf, k) as soon as the block's
+    own index k < bound is found, whose step would be larger (the grid starts one below
+    `bound`). vec: `scratch`'s first part."""
     ts, tz = vec[0], vec[1]
-    low = 0.0
-    for k in range(_GRID):
-        alpha = _RATIO**k
-        if _inside_at(kind, a, s, ds, z, dz, alpha, ts, tz):
-            low = alpha
+    low, first = 0.0, GRID
+    for k in range(max(bound - 1, 0), GRID):
+        if _inside_at(kind, a, s, ds, z, dz, _RATIO**k, ts, tz):
+            low, first = _RATIO**k, k
             break
-    if low == 0.0:
-        return 0.0
-    high = low / _RATIO if low < 1.0 else low
+    if first < bound:
+        return np.inf, first
+    if low == 0.0 or low == 1.0:
+        return low, first
+    high = low / _RATIO
     for _ in range(_BISECT):
         mid = (low + high) / 2.0
         if _inside_at(kind, a, s, ds, z, dz, mid, ts, tz):
             low = mid
         else:
             high = mid
-    return low
+    return low, first
 
 
 # ---------------------------------------------------------------- at a solution

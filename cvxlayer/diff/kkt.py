@@ -71,9 +71,7 @@ class KKTAdjoint:
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
         st = program.structure
         ops = SparseOps.of(st, program.b.device)
-        A_dense, P_dense = ops.dense(program.A, program.P)
-        A = as_array(A_dense)
-        P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else as_array(P_dense)
+        P, A, a_vals, p_vals = ipm_compiled.matrices(st, program.A, program.P)
         gx, gy, gs = (as_array(t) for t in (dx, dy, ds))
         U, L_inv = moreau_scaling(program, solution.y, solution.s)
         pat = ipm_compiled.structure_pattern(st)
@@ -82,8 +80,9 @@ class KKTAdjoint:
 
         def run(i):
             ok[i] = ipm_compiled.adjoint_one(
-                P[i], A[i], p, lay, pat, s[i], y[i], U[i], L_inv[i], gx[i], gy[i], gs[i], u[i], v[i]
-            )
+                P[i], A[i], a_vals[i], p_vals[i], p, lay, pat, s[i], y[i], U[i], L_inv[i],
+                gx[i], gy[i], gs[i], u[i], v[i],
+            )  # fmt: skip
 
         for_each(run, inside)
         # elements on the cones' boundary, or whose factorization failed: the residual map

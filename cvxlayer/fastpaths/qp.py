@@ -688,23 +688,25 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=N
     if interior.any():
         rows_all = np.concatenate([A, G], 1)
         pat_all = engine.kkt_pattern(Q, rows_all[interior], p, lay_all)
-    none = np.zeros((0, 3, 3))  # no nonsymmetric blocks
+        a_vals, p_vals = engine.pattern_values(pat_all, Q, rows_all)
+    none, empty = np.zeros((0, 3, 3)), np.zeros(0)  # no nonsymmetric blocks, no values
 
     def run(i):
         e, c = np.flatnonzero(equal[i]), np.flatnonzero(cone[i])
         k = p + e.size
         if interior[i]:
-            rows, lay, pat = rows_all[i], lay_all, pat_all
+            rows, lay, pat, values = rows_all[i], lay_all, pat_all, (a_vals[i], p_vals[i])
         else:
             rows = np.concatenate([A[i], G[i, e], G[i, c]])
-            lay, pat = _rows_layout(k, c.size), _dense()
+            lay, pat, values = _rows_layout(k, c.size), _dense(), (empty, empty)
         s = np.concatenate([np.zeros(k), w_scale[i, c]])
         y = np.concatenate([np.zeros(k), np.ones(c.size)])
         gy = np.concatenate([g_nu_[i], g_lam_[i, e], g_lam_[i, c]])
         out, w[i] = np.zeros_like(gy), 0.0
         engine.adjoint_one(
-            Q[i], rows, k, lay, pat, s, y, none, none, gx[i], gy, np.zeros_like(gy), x[i], out
-        )
+            Q[i], rows, *values, k, lay, pat, s, y, none, none, gx[i], gy, np.zeros_like(gy),
+            x[i], out,
+        )  # fmt: skip
         v[i], w[i, e], w[i, c] = out[:p], out[p:k], out[k:]
 
     for_each(run, todo)

@@ -338,10 +338,10 @@ _SPARSE_DENSITY = 0.25  # A's products go through its nonzeros below this fracti
 
 
 def _prepare(
-    program: ConeProgram, normalize: bool, equilibrator=equilibrate, eliminate: bool = True
+    program: ConeProgram, normalize: bool, equilibrator=equilibrate
 ) -> tuple[_Data, ConeSpec]:
     """`_reduce`, then A's nonzero pattern (over the batch) kept for sparse products."""
-    data, cones = _reduce(program, normalize, equilibrator, eliminate)
+    data, cones = _reduce(program, normalize, equilibrator)
     pattern = (data.A != 0).any(0)
     if pattern.numel() and float(pattern.float().mean()) <= _SPARSE_DENSITY:
         rows, cols = pattern.nonzero(as_tuple=True)
@@ -349,14 +349,10 @@ def _prepare(
     return data, cones
 
 
-def _reduce(
-    program: ConeProgram, normalize: bool, equilibrator=equilibrate, eliminate: bool = True
-) -> tuple[_Data, ConeSpec]:
-    """Equilibrate (Â = D A E, P̂ = E P E, b̂ = D b, ĉ = E c; `equilibrator` gives D, E:
-    `admm.equilibrate` or its compiled twin), densify, and eliminate the
-    lifted variables (`_lifted_columns`): x_E = T x_K + u (with `eliminate`: it shrinks
-    dense factorizations; a sparse one handles them at no cost). Returns the data of the reduced
-    program (with what `_restore` and `_unscale` need) and its cone."""
+def equilibrated(program: ConeProgram, normalize: bool, equilibrator=equilibrate):
+    """(D, E, Â, P̂, b̂, ĉ): the row and column scales (B, m), (B, n) (ones without
+    `normalize`) and the program's values scaled by them, Â = D A E and P̂ = E P E on the
+    structure's nonzeros (B, nnz) (P̂ None without P), b̂ = D b, ĉ = E c."""
     st, B = program.structure, program.batch_size
     ops = SparseOps.of(st, program.b.device)
     if normalize:
@@ -365,12 +361,24 @@ def _reduce(
         D, E = program.b.new_ones(B, st.m), program.b.new_ones(B, st.n)
     A_vals = program.A * D[:, ops.a_rows] * E[:, ops.a_cols]
     P_vals = None if program.P is None else program.P * E[:, ops.p_rows] * E[:, ops.p_cols]
+    return D, E, A_vals, P_vals, program.b * D, program.c * E
+
+
+def _reduce(
+    program: ConeProgram, normalize: bool, equilibrator=equilibrate
+) -> tuple[_Data, ConeSpec]:
+    """Equilibrate (`equilibrated`; `equilibrator` gives D, E: `admm.equilibrate` or its
+    compiled twin), densify, and eliminate the lifted variables (`_lifted_columns`):
+    x_E = T x_K + u, which shrinks dense factorizations. Returns the data of the reduced
+    program (with what `_restore` and `_unscale` need) and its cone."""
+    st, B = program.structure, program.batch_size
+    ops = SparseOps.of(st, program.b.device)
+    D, E, A_vals, P_vals, b, c = equilibrated(program, normalize, equilibrator)
     A, P = ops.dense(A_vals, P_vals)
-    b, c = program.b * D, program.c * E
     full = {"D": D, "E": E, "b_full": b, "c_full": c}  # for `_unscale`
     cols, rows, keep, other = _lifted_columns(st)
     a = A[:, rows, cols]
-    if not eliminate or cols.size == 0 or not bool((a != 0).all()):  # a zero: none eliminated
+    if cols.size == 0 or not bool((a != 0).all()):  # a zero: none eliminated
         P = A.new_zeros(B, st.n, st.n) if P is None else P
         return _Data(A=A, P=P, b=b, c=c, row_scale=D, col_scale=E, **full), st.cones
     T = -A[:, rows][:, :, keep] / a.unsqueeze(-1)

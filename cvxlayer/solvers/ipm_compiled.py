@@ -36,7 +36,7 @@ from numba import njit
 from cvxlayer.cones import composite_kernels as cone
 from cvxlayer.cones import nonsymmetric_kernels, soc_kernels
 from cvxlayer.cones.spec import ConeSpec
-from cvxlayer.program import ConeProgram, ConeStructure
+from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers import ipm, polish, ruiz_kernels, sparse_ldl
 from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
 from cvxlayer.solvers.elementwise import as_array, for_each, worker_count
@@ -51,8 +51,9 @@ _SOLVED, _INFEASIBLE, _UNBOUNDED = ipm._SOLVED, ipm._INFEASIBLE, ipm._UNBOUNDED
 _FAILED, _MAX_ITERS = ipm._FAILED, ipm._MAX_ITERS
 _ADJOINT_CLIP = 1e8  # the backward's bound on H's spectrum (as the QP path's polish)
 _EPS = np.finfo(np.float64).eps
-# the factorization's work space: dense (L, LS, MinvAt) or sparse (pat used, F)
-System = namedtuple("System", "L LS MinvAt pat F a_vals p_vals")
+# the factorization's work space: dense (L, LS, MinvAt) or sparse (pat used, F, with A's
+# and P's values on its pattern); m, n: A's shape
+System = namedtuple("System", "L LS MinvAt pat F a_vals p_vals m n")
 
 
 def supports(cones: ConeSpec) -> bool:
@@ -108,20 +109,17 @@ def _forward_substitution(L, B):
 
 # ------------------------------------------------------------------ the KKT system
 @njit(**_OPTIONS)
-def _system(P, A, p, pat):
-    """The work space of one element's factorizations: sparse where `pat` is used (with
-    A's and P's values on its pattern, for the products too)."""
-    n = A.shape[1]
+def _system(m, n, p, pat, a_vals, p_vals):
+    """The work space of one element's factorizations of an (m × n) A: sparse where `pat`
+    is used (A's and P's values on its pattern, a_vals and p_vals, serve the products
+    too), else dense."""
     F = sparse_ldl.factors(pat)
-    a_vals, p_vals = np.empty(pat.a_rows.size), np.empty(pat.p_rows.size)
-    for e in range(a_vals.size):
-        a_vals[e] = A[pat.a_rows[e], pat.a_cols[e]]
-    for e in range(p_vals.size):
-        p_vals[e] = P[pat.p_rows[e], pat.p_cols[e]]
     if pat.used:
         empty = np.empty((0, 0))
-        return System(empty, empty, empty, pat, F, a_vals, p_vals)
-    return System(np.empty((n, n)), np.empty((p, p)), np.empty((n, p)), pat, F, a_vals, p_vals)
+        return System(empty, empty, empty, pat, F, a_vals, p_vals, m, n)
+    return System(
+        np.empty((n, n)), np.empty((p, p)), np.empty((n, p)), pat, F, a_vals, p_vals, m, n
+    )
 
 
 @njit(**_OPTIONS)
@@ -139,7 +137,7 @@ def _ax(system, A, x):
     if not system.pat.used:
         return A @ x
     pat = system.pat
-    return _coo_product(pat.a_rows, pat.a_cols, system.a_vals, x, A.shape[0])
+    return _coo_product(pat.a_rows, pat.a_cols, system.a_vals, x, system.m)
 
 
 @njit(**_OPTIONS)
@@ -148,7 +146,7 @@ def _atz(system, AT, z):
     if not system.pat.used:
         return AT @ z
     pat = system.pat
-    return _coo_product(pat.a_cols, pat.a_rows, system.a_vals, z, AT.shape[0])
+    return _coo_product(pat.a_cols, pat.a_rows, system.a_vals, z, system.n)
 
 
 @njit(**_OPTIONS)
@@ -175,7 +173,7 @@ def _factor(P, A, AT, p, lay, st, system):
     if system.pat.used:
         h = np.empty(system.pat.h_pos.size)
         cone.h_values(lay, st, h)
-        sparse_ldl.assemble(system.pat, P, A, h, _REG, system.F)
+        sparse_ldl.assemble(system.pat, system.p_vals, system.a_vals, h, _REG, system.F)
         return sparse_ldl.factor(system.pat, system.F)
     L, LS, MinvAt = system.L, system.LS, system.MinvAt
     n, m = AT.shape
@@ -204,7 +202,7 @@ def _factor(P, A, AT, p, lay, st, system):
 def _solve_once(A, AT, p, lay, st, system, r1, r2):
     """(Δx, Δz) from the factors: K⁻¹(r1, r2) where sparse; else M Δx = r1 + A_cᵀH⁻¹r2_c −
     A_eqᵀΔz_eq with A_eq Δx = r2_eq, then Δz_c = H⁻¹(A_cΔx − r2_c)."""
-    m, n = A.shape
+    m, n = system.m, system.n
     if system.pat.used:
         out = sparse_ldl.solve(system.pat, system.F, np.concatenate((r1, r2)))
         return out[:n], out[n:]
@@ -238,7 +236,7 @@ def _kkt_solve(P, A, AT, p, lay, st, system, r1, r2):
     dx, dz = _solve_once(A, AT, p, lay, st, system, r1, r2)
     size = max(max(_max_abs(r1), _max_abs(r2)), 1e-300)
     previous = np.inf
-    h_dz = np.zeros(A.shape[0])
+    h_dz = np.zeros(system.m)
     for _ in range(_REFINE):
         cone.apply_h(lay, st, dz[p:], h_dz[p:], False)
         e1 = r1 - _px(system, P, dx) - _atz(system, AT, dz)
@@ -335,20 +333,23 @@ def _finite(v):
 
 
 @njit(**_OPTIONS)
-def solve_one(P, A, b, c, d_inv, e_inv, p, lay, pat, tolerances, max_iters, x, z, s, final):
-    """One element's solve. P (n, n), A (m, n) with its p equality rows first, b (m,),
+def solve_one(
+    P, A, a_vals, p_vals, b, c, d_inv, e_inv, p, lay, pat, tolerances, max_iters, x, z, s, final
+):  # fmt: skip
+    """One element's solve. The matrices: A (m, n) with its p equality rows first and P
+    (n, n) dense, or, where `pat` (the KKT matrix's sparse `sparse_ldl.Pattern`) is used,
+    their values a_vals, p_vals on it (`matrices`; the dense ones are then not read). b (m,),
     c (n,), d_inv (m,), e_inv (n,) (inverse equilibration, for the stopping rule), lay the
-    cone rows' blocks (a `cone.Layout`, relative to row p), pat the KKT matrix's sparse
-    `sparse_ldl.Pattern` (or `sparse_ldl.unused()`: dense factorizations); tolerances (inner_abs,
+    cone rows' blocks (a `cone.Layout`, relative to row p); tolerances (inner_abs,
     inner_rel, eps_abs, eps_rel, eps_infeas). Writes the chosen iterate into x (n,), z,
     s (m,) and the primal, dual and gap residuals of the last iterate into final (3,);
     returns (τ, code, iterations) with `ipm`'s codes."""
-    m, n = A.shape
+    m, n = b.size, c.size
     mc = m - p
     AT = np.ascontiguousarray(A.T)
     inner_abs, inner_rel, eps_abs, eps_rel, eps_inf = tolerances
     st = cone.state(lay)
-    system = _system(P, A, p, pat)
+    system = _system(m, n, p, pat, a_vals, p_vals)
     e = np.empty(mc)
     cone.unit(lay, e)
     degree = cone.degree(lay)
@@ -360,7 +361,7 @@ def solve_one(P, A, b, c, d_inv, e_inv, p, lay, pat, tolerances, max_iters, x, z
         cone.scaling(lay, e, e, st)
         _factor(P, A, AT, p, lay, st, system)  # its failure shows in the first merit
         x[:] = _kkt_solve(P, A, AT, p, lay, st, system, -c, b)[0]
-        s[:] = b - A @ x
+        s[:] = b - _ax(system, A, x)
         s[:p] = 0.0
         z[:] = -s
         for v in (s, z):
@@ -481,16 +482,25 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     inner = [max(e * e, ipm._INNER_EPS[dtype]) for e in (eps_abs, eps_rel)]
     tolerances = np.array(inner + [eps_abs, eps_rel, eps_inf])
     max_iters = min(settings.max_iters, ipm.MAX_ITERS)
-    # a sparse factorization takes the program as it is; a dense one its reduction
-    pat = structure_pattern(program.structure)
-    data, cone_spec = ipm._prepare(
-        program, settings.normalize, ruiz_kernels.equilibrate, eliminate=not pat.used
-    )
+    # a sparse factorization takes the equilibrated program's values as they are; a dense
+    # one its dense reduction
+    st = program.structure
+    pat = structure_pattern(st)
+    if pat.used:
+        D, E, A_vals, P_vals, b, c = ipm.equilibrated(
+            program, settings.normalize, ruiz_kernels.equilibrate
+        )
+        data = ipm._Data(b=b, c=c, row_scale=D, col_scale=E, D=D, E=E, b_full=b, c_full=c)
+        P, A, a_vals, p_vals = matrices(st, A_vals, P_vals)
+        cone_spec = st.cones
+    else:
+        data, cone_spec = ipm._prepare(program, settings.normalize, ruiz_kernels.equilibrate)
+        P, A = as_array(data.P), as_array(data.A)
+        a_vals = p_vals = np.zeros((len(A), 0))
     lay, p = layout(cone_spec)
-
-    P, A, b, c = (as_array(t) for t in (data.P, data.A, data.b, data.c))
+    b, c = as_array(data.b), as_array(data.c)
     d_inv, e_inv = 1.0 / as_array(data.row_scale), 1.0 / as_array(data.col_scale)
-    B, m, n = A.shape
+    (B, m), n = b.shape, c.shape[1]
     x, z, s = np.zeros((B, n)), np.zeros((B, m)), np.zeros((B, m))
     tau, codes = np.ones(B), np.full(B, _FAILED, dtype=np.int64)
     iterations, final = np.zeros(B, dtype=np.int64), np.zeros((B, 3))
@@ -498,8 +508,8 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
 
     def run(i):
         tau[i], codes[i], iterations[i] = solve_one(
-            P[i], A[i], b[i], c[i], d_inv[i], e_inv[i], p, lay, pat, tolerances, max_iters,
-            x[i], z[i], s[i], final[i],
+            P[i], A[i], a_vals[i], p_vals[i], b[i], c[i], d_inv[i], e_inv[i], p, lay, pat,
+            tolerances, max_iters, x[i], z[i], s[i], final[i],
         )  # fmt: skip
         if settings.verbose:  # one worker then: the lines keep their order
             print(
@@ -532,6 +542,14 @@ def kkt_pattern(P: np.ndarray, A: np.ndarray, p: int, lay: cone.Layout) -> spars
     return _chosen(p, lay, (P != 0).any(0), (A != 0).any(0), 0)
 
 
+def pattern_values(
+    pat: sparse_ldl.Pattern, P: np.ndarray, A: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The values (B, nnz) of a batch of dense A (B, m, n) and P (B, n, n) on `pat`, as the
+    kernels take them where it is used."""
+    return A[:, pat.a_rows, pat.a_cols], P[:, pat.p_rows, pat.p_cols]
+
+
 @functools.lru_cache(maxsize=64)
 def structure_pattern(structure: ConeStructure) -> sparse_ldl.Pattern:
     """`kkt_pattern` for a program's fixed nonzero pattern, lifted variables kept (the
@@ -544,6 +562,45 @@ def structure_pattern(structure: ConeStructure) -> sparse_ldl.Pattern:
         P_pattern[structure.p_coords()] = True
     lifted = ipm._lifted_columns(structure)[0].size
     return _chosen(p, lay, P_pattern | P_pattern.T, A_pattern, lifted)
+
+
+def matrices(structure: ConeStructure, A_vals: torch.Tensor, P_vals: torch.Tensor | None):
+    """The kernels' matrices (P, A, a_vals, p_vals), batch-first arrays, for a batch of A's
+    and P's values on `structure`'s nonzeros (B, nnz_A), (B, nnz_P) (or None): where its
+    `structure_pattern` is used, their values on that pattern (no dense copy: `solve_one`
+    then reads no dense matrix, and P, A are empty); else dense A (B, m, n), P (B, n, n)
+    and empty values."""
+    B = A_vals.shape[0]
+    pat = structure_pattern(structure)
+    if pat.used:
+        a_index, p_index = _value_positions(structure)
+        a_vals = as_array(A_vals)[:, a_index]
+        p_vals = np.zeros((B, 0)) if P_vals is None else as_array(P_vals)[:, p_index]
+        empty = np.zeros((B, 0, 0))
+        return empty, empty, a_vals, p_vals
+    A_dense, P_dense = SparseOps.of(structure, A_vals.device).dense(A_vals, P_vals)
+    A = as_array(A_dense)
+    P = np.zeros((B, structure.n, structure.n)) if P_dense is None else as_array(P_dense)
+    return P, A, np.zeros((B, 0)), np.zeros((B, 0))
+
+
+@functools.lru_cache(maxsize=64)
+def _value_positions(structure: ConeStructure) -> tuple[np.ndarray, np.ndarray]:
+    """Where each entry of `structure_pattern`'s A and P (upper triangle) sits among the
+    structure's values (CSC order)."""
+    pat, n = structure_pattern(structure), structure.n
+
+    def positions(coords, rows, cols):
+        keys = coords[0].astype(np.int64) * n + coords[1]
+        order = np.argsort(keys)
+        found = order[np.searchsorted(keys[order], rows * n + cols)]
+        assert np.array_equal(keys[found], rows * n + cols)  # the same entries
+        return found
+
+    a_index = positions(structure.a_coords(), pat.a_rows, pat.a_cols)
+    if not structure.p_nnz:
+        return a_index, np.zeros(0, dtype=np.int64)
+    return a_index, positions(structure.p_coords(), pat.p_rows, pat.p_cols)
 
 
 def _chosen(p: int, lay: cone.Layout, P_pattern, A_pattern, lifted: int) -> sparse_ldl.Pattern:
@@ -592,7 +649,7 @@ def _cached() -> bool:
 
 # ------------------------------------------------------------------ the backward
 @njit(**_OPTIONS)
-def adjoint_one(P, A, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v):
+def adjoint_one(P, A, a_vals, p_vals, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v):
     """The adjoint of one element's solution map through the interior point's KKT system
     at an interior solution (s, y) (rows as in `solve_one`, equality rows first): solve
 
@@ -605,14 +662,15 @@ def adjoint_one(P, A, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v):
     (`_ADJOINT_CLIP`; near the solution it spans μ to 1/μ, and the factorization's
     regularization, proportional to its largest entry, would then leave refinement too
     much to undo); on the nonsymmetric blocks H = U Uᵀ with W⁻ᵀ = L_inv, given (count, 3,
-    3) (`cvxlayer.diff.kkt`). Returns False where a factorization failed."""
-    m, n = A.shape
+    3) (`cvxlayer.diff.kkt`). The matrices as `solve_one` takes them. Returns False where a
+    factorization failed."""
+    m, n = y.size, u.size
     AT = np.ascontiguousarray(A.T)
     st = cone.state(lay)
-    cone.scaling(lay, s[p:], y[p:], st)
+    cone.symmetric_scaling(lay, s[p:], y[p:], st)
     soc_kernels.clip_scaling(lay.starts, s[p:], y[p:], st.w, st.eta, _ADJOINT_CLIP)
     st.U[:], st.L_inv[:] = U, L_inv
-    system = _system(P, A, p, pat)
+    system = _system(m, n, p, pat, a_vals, p_vals)
     ok = _factor(P, A, AT, p, lay, st, system)
     r2 = gy.copy()
     h_gs = np.empty(m - p)

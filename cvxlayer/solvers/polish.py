@@ -79,9 +79,7 @@ def polish(
     pattern = ipm_compiled.structure_pattern(st)
     ops = SparseOps.of(st, program.b.device)
     projector = ConeProjector.of(st.cones)
-    A_dense, P_dense = ops.dense(program.A, program.P)
-    A = as_array(A_dense)
-    P = np.zeros((A.shape[0], st.n, st.n)) if P_dense is None else as_array(P_dense)
+    matrices = ipm_compiled.matrices(st, program.A, program.P)
 
     def state(x, v, rows):
         """(y, s, r₁, r₂, max residual) at (x, v) on the elements `rows` (B,) (bool); the
@@ -116,7 +114,7 @@ def polish(
             break
         U, L_inv = moreau_scaling(program, y_k, s_k)
         s_in, y_in = moved_inside(lay, p, as_array(s_k), as_array(y_k))
-        system = (P, A, p, lay, pattern, s_in, y_in, U, L_inv)
+        system = (*matrices, p, lay, pattern, s_in, y_in, U, L_inv)
         dx, dy, ok = _newton_direction(system, as_array(-r1), as_array(-r2), index)
         dx, dy, ok = (torch.as_tensor(t) for t in (dx, dy, ok))
         dx, dy = dx.to(x.dtype), dy.to(x.dtype)
@@ -154,15 +152,14 @@ def _newton_direction(system: tuple, g1: np.ndarray, g2: np.ndarray, index: list
     the compiled adjoint kernel (`system`: its arguments up to the right-hand side)."""
     from cvxlayer.solvers import ipm_compiled
 
-    P, A, p, lay, pattern, s_in, y_in, U, L_inv = system
-    B, m, n = A.shape
-    dx, dy, ok = np.zeros((B, n)), np.zeros((B, m)), np.zeros(B, dtype=bool)
-    zeros = np.zeros(m)
+    P, A, a_vals, p_vals, p, lay, pattern, s_in, y_in, U, L_inv = system
+    dx, dy, ok = np.zeros_like(g1), np.zeros_like(g2), np.zeros(len(g1), dtype=bool)
+    zeros = np.zeros(g2.shape[1])
 
     def run(i):
         ok[i] = ipm_compiled.adjoint_one(
-            P[i], A[i], p, lay, pattern, s_in[i], y_in[i], U[i], L_inv[i], g1[i], g2[i], zeros,
-            dx[i], dy[i],
+            P[i], A[i], a_vals[i], p_vals[i], p, lay, pattern, s_in[i], y_in[i], U[i],
+            L_inv[i], g1[i], g2[i], zeros, dx[i], dy[i],
         )  # fmt: skip
 
     for_each(run, index)

@@ -163,17 +163,17 @@ def analyze(
 
 # ------------------------------------------------------------------ numeric
 @njit(**_OPTIONS)
-def assemble(pat, P, A, h_values, reg, F):
-    """K's values (new order) into F.Kx from dense P (n, n), A (m, n), the cone blocks' H
-    entries (`composite_kernels.h_values` order) and the static regularization δ (on x and
-    the equality rows only: on cone rows H ~ μ near the solution, and δ there would slow
-    the refinement to a crawl)."""
+def assemble(pat, p_vals, a_vals, h_values, reg, F):
+    """K's values (new order) into F.Kx from P's and A's values on the pattern (p_rows,
+    p_cols; a_rows, a_cols), the cone blocks' H entries (`composite_kernels.h_values`
+    order) and the static regularization δ (on x and the equality rows only: on cone rows
+    H ~ μ near the solution, and δ there would slow the refinement to a crawl)."""
     Kx = F.Kx
     Kx[:] = 0.0
     for e in range(pat.p_pos.size):
-        Kx[pat.p_pos[e]] += P[pat.p_rows[e], pat.p_cols[e]]
+        Kx[pat.p_pos[e]] += p_vals[e]
     for e in range(pat.a_pos.size):
-        Kx[pat.a_pos[e]] += A[pat.a_rows[e], pat.a_cols[e]]
+        Kx[pat.a_pos[e]] += a_vals[e]
     for e in range(pat.h_pos.size):
         Kx[pat.h_pos[e]] -= h_values[e]
     for e in range(pat.x_diag.size):
