@@ -2,13 +2,16 @@
 rollouts stay finite, the QP path solves their degenerate instances, and failed elements never
 reach the gradient."""
 
+import dataclasses
+
 import cvxpy as cp
 import numpy as np
 import pytest
 import torch
 
-import cvxlayer.fastpaths.qp as qp_module
 from cvxlayer import CvxpyLayer
+from cvxlayer.solvers.base import Status
+from cvxlayer.solvers.ipm import InteriorPoint
 
 # the supply-chain policy of cvxpylayers' examples: 4 nodes, 2 suppliers, 2 retailers, 8 links
 N, K, C, M = 4, 2, 2, 8
@@ -213,8 +216,8 @@ def test_markowitz_policy_trains_to_finite_parameters():
 
 @pytest.mark.parametrize("failed_gradient", ["zero", "nan"])
 def test_a_failed_fast_path_element_does_not_reach_the_gradient(monkeypatch, failed_gradient):
-    """Element 1's interior point is made to produce NaN; the generic mode solves it again.
-    Outputs and gradients equal those of a run where nothing failed."""
+    """The last element's interior point is made to break down (NaN, FAILURE); the generic
+    mode solves it again. Outputs and gradients equal those of a run where nothing failed."""
     layer = _supply_chain_policy(fast_path="qp")
     args = [a.clone().requires_grad_() for a in _split(DEGENERATE)]
     solver_args = {"failed_gradient": failed_gradient, "eps": 1e-9}
@@ -223,15 +226,14 @@ def test_a_failed_fast_path_element_does_not_reach_the_gradient(monkeypatch, fai
     expected = [a.grad.clone() for a in args]
     for a in args:
         a.grad = None
-    direction = qp_module._direction
+    solve = InteriorPoint.solve
 
-    def poisoned(qp, it, kkt, r_comp):  # the last running element of the batch turns NaN
-        steps = direction(qp, it, kkt, r_comp)
-        for t in steps:
-            t[-1] = float("nan")
-        return steps
+    def poisoned(self, program, settings, warm_start=None):  # the last element breaks down
+        sol = solve(self, program, settings)
+        sol.x[-1] = float("nan")
+        return dataclasses.replace(sol, status=(*sol.status[:-1], Status.FAILURE))
 
-    monkeypatch.setattr(qp_module, "_direction", poisoned)
+    monkeypatch.setattr(InteriorPoint, "solve", poisoned)
     (u,), info = layer(*args, solver_args=solver_args, return_status=True)
     assert info.mode == "qp+scs" and all(s.ok for s in info.status)
     u.sum().backward()

@@ -12,6 +12,7 @@ from cvxlayer import CvxpyLayer, SolverError, Status, solve_qp
 from cvxlayer.fastpaths import QPForm, qp_form
 from cvxlayer.fastpaths.qp import QPData, qp_solve_differentiable
 from cvxlayer.fastpaths.qp_form import QP_MIN_BATCH
+from cvxlayer.solvers import ipm
 
 TIGHT = {"eps": 1e-9, "max_iters": 200_000}
 
@@ -42,10 +43,16 @@ def _clarabel_qp(Q, q, G, h, A, b):
     return x.value
 
 
-METHODS = ["active_set", "ipm"]
+@pytest.fixture(params=["active_set", "ipm", "ipm-torch"])
+def method(request, monkeypatch):
+    """The QP path's methods; "ipm-torch": the interior point as on CUDA tensors (the torch
+    engine, and the torch factorization in the backward), run on the CPU."""
+    if request.param == "ipm-torch":
+        monkeypatch.setattr(ipm, "_compiled_engine", lambda: None)
+        return "ipm"
+    return request.param
 
 
-@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(6, 5, 2), (6, 8, 0), (6, 0, 3), (5, 0, 0)])
 def test_solve_qp_matches_clarabel(shape, method):
     n, m, p = shape
@@ -77,7 +84,6 @@ def test_solve_qp_shared_arguments_broadcast_and_unbatched_call():
     assert single.shape == (Q.shape[-1],)
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_solve_qp_gradcheck(method):
     data = _random_qp(np.random.default_rng(2), n=4, m=3, p=1, batch=2)
     leaves = tuple(t.clone().requires_grad_() for t in data)
@@ -86,7 +92,6 @@ def test_solve_qp_gradcheck(method):
     )
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_solve_qp_gradients_of_duals_match_finite_differences(method):
     """λ and ν are differentiable too (through the layer's y)."""
     from cvxlayer.fastpaths.qp import QPData, qp_solve_differentiable
@@ -110,7 +115,6 @@ def test_solve_qp_gradients_of_duals_match_finite_differences(method):
     torch.testing.assert_close((h.grad * direction).sum(), fd, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_solve_qp_errors(method):
     Q, q, G, h, A, b = _random_qp(np.random.default_rng(4))
     with pytest.raises(ValueError, match="G with h"):
@@ -132,7 +136,6 @@ def test_solve_qp_errors(method):
         solve_qp(Q, q, G, h, method="simplex")
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_float32_converges_to_its_tolerance(method):
     """float32 stops at eps ≥ 1e-4 (relative residuals); with Q's smallest eigenvalue 0.1
     that leaves the solution within ~1e-2 of float64's."""
@@ -374,7 +377,7 @@ def test_pinned_variables_are_eliminated_and_match_the_generic_path():
 
 
 def test_auto_takes_the_qp_path_on_the_cpu_by_size_and_batch(monkeypatch):
-    """On the CPU, QPs up to ACTIVE_SET_MAX_N variables take the QP path (the active set
+    """On the CPU, QPs up to _ALWAYS_MAX_N variables take the QP path (the active set
     per element) at any batch size; larger ones with a sparse G (this box) from
     QP_MIN_BATCH elements (below, the generic auto mode, native SCS for this small
     program, beats the batched interior point), with a dense G at any batch size. All
@@ -387,7 +390,7 @@ def test_auto_takes_the_qp_path_on_the_cpu_by_size_and_batch(monkeypatch):
     small = {1: "qp", QP_MIN_BATCH - 1: "qp"}
     large = {1: "scs", QP_MIN_BATCH - 1: "scs", QP_MIN_BATCH: "qp"}
     for limit, cases in ((n, small), (n - 1, large)):
-        monkeypatch.setattr(qp_form, "ACTIVE_SET_MAX_N", limit)
+        monkeypatch.setattr(qp_form, "_ALWAYS_MAX_N", limit)
         for batch, mode in cases.items():
             lo_v = torch.rand(batch, n, generator=gen, dtype=torch.float64) - 0.5
             (sol,), info = layer(lo_v, return_status=True)
@@ -399,7 +402,7 @@ def test_auto_takes_the_qp_path_on_the_cpu_by_size_and_batch(monkeypatch):
     assert layer.fast_path.g_pattern is None
     lo_v = torch.rand(1, n, generator=gen, dtype=torch.float64)
     (sol,), info = layer(torch.eye(n, dtype=torch.float64)[None], lo_v, return_status=True)
-    assert info.mode == "qp"  # ACTIVE_SET_MAX_N is still n − 1 here: the interior point
+    assert info.mode == "qp"  # _ALWAYS_MAX_N is still n − 1 here
     torch.testing.assert_close(sol, lo_v.clamp(max=1), atol=1e-6, rtol=0)
 
 
@@ -451,7 +454,6 @@ def test_a_fixed_elimination_is_folded_into_the_map_and_changes_nothing(name):
         np.testing.assert_allclose(outs_a[0][i].detach().numpy(), x.value, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["active_set", "ipm"])
 def test_a_gram_objective_is_differentiated_through_its_rank_two_gradient(method):
     """Q = Q₀ + Tᵀ diag(p) T given as `gram` (how the QP path passes ½‖Lz‖²): the solution
     and the gradients in T and p are those of the same QP with Q formed by autograd."""

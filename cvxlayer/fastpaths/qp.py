@@ -1,43 +1,43 @@
-"""QP fast path (thesis ch. 3, OptNet): a batched primal-dual interior-point method whose
-KKT factorization also serves the backward pass.
+"""QP fast path (thesis ch. 3, OptNet): QPs solved per element by a dual active set
+(`active_set.py`, small dense QPs on CPU tensors) or by the project's interior point, and
+differentiated through the KKT system at the solution.
 
 For each batch element
 
     minimize  ½ zᵀQz + qᵀz   subject to  Az = b,  Gz + s = h,  s ≥ 0,
 
-with Q ⪰ 0 (B, n, n), G (B, m, n), A (B, p, n). Forward: Mehrotra's predictor-corrector
-(Mattingley & Boyd 2012, as in qpth). Each iteration factors the reduced KKT matrix once,
-
-    K(d) = [H  Aᵀ; A  −δI],   H = Q + Gᵀ diag(d) G + δI,   d = λ / s,
-
-(Cholesky of H, then of the Schur complement A H⁻¹ Aᵀ + δI) and uses the factor for both
-the affine and the centering-corrector directions. δ is a tiny static regularization; the
-residuals are always measured on the unregularized problem, so it never changes the answer.
+with Q ⪰ 0 (B, n, n), G (B, m, n), A (B, p, n). The interior point is `cvxlayer.solvers.ipm`
+on the QP's cone program (zero rows A, orthant rows G; `interior_point`): compiled per
+element on CPU tensors, batched in torch on CUDA, one engine per device for the whole
+project. Its solutions are polished: each element is moved to the exact solution of its
+identified active set where that passes the stopping rule (`_polish`); its derivative is
+then the active set's (λ/s → ∞ on active rows, 0 on the others). Elements it certifies
+infeasible or unbounded, or leaves unsolved, the layer re-solves with the generic cone
+solver, which classifies them.
 
 Backward (OptNet's differentials, thesis eq. 3.6-3.8): with the KKT residual F(z, λ, ν; θ)
 = (Qz + q + Gᵀλ + Aᵀν, diag(λ)(Gz − h), Az − b) = 0, the vector-Jacobian product of the
 solution is −dᵀ ∂F/∂θ where Jᵀd = (g_z, g_λ, g_ν). After scaling d_λ by λ the system is
-K(λ/s) itself at the solution, so the backward is triangular solves with a factorization
-made in the forward (plus a few refinement steps, see `_refined_solve`):
+the interior point's reduced KKT matrix at the solution,
+
+    K(d) = [H  Aᵀ; A  −δI],   H = Q + Gᵀ diag(d) G + δI,   d = λ / s,
+
+(`KKTFactor`: Cholesky of H, then of the Schur complement A H⁻¹ Aᵀ + δI; δ a tiny static
+regularization that refinement removes, `_refined_solve`):
 
     [H Aᵀ; A −δI] [d_z; d_ν] = [g_z + Gᵀ diag(λ/s) g_λ; g_ν],   d̃_λ = (λ/s)(G d_z − g_λ),
     ∇Q = −½(d_z zᵀ + z d_zᵀ),  ∇q = −d_z,  ∇G = −(λ d_zᵀ + d̃_λ zᵀ),  ∇h = d̃_λ,
     ∇A = −(ν d_zᵀ + d_ν zᵀ),   ∇b = d_ν.
 
-Polishing: after the interior point converges, each element is moved to the exact solution
-of its identified active set where that passes the stopping rule (`_polish`); its
-derivative is then the active set's (λ/s → ∞ on active rows, 0 on the others).
-
-An interior-point method does not certify infeasibility: an element that does not converge
-within the iteration limit is reported as `Status.MAX_ITERS` (or `FAILURE` on a numerical
-breakdown); the layer then re-solves it with the generic cone solver, which classifies it.
+On CPU tensors the same system is solved per element (active sets by one batched LU, the
+others by the compiled engine's kernel: `_adjoint_solve`).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,15 +47,15 @@ from cvxlayer.errors import SolverError
 from cvxlayer.fastpaths import active_set
 from cvxlayer.fastpaths.batching import broadcast_batch
 from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv, namespace
-from cvxlayer.solvers.base import Status, floor_tolerance
+from cvxlayer.program import ConeProgram, ConeStructure
+from cvxlayer.solvers.base import SolveSettings, Status, floor_tolerance
 from cvxlayer.solvers.elementwise import as_array, as_tensor, for_each
 
 # IPMs converge in tens of iterations; more means an infeasible or ill-posed element.
 MAX_ITERS = 50
 # method="auto": the dual active set on CPU tensors up to this many variables (measured:
 # docs/benchmarks.md, "QPs on a dual active set")
-ACTIVE_SET_MAX_N = 500
-_STEP_FRACTION = 0.99
+ACTIVE_SET_MAX_N = 1000
 _REG = {torch.float64: 1e-10, torch.float32: 1e-6}
 # λ/s grows like 1/μ on active constraints; the backward's factorization clips it here
 _D_MAX = {torch.float64: 1e12, torch.float32: 1e6}
@@ -68,11 +68,6 @@ _REFINE_STEPS = 3
 # 270 at 150, where the compiled engine per element costs less), and accepts a solution
 # whose residual is below this fraction of the right-hand side's scale
 _BATCHED_KKT_MAX, _KKT_RESIDUAL = 120, 1e-11
-_IPM_EPS = {torch.float64: 1e-8, torch.float32: 1e-4}
-_RETRY = 1e-3  # an element whose polish fails iterates on until its gap is this much smaller
-# an element that meets the user's tolerance ends at its best iterate once it has not
-# improved for _STALL iterations, or got _DIVERGED times worse
-_STALL, _DIVERGED = 5, 1e3
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,12 +203,6 @@ class KKTFactor:
         return x - mv(self.HinvAt, y), y
 
 
-def _max_step(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
-    """(B,) the largest α ≤ 1 with v + α dv ≥ 0 (v > 0)."""
-    ratio = torch.where(dv < 0, -v / dv, torch.ones_like(v))
-    return ratio.amin(1).clamp(max=1.0) if v.shape[1] else v.new_ones(v.shape[0])
-
-
 @dataclass(frozen=True, eq=False)
 class AdjointSystem:
     """The linearized KKT system at a solution, [Q Gᵀ Aᵀ; G −diag(w_scale) 0; A 0 0], with
@@ -294,9 +283,7 @@ class _Iterate:
         self.r_dual = self.Qz + qp.q + self.Gt_lam + self.At_nu
         self.r_ineq = self.Gz + s - qp.h
         self.r_eq = self.Az - qp.b
-        m = s.shape[1]
         self.gap = (s * lam).sum(1)
-        self.mu = self.gap / m if m else self.gap * 0
 
     def converged(self, qp: QPData, eps_abs: float, eps_rel: float) -> torch.Tensor:
         """(B,) SCS's stopping rule on the primal and dual residuals and the gap sᵀλ:
@@ -307,11 +294,6 @@ class _Iterate:
             & (res_dual <= eps_abs + eps_rel * scale_dual)
             & (gap <= eps_abs + eps_rel * scale_gap)
         )
-
-    def merit(self, qp: QPData) -> torch.Tensor:
-        """(B,) the smallest eps with `converged(eps, eps)`: max of residual / (1 + scale)."""
-        xp = namespace(self.z)
-        return xp.amax(xp.stack([r / (1 + scale) for r, scale in self._measures(qp)]), 0)
 
     def _measures(self, qp: QPData):
         """(residual, scale) of the primal, dual and gap conditions, each (B,)."""
@@ -330,146 +312,83 @@ class _Iterate:
         return (res_pri, scale_pri), (n(self.r_dual), scale_dual), (self.gap, scale_gap)
 
 
-def _direction(qp, it: _Iterate, kkt: KKTFactor, r_comp: torch.Tensor):
-    """Newton direction for the KKT residuals with complementarity right-hand side r_comp:
-    Q dz + Gᵀdλ + Aᵀdν = −r_dual, G dz + ds = −r_ineq, A dz = −r_eq, λ∘ds + s∘dλ = r_comp."""
-    w = (r_comp + it.lam * it.r_ineq) / it.s
-    dz, dnu = kkt.solve(-it.r_dual - g_mtv(qp, w), -it.r_eq)
-    G_dz = g_mv(qp, dz)
-    dlam = w + (it.lam / it.s) * G_dz
-    ds = -it.r_ineq - G_dz
-    return dz, ds, dlam, dnu
+@functools.lru_cache(maxsize=32)
+def _cone_structure(n: int, m: int, p: int, G_pattern: GPattern | None):
+    """The cone program of QPs of this shape: min ½zᵀQz + qᵀz s.t. [A; G] z + s = [b; h],
+    s ∈ {0}ᵖ × ℝ₊ᵐ, with A dense, G dense or on `G_pattern`, and Q's upper triangle. Returns
+    its `ConeStructure` and the (row, column) places of its A values in [A; G] and of its P
+    values in Q (CSC order)."""
+    mask = np.ones((p + m, n), dtype=bool)
+    if G_pattern is not None:
+        mask[p:] = False
+        mask[p + G_pattern.rows, G_pattern.cols] = True
+    a_cols, a_rows = np.nonzero(mask.T)  # column by column: CSC order
+    p_cols, p_rows = np.nonzero(np.triu(np.ones((n, n), dtype=bool)).T)
+
+    def indptr(cols):
+        return np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
+
+    structure = ConeStructure(
+        n, p + m, ConeSpec(zero=p, nonneg=m), a_rows, indptr(a_cols), p_rows, indptr(p_cols)
+    )
+    return structure, (a_rows, a_cols), (p_rows, p_cols)
 
 
-def _initial_point(qp: QPData):
-    """CVXOPT's start: the KKT solution with d = 1, then s and λ shifted to be ≥ 1."""
-    B, m = qp.h.shape
-    kkt = KKTFactor(qp, qp.h.new_ones(B, m))
-    z, nu = kkt.solve(-qp.q + g_mtv(qp, qp.h), qp.b)
-    s = qp.h - g_mv(qp, z)
-    lam = -s
-    if m:
-        s = s + (1 - s.amin(1, keepdim=True)).clamp(min=0)
-        lam = lam + (1 - lam.amin(1, keepdim=True)).clamp(min=0)
-    return z, s, lam, nu
-
-
-def pdipm(
+def interior_point(
     qp: QPData,
     eps_abs: float = 1e-8,
     eps_rel: float = 1e-8,
     max_iters: int = MAX_ITERS,
     verbose: bool = False,
 ) -> PDIPMResult:
-    """Solve a batch of QPs by Mehrotra's predictor-corrector method (no autograd).
-
-    Each element stops on its own residuals; finished elements leave the batch.
+    """Solve a batch of QPs by the project's interior point (`cvxlayer.solvers.ipm`: the
+    compiled engine per element on CPU tensors, the batched torch engine on CUDA) on their
+    cone program (`_cone_structure`), then snap each solved element to the exact solution
+    of its active set (`_polish`). No autograd.
 
     Returns:
-        The solution, per-element status and iterations, and the KKT factorization at the
-        solution (for `qp_vjp`).
+        The solution, per-element status (infeasible and unbounded elements are certified)
+        and iterations, and the KKT system at the solution (for `qp_vjp`).
     """
-    eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
-    # iterate to a tighter gap than asked (superlinear convergence makes it cheap) so that
-    # the active set is clear and polishing lands on the exact solution
-    ipm_abs, ipm_rel = min(eps_abs, _IPM_EPS[qp.Q.dtype]), min(eps_rel, _IPM_EPS[qp.Q.dtype])
-    B, m = qp.h.shape
-    device = qp.Q.device
-    z, s, lam, nu = _initial_point(qp)
-    out = [t.clone() for t in (z, s, lam, nu)]
-    # each element's best iterate that meets the user's tolerance, kept for when the
-    # iteration to the tighter internal one stalls or breaks down (rounding on degenerate
-    # problems): the element then ends there instead of failing
-    best = [t.clone() for t in (z, s, lam, nu)]
-    best_merit = torch.full((B,), float("inf"), dtype=qp.Q.dtype, device=device)
-    best_k = torch.zeros(B, dtype=torch.long, device=device)
-    polished: list[tuple[torch.Tensor, AdjointSystem]] = []  # (rows, their active-set system)
-    codes = torch.full((B,), -1, dtype=torch.long)  # -1 running, else index into _CODES
-    iterations = torch.full((B,), max_iters, dtype=torch.long)
-    index = torch.arange(B, device=device)
-    broken = torch.zeros(B, dtype=torch.bool, device=device)  # factorization broke down
-    data = qp
-    for k in range(max_iters + 1):
-        it = _Iterate(data, z, s, lam, nu)
-        result = [z, s, lam, nu]
-        finite = torch.isfinite(torch.cat(result, 1)).all(1) & ~broken
-        done = it.converged(data, ipm_abs, ipm_rel) & finite
-        merit = it.merit(data)
-        better = finite & (merit < best_merit) & it.converged(data, eps_abs, eps_rel)
-        for t_best, t in zip(best, result):
-            t_best[better] = t[better]
-        best_merit = torch.where(better, merit, best_merit)
-        best_k = torch.where(better, k, best_k)
-        stalled = torch.isfinite(best_merit) & ~done
-        stalled &= ~finite | (merit > _DIVERGED * best_merit) | (k - best_k >= _STALL)
-        stalled |= torch.isfinite(best_merit) & ~done & (k == max_iters)
-        if bool(stalled.any()):  # back to the best iterate; it is polished like the others
-            for t, t_best in zip(result, best):
-                t[stalled] = t_best[stalled]
-        if m and bool((done | stalled).any()):
-            # polish the newly converged; an element whose polish fails iterates on, unless
-            # its gap is already far below the tolerance (or it stalled: it ends unpolished)
-            sub = (done | stalled).nonzero().flatten()
-            *pol, ok, system = _polish(
-                _select(data, sub), *(t[sub] for t in result), eps_abs, eps_rel
-            )
-            tiny = it.converged(data, ipm_abs * _RETRY, ipm_rel * _RETRY)[sub]
-            done[sub] = ok | tiny | stalled[sub]
-            for t, p_t in zip(result, pol):
-                t[sub[ok]] = p_t[ok]
-            if bool(ok.any()):
-                polished.append((index[sub[ok]], system.select(ok)))
-        done |= stalled
-        failed = ~finite & ~done
-        stop = done | failed | (k == max_iters)
-        if bool(stop.any()):
-            rows = index[stop]
-            for t_out, t in zip(out, result):
-                t_out[rows] = t[stop]
-            rows = rows.cpu()
-            codes[rows] = torch.where(done, 0, torch.where(failed, 2, 1))[stop].cpu()
-            iterations[rows] = (k - broken.long())[stop].cpu()  # a breakdown: the step before
-            keep = ~stop
-            if not bool(keep.any()):
-                break
-            index, z, s, lam, nu, broken = (t[keep] for t in (index, z, s, lam, nu, broken))
-            best = [t[keep] for t in best]
-            best_merit, best_k = best_merit[keep], best_k[keep]
-            data, it = _select(data, keep), _select(it, keep)
-        if verbose:
-            print(
-                f"[qp] iter {k}: {len(index)} running, max res_dual "
-                f"{inf_norm(it.r_dual).max().item():.2e}, max mu {it.mu.max().item():.2e}"
-            )
-        # only the elements still running are factored; one that breaks down keeps its
-        # iterate and stops as a failure at the next check
-        kkt = KKTFactor(data, lam / s if m else lam)
-        broken = ~kkt.ok
-        # predictor (affine scaling), then centering + corrector with the same factor
-        dz, ds, dlam, dnu = _direction(data, it, kkt, -s * lam)
-        if m:
-            alpha = torch.minimum(_max_step(s, ds), _max_step(lam, dlam)).unsqueeze(1)
-            gap_aff = ((s + alpha * ds) * (lam + alpha * dlam)).sum(1)
-            sigma = (gap_aff / it.gap).clamp(0, 1) ** 3
-            r_comp = -s * lam - ds * dlam + (sigma * it.mu).unsqueeze(1)
-            dz, ds, dlam, dnu = _direction(data, it, kkt, r_comp)
-            alpha = torch.minimum(_max_step(s, ds), _max_step(lam, dlam))
-            alpha = torch.clamp(_STEP_FRACTION * alpha, max=1.0).unsqueeze(1)
-        else:
-            alpha = z.new_ones(z.shape[0], 1)
-        alpha = torch.where(broken.unsqueeze(1), 0.0, alpha)
-        z, s, lam, nu = z + alpha * dz, s + alpha * ds, lam + alpha * dlam, nu + alpha * dnu
-    z, s, lam, nu = out
-    # a failed element's iterate is reported, not used; where it is not finite it is
-    # replaced by a harmless point, so that no NaN reaches the computations (and their
-    # gradients) downstream of the solve, which the caller re-solves another way
-    finite = torch.isfinite(torch.cat(out, 1)).all(1, keepdim=True)
-    z, nu = (torch.where(finite, t, 0.0) for t in (z, nu))
-    s, lam = (torch.where(finite, t, 1.0) for t in (s, lam))
+    from cvxlayer.solvers.ipm import InteriorPoint
+
+    (B, m), p, n = qp.h.shape, qp.b.shape[1], qp.q.shape[1]
+    if m == 0:  # equalities only: one KKT solve (`_polish` with no row active)
+        *solution, ok, system = _polish(
+            qp, qp.h.new_zeros(B, 0, dtype=torch.bool), eps_abs, eps_rel
+        )
+        if bool(ok.all()):
+            ones = torch.ones(B, dtype=torch.long)
+            return PDIPMResult(*solution, (Status.SOLVED,) * B, ones, system)
+    structure, (a_rows, a_cols), (p_rows, p_cols) = _cone_structure(n, m, p, qp.G_pattern)
+    rows = torch.cat([qp.A, qp.G], 1)
+    program = ConeProgram(
+        structure, rows[:, a_rows, a_cols], torch.cat([qp.b, qp.h], 1), qp.q,
+        qp.Q[:, p_rows, p_cols],
+    )  # fmt: skip
+    settings = SolveSettings(eps_abs=eps_abs, eps_rel=eps_rel, max_iters=max_iters)
+    settings = replace(settings, verbose=verbose)
+    sol = InteriorPoint().solve(program, settings)
+    z, nu, lam, s = sol.x, sol.y[:, :p], sol.y[:, p:], sol.s[:, p:]
+    # an unsolved element's iterate (a certificate: NaN) is reported, not used: it becomes
+    # a harmless point, so that no NaN reaches the computations (and their gradients)
+    # downstream of the solve, which the caller re-solves another way
+    solved = torch.tensor([st.ok for st in sol.status], device=z.device)
+    keep = solved.unsqueeze(1)
+    z, nu = (torch.where(keep, t, 0.0) for t in (z, nu))
+    s, lam = (torch.where(keep, t, 1.0) for t in (s, lam))
+    polished = []  # (rows, their active-set system)
+    sub = solved.nonzero().flatten()
+    if m and len(sub):
+        *pol, ok, system = _polish(_select(qp, sub), lam[sub] > s[sub], eps_abs, eps_rel)
+        for t, p_t in zip((z, s, lam, nu), pol):
+            t[sub[ok]] = p_t[ok]
+        if bool(ok.any()):
+            polished.append((sub[ok], system.select(ok)))
     system = _adjoint_system(qp, s, lam, polished)
-    codes[(codes == 0) & ~system.kkt.ok.cpu()] = 2  # solved, but no factor for the backward
-    status = tuple(_CODES[c] for c in codes.tolist())
-    return PDIPMResult(z, s, lam, nu, status, iterations, system)
+    failed = (solved & ~system.kkt.ok).cpu().tolist()  # solved, but no factor for the backward
+    status = tuple(Status.FAILURE if f else st for f, st in zip(failed, sol.status))
+    return PDIPMResult(z, s, lam, nu, status, sol.iterations, system)
 
 
 def _active_set_applies(qp: QPData) -> bool:
@@ -487,7 +406,7 @@ def solve_batch(
     start: torch.Tensor | None = None,
 ) -> PDIPMResult:
     """Solve a batch of QPs by the dual active set (`active_set.py`), the interior point
-    (`pdipm`), or, with "auto", the active set where it is measured faster
+    (`interior_point`), or, with "auto", the active set where it is measured faster
     (`_active_set_applies`). Elements the active set does not solve, or whose solution
     misses the stopping rule, are solved by the interior point (which then reports
     infeasible or difficult elements as it does alone). `start` (B, n): a guess of z that
@@ -495,7 +414,7 @@ def solve_batch(
     if method not in ("auto", "active_set", "ipm"):
         raise ValueError(f"unknown QP method {method!r}; use 'auto', 'active_set' or 'ipm'")
     if method == "ipm" or (method == "auto" and not _active_set_applies(qp)):
-        return pdipm(qp, eps_abs, eps_rel, max_iters, verbose)
+        return interior_point(qp, eps_abs, eps_rel, max_iters, verbose)
     eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
     a = qp.arrays()
     B, device = qp.q.shape[0], qp.Q.device
@@ -517,7 +436,7 @@ def solve_batch(
     status = [Status.SOLVED] * B
     iterations = torch.as_tensor(iterations)
     if len(rest):
-        ipm = pdipm(_select(qp, rest), eps_abs, eps_rel, max_iters, verbose)
+        ipm = interior_point(_select(qp, rest), eps_abs, eps_rel, max_iters, verbose)
         for t, t_ipm in zip((z, s, lam, nu), (ipm.z, ipm.s, ipm.lam, ipm.nu)):
             t[rest] = t_ipm
         for i, st in zip(rest.tolist(), ipm.status):
@@ -528,19 +447,20 @@ def solve_batch(
     return PDIPMResult(z, s, lam, nu, tuple(status), iterations, system, a)
 
 
-def _polish(qp: QPData, z, s, lam, nu, eps_abs: float, eps_rel: float):
-    """Snap converged elements to the exact solution of their active set (as OSQP polishes).
+def _polish(qp: QPData, active: torch.Tensor, eps_abs: float, eps_rel: float):
+    """The exact solution of each element's active set (as OSQP polishes).
 
     An interior point stops at μ > 0, off the solution by O(μ) and with a derivative that
-    keeps O(μ/s²) of each inactive constraint. With the active set guessed as λ > s, the
-    equality-constrained QP (G_i z = h_i on active rows, λ_i = 0 on the others) is solved
-    by iterative refinement preconditioned with the KKT factor of weights 1/δ and δ.
+    keeps O(μ/s²) of each inactive constraint. With the active set (B, m) bool guessed from
+    its solution (λ > s), the equality-constrained QP (G_i z = h_i on active rows, λ_i = 0
+    on the others) is solved by iterative refinement preconditioned with the KKT factor of
+    weights 1/δ and δ.
 
     Returns:
         (z, s, λ, ν) polished, (B,) whether the polished point passes the stopping rule (a
         wrong active set fails it), and the active set's system (kept for the backward).
     """
-    system = active_set_system(qp, lam > s)
+    system = active_set_system(qp, active)
     z_p, lam_p, nu_p = _refined_solve(qp, system, -qp.q, qp.h, qp.b)
     s_p = (qp.h - g_mv(qp, z_p)).clamp(min=0)
     lam_p = lam_p.clamp(min=0)
@@ -571,9 +491,6 @@ def _adjoint_system(qp: QPData, s, lam, polished) -> AdjointSystem:
         )
         parts.append((idx, ipm))
     return AdjointSystem.assemble(parts)
-
-
-_CODES = (Status.SOLVED, Status.MAX_ITERS, Status.FAILURE)
 
 
 def _refined_solve(qp: QPData, system: AdjointSystem, r_z, r_lam, r_nu):

@@ -45,7 +45,6 @@ import torch
 from cvxlayer.compile.parametric import ParametricMap, SparseLinear
 from cvxlayer.elimination import eliminated_gradient, one_per, reduced_objective
 from cvxlayer.fastpaths.qp import (
-    ACTIVE_SET_MAX_N,
     MAX_ITERS,
     GPattern,
     QPData,
@@ -257,8 +256,9 @@ def folded_rows(form: QPForm, raw: dict) -> dict | None:
     return rows
 
 
-# QPs above ACTIVE_SET_MAX_N variables with a sparse G go to the QP path from this batch
-# size on the CPU (measured crossover then: 16–32 elements at n = 10–50 on 2 cores)
+# the QP path pays on the CPU at every batch size up to _ALWAYS_MAX_N variables; above,
+# with a sparse G, from QP_MIN_BATCH elements (`QPForm.pays_off`)
+_ALWAYS_MAX_N = 500
 QP_MIN_BATCH = 24
 
 
@@ -373,7 +373,7 @@ class QPForm:
     def pays_off(self, batch: int, device: torch.device, mode: str) -> bool:
         """Whether the QP path beats the generic `mode`: never native Clarabel (0.6 s
         against its 0.05 s on a 20-asset trading policy, B = 32; bench/policy_rollout.py);
-        always on the CPU up to `ACTIVE_SET_MAX_N` variables, where the dual active set
+        always on the CPU up to `_ALWAYS_MAX_N` variables, where the dual active set
         runs per element (n = 50, B = 1: 4 ms a call against native SCS's 15, forward and
         backward; bench/overhead.py); above, with a dense G at any batch size (n = m = 600,
         min ‖y − x‖² s.t. My ≤ 1: 0.17 s forward and backward at B = 1 against native
@@ -383,7 +383,7 @@ class QPForm:
         one linear solve."""
         if mode == "clarabel":
             return False
-        if device.type != "cpu" or self.keep.size <= ACTIVE_SET_MAX_N:
+        if device.type != "cpu" or self.keep.size <= _ALWAYS_MAX_N:
             return True
         return batch >= QP_MIN_BATCH or self.ineq_rows.size == 0 or self.g_pattern is None
 
