@@ -259,3 +259,10 @@ def moreau_factors(lay, y, s, delta, U, L_inv):
         ns.moreau_factors(
             lay.kinds[i], lay.params[i], y[a:b], s[a:b], delta, U[i], L_inv[i], vec, mat
         )
+
+
+@njit(**_OPTIONS)
+def moreau_factors_each(lay, Y, S, delta, U, L_inv):
+    """`moreau_factors` for each row of Y, S (B, cone rows), into U, L_inv (B, count, 3, 3)."""
+    for i in range(Y.shape[0]):
+        moreau_factors(lay, Y[i], S[i], delta, U[i], L_inv[i])

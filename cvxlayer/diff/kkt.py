@@ -32,7 +32,7 @@ import torch
 from cvxlayer.diff.dense import ResidualMapAdjoint
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
-from cvxlayer.solvers.elementwise import as_array, for_each
+from cvxlayer.solvers.elementwise import as_array, for_chunks
 from cvxlayer.solvers.polish import moreau_scaling, moved_inside
 
 
@@ -78,13 +78,12 @@ class KKTAdjoint:
         u, v = np.zeros_like(x), np.zeros_like(y)
         ok = np.zeros(len(x), dtype=bool)
 
-        def run(i):
-            ok[i] = ipm_compiled.adjoint_one(
-                P[i], A[i], a_vals[i], p_vals[i], p, lay, pat, s[i], y[i], U[i], L_inv[i],
-                gx[i], gy[i], gs[i], u[i], v[i],
-            )  # fmt: skip
+        def run(chunk):
+            ipm_compiled.adjoint_each(
+                P, A, a_vals, p_vals, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v, chunk, ok
+            )
 
-        for_each(run, inside)
+        for_chunks(run, inside)
         # elements on the cones' boundary, or whose factorization failed: the residual map
         rest = [i for i in active if not ok[i]]
         u[rest], v[rest] = 0.0, 0.0

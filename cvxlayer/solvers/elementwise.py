@@ -78,19 +78,34 @@ def for_each(
     workers: int | None = None,
     blas: bool = True,
 ) -> None:
-    """run(i) for every index, over `workers` threads (default: torch's thread count, at
-    most one per index), each thread taking a run of consecutive indices (`map_chunks`,
-    whose `blas` this is)."""
-    indices = np.asarray(indices)
-    if workers is None:
-        workers = max(1, min(torch.get_num_threads(), indices.size))
+    """run(i) for every index, over `workers` threads (`for_chunks`)."""
 
     def run_chunk(chunk):
         for i in chunk:
             run(i)
+
+    for_chunks(run_chunk, indices, workers, blas)
+
+
+def for_chunks(
+    run: Callable[[np.ndarray], object],
+    indices: Sequence[int],
+    workers: int | None = None,
+    blas: bool = True,
+) -> None:
+    """run(chunk) for runs of consecutive indices, one per thread of `workers` (default:
+    torch's thread count, at most one per index; `map_chunks`, whose `blas` this is). A
+    compiled kernel that loops over its chunk itself is entered once per thread: a call
+    from Python with many arrays costs ~15 µs, more than a small element's work."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if workers is None:
+        workers = max(1, min(torch.get_num_threads(), indices.size))
+    chunks = [indices] if workers == 1 else np.array_split(indices, workers)
+
+    def run_chunk(chunk):
+        run(chunk)
         return []
 
-    chunks = [indices] if workers == 1 else np.array_split(indices, workers)
     map_chunks(run_chunk, chunks, workers, blas)
 
 

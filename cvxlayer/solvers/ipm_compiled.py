@@ -683,6 +683,17 @@ def adjoint_one(P, A, a_vals, p_vals, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u
 
 
 @njit(**_OPTIONS)
+def adjoint_each(P, A, a_vals, p_vals, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v, index, ok):
+    """`adjoint_one` for the elements in `index` of batch-first arrays (one call for a
+    chunk of the batch); ok[i] its result."""
+    for i in index:
+        ok[i] = adjoint_one(
+            P[i], A[i], a_vals[i], p_vals[i], p, lay, pat, s[i], y[i], U[i], L_inv[i], gx[i],
+            gy[i], gs[i], u[i], v[i],
+        )  # fmt: skip
+
+
+@njit(**_OPTIONS)
 def interior(lay, s, y, p):
     """Whether (s, y) lie strictly inside the cones on the rows after the first p."""
     return cone.interior(lay, s[p:], y[p:])

@@ -28,7 +28,7 @@ import torch
 from cvxlayer.cones import composite_kernels as cone
 from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.program import ConeProgram, SparseOps
-from cvxlayer.solvers.elementwise import as_array, for_each
+from cvxlayer.solvers.elementwise import as_array, for_chunks
 
 _STEPS = 3
 _DAMPING = (1.0, 0.5, 0.25)  # step lengths tried in turn
@@ -49,11 +49,7 @@ def moreau_scaling(program: ConeProgram, y: torch.Tensor, s: torch.Tensor):
     y, s = (np.nan_to_num(as_array(t)[:, p:]) for t in (y, s))
     B, count = y.shape[0], lay.kinds.size
     U, L_inv = np.zeros((B, count, 3, 3)), np.zeros((B, count, 3, 3))
-
-    def run(i):
-        cone.moreau_factors(lay, y[i], s[i], _CLIP, U[i], L_inv[i])
-
-    for_each(run, range(B))
+    cone.moreau_factors_each(lay, y, s, _CLIP, U, L_inv)  # ~0.2 µs a block: no threads
     return U, L_inv
 
 
@@ -152,15 +148,11 @@ def _newton_direction(system: tuple, g1: np.ndarray, g2: np.ndarray, index: list
     the compiled adjoint kernel (`system`: its arguments up to the right-hand side)."""
     from cvxlayer.solvers import ipm_compiled
 
-    P, A, a_vals, p_vals, p, lay, pattern, s_in, y_in, U, L_inv = system
     dx, dy, ok = np.zeros_like(g1), np.zeros_like(g2), np.zeros(len(g1), dtype=bool)
-    zeros = np.zeros(g2.shape[1])
+    zeros = np.zeros_like(g2)
 
-    def run(i):
-        ok[i] = ipm_compiled.adjoint_one(
-            P[i], A[i], a_vals[i], p_vals[i], p, lay, pattern, s_in[i], y_in[i], U[i],
-            L_inv[i], g1[i], g2[i], zeros, dx[i], dy[i],
-        )  # fmt: skip
+    def run(chunk):
+        ipm_compiled.adjoint_each(*system, g1, g2, zeros, dx, dy, chunk, ok)
 
-    for_each(run, index)
+    for_chunks(run, index)
     return dx, dy, ok
