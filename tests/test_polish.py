@@ -40,3 +40,33 @@ def test_softmax_is_polished_to_its_closed_form_and_infeasible_elements_pass_thr
     assert info.mode == "clarabel"
     assert [s.value for s in info.status] == ["solved", "infeasible", "solved"]
     torch.testing.assert_close(out[[0, 2]], torch.softmax(thetas[[0, 2]], 1), atol=1e-10, rtol=0)
+
+
+def test_clarabel_solves_again_what_the_polish_does_not_finish(monkeypatch):
+    """On exponential cones Clarabel stops at `POLISH_START` and the polish finishes; an
+    element the polish does not take to rounding (here: made to report so) is solved again
+    to eps² and polished: its iterations add up, and every answer is softmax(x)."""
+    from cvxlayer.solvers import polish as polish_module
+
+    d = 6
+    x, y = cp.Parameter(d), cp.Variable(d)
+    prob = cp.Problem(cp.Maximize(x @ y + cp.sum(cp.entr(y))), [cp.sum(y) == 1])
+    layer = CvxpyLayer(prob, [x], [y], mode="clarabel")
+    xv = torch.randn(3, d, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    (_,), first = layer(xv, return_status=True)
+    polish, calls = polish_module.polish, []
+
+    def unfinished_once(program, *args):  # element 1 "not at rounding" on the first call
+        *out, done = polish(program, *args)
+        if not calls:
+            done = done.clone()
+            done[1] = False
+        calls.append(program.batch_size)
+        return (*out, done)
+
+    monkeypatch.setattr(polish_module, "polish", unfinished_once)
+    (sol,), info = layer(xv, return_status=True)
+    assert calls == [3, 1]
+    assert info.iterations[1] > first.iterations[1]
+    assert torch.equal(info.iterations[[0, 2]], first.iterations[[0, 2]])
+    torch.testing.assert_close(sol, torch.softmax(xv, 1), atol=1e-10, rtol=0)

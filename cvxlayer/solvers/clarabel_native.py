@@ -47,6 +47,9 @@ INNER_FLOOR = 1e-10
 # the second try of a stalled element aims at the caller's eps, but no tighter than
 # Clarabel's default (1e-8); reaching only that is `solved_inaccurate` for a tighter eps
 RETRY_FLOOR = 1e-8
+# on exponential-cone programs Clarabel's solutions are polished from this gap and
+# feasibility (`ClarabelSerial.solve`)
+POLISH_START = 1e-8
 
 
 def _psd_upper_from_lower(side: int) -> np.ndarray:
@@ -107,12 +110,16 @@ class ClarabelLayout:
         return p, a
 
 
-def _settings(settings: SolveSettings, inner: bool = True) -> clarabel.DefaultSettings:
-    """Clarabel's settings aiming at eps² (`inner`) or at the caller's eps itself."""
+def _settings(
+    settings: SolveSettings, inner: bool = True, start: bool = False
+) -> clarabel.DefaultSettings:
+    """Clarabel's settings aiming at eps² (`inner`) or at the caller's eps itself; with
+    `start`, at `POLISH_START` where eps² is tighter (a start for the polish)."""
     out = clarabel.DefaultSettings()
     out.verbose = settings.verbose
     out.max_iter = min(settings.max_iters, MAX_ITERS)
     power, floor = (2, INNER_FLOOR) if inner else (1, RETRY_FLOOR)
+    floor = max(floor, POLISH_START) if start else floor
     out.tol_gap_abs = max(settings.eps_abs**power, floor)
     out.tol_gap_rel = max(settings.eps_rel**power, floor)
     out.tol_feas = max(min(settings.eps_abs, settings.eps_rel) ** power, floor)
@@ -146,65 +153,86 @@ class ClarabelSerial:
     def solve(
         self, program: ConeProgram, settings: SolveSettings, warm_start: Solution | None = None
     ) -> Solution:
-        st = program.structure
-        layout = ClarabelLayout.of(st)
-        # on exponential and power cones the polish takes the answer to rounding; it starts
-        # from eps² still: from the caller's eps its Newton steps failed on 17 of 64 T5d
-        # elements (3 from eps²)
+        st, B = program.structure, program.batch_size
+        # on exponential and power cones the polish takes the answer to rounding. With
+        # power cones it starts from eps² (from the caller's eps its Newton steps failed on
+        # 17 of 64 T5d elements, 3 from eps²; from 1e-8 on 13 of 32); with exponential ones
+        # Clarabel stops at `POLISH_START` (T5b: all 128 then polished to rounding, 28 → 16
+        # iterations), and an element the polish does not take to rounding is solved again
+        # to eps²
         polishing = bool(st.cones.exp or st.cones.power) and compiled_engine_supports(st.cones)
-        options = _settings(settings)
-        A = program.A.detach().cpu().double().numpy()
-        b = program.b.detach().cpu().double().numpy()[:, layout.row_perm]
-        c = program.c.detach().cpu().double().numpy()
-        P = None if program.P is None else program.P.detach().cpu().double().numpy()
-
-        def run(chunk, options):
-            out = []
-            for i in chunk:
-                p, a = layout.matrices(A[i], None if P is None else P[i])
-                solver = clarabel.DefaultSolver(p, c[i], a, b[i], layout.cones, options)
-                sol = solver.solve()
-                out.append((np.asarray(sol.x), np.asarray(sol.z), np.asarray(sol.s), sol))
-            return out
-
-        B = program.batch_size
-        sols = map_chunks(
-            lambda chunk: run(chunk, options),
-            [[i] for i in range(B)],
-            worker_count(settings, B),
-        )
-        stalled = [i for i, sol in enumerate(sols) if str(sol[3].status) in _STALLED]
-        if stalled:
-            again = map_chunks(
-                lambda chunk: run(chunk, _settings(settings, inner=False)),
-                [[i] for i in stalled],
-                worker_count(settings, len(stalled)),
-            )
-            for i, sol in zip(stalled, again):
-                if _STATUS.get(str(sol[3].status)) is Status.SOLVED:
-                    sols[i] = sol
-        status = [_STATUS.get(str(sol[3].status), Status.FAILURE) for sol in sols]
-        if min(settings.eps_abs, settings.eps_rel) < RETRY_FLOOR:
-            for i in stalled:
-                if status[i] is Status.SOLVED:
-                    status[i] = Status.SOLVED_INACCURATE
-        x, z, slack = (np.stack([sol[k] for sol in sols]).reshape(B, -1) for k in range(3))
-        y, s = np.empty((B, st.m)), np.empty((B, st.m))
-        y[:, layout.row_perm], s[:, layout.row_perm] = z, slack
-        # no solution (certificates, failures): NaN, as SCS returns
-        unsolved = [i for i, element in enumerate(status) if not element.usable]
-        x[unsolved] = y[unsolved] = s[unsolved] = np.nan
-        like = program.b
-        x, y, s = (as_tensor(t, like) for t in (x, y, s))
-        if polishing:  # x is ~1e-5 off there even at eps² (rounding stalls the tail)
+        inner = _settings(settings)
+        early = polishing and not st.cones.power and inner.tol_gap_abs < POLISH_START
+        solve = functools.partial(_solve_elements, program, settings)
+        x, y, s, status, iterations = solve(range(B), _settings(settings, start=early))
+        if polishing:
             from cvxlayer.solvers.polish import polish  # numba: loaded where it works
 
-            solved = torch.tensor([element is Status.SOLVED for element in status])
-            x, y, s = polish(program, x, y, s, solved)
-        return Solution(
-            x,
-            y,
-            s,
-            status=tuple(status),
-            iterations=torch.tensor([sol[3].iterations for sol in sols]),
+            def polished(index, x, y, s, status):
+                ok = torch.tensor([element is Status.SOLVED for element in status])
+                return polish(program.select(index), x, y, s, ok)
+
+            x, y, s, done = polished(torch.arange(B), x, y, s, status)
+            again = [i for i, ok in enumerate(done.tolist()) if early and not ok]
+            if again:
+                index = torch.tensor(again)
+                x2, y2, s2, status2, iterations2 = solve(again, inner)
+                x2, y2, s2, _ = polished(index, x2, y2, s2, status2)
+                x[index], y[index], s[index] = x2, y2, s2
+                for i, element in zip(again, status2):
+                    status[i] = element
+                iterations[index] += iterations2
+        return Solution(x, y, s, status=tuple(status), iterations=iterations)
+
+
+def _solve_elements(program: ConeProgram, settings: SolveSettings, index, options) -> tuple:
+    """(x, y, s, status, iterations) of Clarabel on the elements `index` of the batch, with
+    its `options`, over the kept thread pool. Where it stalls (`_STALLED`), the element is
+    solved again aiming at the caller's eps (at least `RETRY_FLOOR`) and kept if that
+    solves. Unsolved elements' x, y, s are NaN (as SCS returns)."""
+    st = program.structure
+    layout = ClarabelLayout.of(st)
+    index = list(index)
+
+    def values(t):
+        return None if t is None else t.detach().cpu().double().numpy()[index]
+
+    A, b, c, P = (values(t) for t in (program.A, program.b, program.c, program.P))
+    b = b[:, layout.row_perm]
+
+    def run(chunk, options):
+        out = []
+        for i in chunk:
+            p, a = layout.matrices(A[i], None if P is None else P[i])
+            solver = clarabel.DefaultSolver(p, c[i], a, b[i], layout.cones, options)
+            sol = solver.solve()
+            out.append((np.asarray(sol.x), np.asarray(sol.z), np.asarray(sol.s), sol))
+        return out
+
+    B = len(index)
+    sols = map_chunks(
+        lambda chunk: run(chunk, options), [[i] for i in range(B)], worker_count(settings, B)
+    )
+    stalled = [i for i, sol in enumerate(sols) if str(sol[3].status) in _STALLED]
+    if stalled:
+        again = map_chunks(
+            lambda chunk: run(chunk, _settings(settings, inner=False)),
+            [[i] for i in stalled],
+            worker_count(settings, len(stalled)),
         )
+        for i, sol in zip(stalled, again):
+            if _STATUS.get(str(sol[3].status)) is Status.SOLVED:
+                sols[i] = sol
+    status = [_STATUS.get(str(sol[3].status), Status.FAILURE) for sol in sols]
+    if min(settings.eps_abs, settings.eps_rel) < RETRY_FLOOR:
+        for i in stalled:
+            if status[i] is Status.SOLVED:
+                status[i] = Status.SOLVED_INACCURATE
+    x, z, slack = (np.stack([sol[k] for sol in sols]).reshape(B, -1) for k in range(3))
+    y, s = np.empty((B, st.m)), np.empty((B, st.m))
+    y[:, layout.row_perm], s[:, layout.row_perm] = z, slack
+    unsolved = [i for i, element in enumerate(status) if not element.usable]
+    x[unsolved] = y[unsolved] = s[unsolved] = np.nan
+    like = program.b
+    x, y, s = (as_tensor(t, like) for t in (x, y, s))
+    return x, y, s, status, torch.tensor([sol[3].iterations for sol in sols])

@@ -527,7 +527,7 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     code = torch.as_tensor(codes)
     out = ipm._unscale(data, back(x), back(z), back(s), back(tau), code)
     if lay.kinds.size:  # exponential or power cones: the interior point's x is ~1e-6 off
-        out = polish.polish(program, *out, code == _SOLVED)
+        out = polish.polish(program, *out, code == _SOLVED)[:3]
     status = tuple(ipm._STATUS[k] for k in codes.tolist())
     return Solution(*out, status, torch.as_tensor(iterations))
 

@@ -65,9 +65,10 @@ def moved_inside(lay, p: int, s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray,
 
 def polish(
     program: ConeProgram, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, solved: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, y, s) after Newton steps from the `solved` elements' solutions (module docstring),
-    shapes (B, n), (B, m), (B, m); the others are returned as they are."""
+    shapes (B, n), (B, m), (B, m), the others returned as they are; and (B,) which elements
+    it took to rounding (residuals below `_TOL`)."""
     from cvxlayer.solvers import ipm_compiled
 
     st = program.structure
@@ -140,7 +141,8 @@ def polish(
         polished |= better
     # the others keep the interior point's answer (its projection alone can be worse)
     keep = polished.unsqueeze(1)
-    return torch.where(keep, x, x0), torch.where(keep, y_k, y0), torch.where(keep, s_k, s0)
+    done = solved & (error <= enough)
+    return torch.where(keep, x, x0), torch.where(keep, y_k, y0), torch.where(keep, s_k, s0), done
 
 
 def _newton_direction(system: tuple, g1: np.ndarray, g2: np.ndarray, index: list[int]):
