@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -352,6 +352,7 @@ def interior_point(
     """
     from cvxlayer.solvers.ipm import InteriorPoint
 
+    eps_abs, eps_rel = floor_tolerance(eps_abs, qp.Q.dtype), floor_tolerance(eps_rel, qp.Q.dtype)
     (B, m), p, n = qp.h.shape, qp.b.shape[1], qp.q.shape[1]
     if m == 0:  # equalities only: one KKT solve (`_polish` with no row active)
         *solution, ok, system = _polish(
@@ -366,8 +367,7 @@ def interior_point(
         structure, rows[:, a_rows, a_cols], torch.cat([qp.b, qp.h], 1), qp.q,
         qp.Q[:, p_rows, p_cols],
     )  # fmt: skip
-    settings = SolveSettings(eps_abs=eps_abs, eps_rel=eps_rel, max_iters=max_iters)
-    settings = replace(settings, verbose=verbose)
+    settings = SolveSettings(eps_abs=eps_abs, eps_rel=eps_rel, max_iters=max_iters, verbose=verbose)
     sol = InteriorPoint().solve(program, settings)
     z, nu, lam, s = sol.x, sol.y[:, :p], sol.y[:, p:], sol.s[:, p:]
     # an unsolved element's iterate (a certificate: NaN) is reported, not used: it becomes

@@ -6,9 +6,10 @@ embedding, Nesterov–Todd scaling, Mehrotra's predictor-corrector with one fact
 of M = P + Σ_k (W_k⁻ᵀA_k)ᵀ(W_k⁻ᵀA_k) + δI per iteration, the equality rows through the
 Schur complement A_eq M⁻¹ A_eqᵀ, static and dynamic regularization removed by iterative
 refinement, SCS's stopping rule at eps², certificates, and each element's best iterate.
-The data are prepared by the torch engine's own `_prepare` (equilibration, densifying,
-elimination of lifted variables) and restored by its `_unscale`, so the two engines differ
-only in the loop.
+The data are prepared as the torch engine prepares them (its equilibration, `ipm.
+equilibrated`; for dense factorizations its `_prepare`, which densifies and eliminates
+lifted variables, while a sparse one reads the values on the KKT pattern, never dense:
+`matrices`) and restored by its `_unscale`, so the two engines differ only in the loop.
 
 Cones: zero, nonnegative, second-order, exponential and power (`cvxlayer.cones.
 composite_kernels`; the nonnegative rows travel as one-row second-order blocks). PSD and
