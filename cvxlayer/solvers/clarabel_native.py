@@ -139,7 +139,8 @@ class ClarabelSerial:
 
     Settings: Clarabel's gap and feasibility tolerances are eps_abs², eps_rel² (floored at
     `INNER_FLOOR`; on exponential and power cones the solutions are then polished,
-    `cvxlayer.solvers.polish`), its certificates' eps_infeas, its iteration limit
+    `cvxlayer.solvers.polish`, and on exponential-cone programs Clarabel stops at
+    `POLISH_START` first: `solve`), its certificates' eps_infeas, its iteration limit
     max_iters (at most `MAX_ITERS`); the other SCS settings have no counterpart. Status
     from Clarabel's.
     Clarabel returns its last iterate, and where rounding breaks the tail on the way to eps²
@@ -168,20 +169,18 @@ class ClarabelSerial:
         if polishing:
             from cvxlayer.solvers.polish import polish  # numba: loaded where it works
 
-            def polished(index, x, y, s, status):
-                ok = torch.tensor([element is Status.SOLVED for element in status])
-                return polish(program.select(index), x, y, s, ok)
+            def solved(status):
+                return torch.tensor([element is Status.SOLVED for element in status])
 
-            x, y, s, done = polished(torch.arange(B), x, y, s, status)
-            again = [i for i, ok in enumerate(done.tolist()) if early and not ok]
-            if again:
-                index = torch.tensor(again)
-                x2, y2, s2, status2, iterations2 = solve(again, inner)
-                x2, y2, s2, _ = polished(index, x2, y2, s2, status2)
-                x[index], y[index], s[index] = x2, y2, s2
-                for i, element in zip(again, status2):
+            x, y, s, done = polish(program, x, y, s, solved(status))
+            again = (solved(status) & ~done).nonzero().flatten() if early else []
+            if len(again):
+                x2, y2, s2, status2, iterations2 = solve(again.tolist(), inner)
+                x2, y2, s2, _ = polish(program.select(again), x2, y2, s2, solved(status2))
+                x[again], y[again], s[again] = x2, y2, s2
+                for i, element in zip(again.tolist(), status2):
                     status[i] = element
-                iterations[index] += iterations2
+                iterations[again] += iterations2
         return Solution(x, y, s, status=tuple(status), iterations=iterations)
 
 
