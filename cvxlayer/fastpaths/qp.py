@@ -40,6 +40,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from cvxlayer.cones.spec import ConeSpec
@@ -322,16 +323,14 @@ def _cone_structure(n: int, m: int, p: int, G_pattern: GPattern | None):
     if G_pattern is not None:
         mask[p:] = False
         mask[p + G_pattern.rows, G_pattern.cols] = True
-    a_cols, a_rows = np.nonzero(mask.T)  # column by column: CSC order
-    p_cols, p_rows = np.nonzero(np.triu(np.ones((n, n), dtype=bool)).T)
-
-    def indptr(cols):
-        return np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
-
-    structure = ConeStructure(
-        n, p + m, ConeSpec(zero=p, nonneg=m), a_rows, indptr(a_cols), p_rows, indptr(p_cols)
+    a, q = (sp.csc_matrix(t) for t in (mask, np.triu(np.ones((n, n), dtype=bool))))
+    a_indices, a_indptr, q_indices, q_indptr = (
+        t.astype(np.int64) for t in (a.indices, a.indptr, q.indices, q.indptr)
     )
-    return structure, (a_rows, a_cols), (p_rows, p_cols)
+    structure = ConeStructure(
+        n, p + m, ConeSpec(zero=p, nonneg=m), a_indices, a_indptr, q_indices, q_indptr
+    )
+    return structure, structure.a_coords(), structure.p_coords()
 
 
 def interior_point(

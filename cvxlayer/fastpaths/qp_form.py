@@ -283,7 +283,8 @@ def folded_rows(form: QPForm, raw: dict) -> dict | None:
 
 
 # the QP path pays on the CPU at every batch size up to _ALWAYS_MAX_N variables; above,
-# with a sparse G, from QP_MIN_BATCH elements (`QPForm.pays_off`)
+# with a sparse G, from QP_MIN_BATCH elements (`QPForm.pays_off`; the crossover measured
+# against native SCS: 16–32 elements at n = 10–50 on 2 cores)
 _ALWAYS_MAX_N = 500
 QP_MIN_BATCH = 24
 

@@ -172,8 +172,9 @@ class ClarabelSerial:
             def solved(status):
                 return torch.tensor([element is Status.SOLVED for element in status])
 
-            x, y, s, done = polish(program, x, y, s, solved(status))
-            again = (solved(status) & ~done).nonzero().flatten() if early else []
+            ok = solved(status)
+            x, y, s, done = polish(program, x, y, s, ok)
+            again = (ok & ~done).nonzero().flatten() if early else []
             if len(again):
                 x2, y2, s2, status2, iterations2 = solve(again.tolist(), inner)
                 x2, y2, s2, _ = polish(program.select(again), x2, y2, s2, solved(status2))
