@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cvxlayer import CvxpyLayer, solve_qp
-from cvxlayer.fastpaths import active_set, qp
+from cvxlayer.fastpaths import active_set, active_set_kernels, qp
 
 
 def test_singular_q_is_solved_by_proximal_iterations():
@@ -17,7 +17,7 @@ def test_singular_q_is_solved_by_proximal_iterations():
     G = torch.cat([torch.eye(n), -torch.eye(n)]).double()
     h = torch.ones(2 * n, dtype=torch.float64)
     Q = torch.zeros(n, n, dtype=torch.float64)
-    z, lam, _, solved, _ = active_set.solve_each(
+    z, lam, _, solved, *_ = active_set.solve_each(
         Q[None].numpy(), q.numpy(), G[None].numpy(), h[None].numpy(),
         np.zeros((1, 0, n)), np.zeros((1, 0)), 1e-9, 1,
     )  # fmt: skip
@@ -162,6 +162,80 @@ def test_dependent_active_rows_leave_the_batched_kkt_solve_for_the_engine():
         x, torch.stack([torch.zeros(2), g[:, 1], g[:, 2]], 1), atol=1e-9, rtol=0
     )
     torch.testing.assert_close(w[:, 0] + w[:, 1], g[:, 0], atol=1e-9, rtol=0)
+    assert (w[:, 2] == 0).all()
+
+
+def test_least_distance_form_gives_daqps_solutions_and_the_same_backward():
+    """DAQP in least-distance form (Q = L Lᵀ, u = Lᵀz) returns the solutions and
+    multipliers of DAQP on Q itself; an element whose Q is singular (here 0: a box LP
+    written with general rows) keeps Q and DAQP's proximal iterations. The backward through
+    the factors (`active_set_kernels.adjoint`, one Cholesky of M_E M_Eᵀ) solves the active
+    set's KKT system as the batched LU does (`_active_set_kkt`), to rounding."""
+    n, m, p, B = 5, 10, 2, 4
+    gen = torch.Generator().manual_seed(7)
+    f64 = {"generator": gen, "dtype": torch.float64}
+    R = torch.randn(B, n, n, **f64)
+    Q = R @ R.transpose(1, 2) + 0.1 * torch.eye(n, dtype=torch.float64)
+    Q[3] = 0.0
+    G = torch.randn(B, m, n, **f64)
+    G[3, :n], G[3, n : 2 * n] = torch.eye(n), -torch.eye(n)  # rows, not bounds: G[3] ≠ G[0]
+    z0 = 0.1 * torch.randn(B, n, **f64)
+    h = (G @ z0.unsqueeze(-1)).squeeze(-1) + 0.1 * torch.rand(B, m, **f64)
+    h[3] = 1.0
+    A = torch.randn(B, p, n, **f64)
+    b = (A @ z0.unsqueeze(-1)).squeeze(-1)
+    q = 3 * torch.randn(B, n, **f64)
+    arrays = [t.numpy() for t in (Q, q, G, h, A, b)]
+    plain = active_set.solve_each(*arrays, 1e-10, 1)
+    *factored, ldp = active_set.solve_each(*arrays, 1e-10, 1, factor=True)
+    assert plain[3].all() and factored[3].all()
+    assert ldp.ok.tolist() == [True, True, True, False]
+    for a, b_ in zip(plain[:3], factored[:3]):
+        np.testing.assert_allclose(a, b_, atol=1e-9, rtol=0)
+    z, lam, nu = factored[:3]
+    assert ((lam > 0).sum(1)[:3] >= 1).all()  # active rows in every factored element
+    g_x, g_nu, g_lam = (torch.randn(B, k, **f64).numpy() for k in (n, p, m))
+    active = lam > 0
+    out = (np.zeros((B, n)), np.zeros((B, p)), np.zeros((B, m)), np.zeros(B, dtype=bool))
+    index = np.flatnonzero(ldp.ok)
+    active_set_kernels.adjoint(ldp, *arrays[:1], A.numpy(), G.numpy(), active, g_x, g_nu,
+                               g_lam, index, 1e-11, out)  # fmt: skip
+    none = (np.zeros(0, dtype=np.int64),) * 2
+    x_lu, w_lu, v_lu, ok = qp._active_set_kkt(
+        Q.numpy(), A.numpy(), G.numpy(), active, g_x, g_nu, g_lam, none
+    )
+    assert out[3][index].all() and ok[index].all()
+    for ours, lu in zip(out[:3], (x_lu, v_lu, w_lu)):
+        np.testing.assert_allclose(ours[index], lu[index], atol=1e-10, rtol=0)
+
+
+def test_dependent_active_rows_leave_the_least_distance_backward_for_the_engine():
+    """Two copies of one active row make M_E M_Eᵀ singular: the least-distance backward
+    reports the element, and the compiled engine's regularized solve takes it (the unique
+    x and the split of the multipliers as in the test above)."""
+    Q = (2 * torch.eye(3, dtype=torch.float64)).repeat(2, 1, 1)
+    G = torch.tensor([[1.0, 1, 0], [1.0, 1, 0], [0, 1.0, 1]], dtype=torch.float64)
+    G = G.repeat(2, 1, 1)
+    active = torch.tensor([[True, True, False]] * 2)
+    g = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    none = torch.zeros(2, 0, 3, dtype=torch.float64)
+    data = qp.QPData(Q, g, G, torch.ones(2, 3, dtype=torch.float64), none, none[:, :, 0])
+    ldp = active_set_kernels.least_distance(Q.numpy(), g.numpy(), G.numpy())
+    out = (np.zeros((2, 3)), np.zeros((2, 0)), np.zeros((2, 3)), np.zeros(2, dtype=bool))
+    arrays = [t.numpy() for t in (Q, none, G, active)]
+    active_set_kernels.adjoint(
+        ldp, *arrays, g.numpy(), np.zeros((2, 0)), np.zeros((2, 3)), np.arange(2), 1e-11, out
+    )
+    assert ldp.ok.all() and not out[3].any()
+    system = qp.active_set_system(data, active, factor=False)
+    x, w, _ = qp._adjoint_solve(
+        data, system, g, torch.zeros_like(g), none[:, :, 0], data.arrays(), ldp
+    )
+    # x ⟂ (1, 1, 0) on the active row's null space: 2x = g − (w₀ + w₁)(1, 1, 0)
+    c = (g[:, 0] + g[:, 1]) / 2
+    expected = torch.stack([g[:, 0] - c, g[:, 1] - c, g[:, 2]], 1) / 2
+    torch.testing.assert_close(x, expected, atol=1e-9, rtol=0)
+    torch.testing.assert_close(w[:, 0] + w[:, 1], c, atol=1e-9, rtol=0)
     assert (w[:, 2] == 0).all()
 
 

@@ -13,6 +13,11 @@ multipliers in our signs: Qz + q + Gᵀλ + Aᵀν = 0, λ ≥ 0, λ_i = 0 off W
 Q is handled by DAQP's proximal outer iterations (`eps_prox` < 0: only when Q is found
 singular).
 
+With `factor`, and where no row of G is a simple bound, the elements go to DAQP in
+least-distance form (`active_set_kernels.LeastDistance`): DAQP's own set-up (a Cholesky
+factorization of Q and the rows times its inverse, in plain loops) is then done by LAPACK
+and BLAS, and the backward reuses the factors.
+
 Everything here is numpy in, numpy out; the QP path (`fastpaths/qp.py`) decides which
 elements come here and what happens to those DAQP does not solve.
 """
@@ -73,19 +78,22 @@ def solve_each(
     eps: float,
     workers: int | None = None,
     start: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    factor: bool = False,
+) -> tuple:
     """DAQP on every element of a batch: Q (B, n, n), q (B, n), G (B, m, n), h (B, m),
     A (B, p, n), b (B, p); `eps` the caller's tolerance; `workers` threads (default:
     torch's thread count where an element's work passes `_THREADED_WORK`, else one);
     `start` (B, n) a guess of z (a previous call's solution): DAQP's working set then starts
-    from the constraints active there.
+    from the constraints active there; `factor`: solve in least-distance form where G has
+    no bound rows (the compiled kernels of `active_set_kernels`).
 
     Rows of G that bound one variable (`bound_rows`, e.g. box constraints) go to DAQP as
     simple bounds, which it handles without row products (2× faster on a box QP, n = 100).
 
     Returns:
-        z (B, n), λ (B, m), ν (B, p), solved (B,) bool (DAQP's exit flag says optimal) and
-        iterations (B,).
+        z (B, n), λ (B, m), ν (B, p), solved (B,) bool (DAQP's exit flag says optimal),
+        iterations (B,) and the `LeastDistance` form (None without `factor` or where G has
+        bound rows).
     """
     B, n = q.shape
     m, p = h.shape[1], b.shape[1]
@@ -109,20 +117,35 @@ def solve_each(
     z, mult = np.zeros_like(q), np.zeros((B, k + p + g))
     solved, iterations = np.zeros(B, dtype=bool), np.zeros(B, dtype=np.int64)
 
+    ldp = None
+    if factor and k == 0:  # DAQP would take no simple bounds
+        from cvxlayer.fastpaths import active_set_kernels
+
+        ldp = active_set_kernels.least_distance(Q, q, rows)
+    identity = np.eye(n)
+
     def run(i):
         guess = None if start is None else start[i]
-        x, _, flag, info = daqp.solve(
-            Q[i], q[i], rows[i], upper_all[i], lower_all[i], sense,
-            primal_tol=tol, eps_prox=-1, primal_start=guess,
-        )  # fmt: skip
+        if ldp is not None and ldp.ok[i]:
+            L = ldp.L[i]
+            x, _, flag, info = daqp.solve(
+                identity, ldp.f[i], ldp.M[i], upper_all[i], lower_all[i], sense,
+                primal_tol=tol, eps_prox=-1, primal_start=None if guess is None else guess @ L,
+            )  # fmt: skip
+            ldp.recover(i, x)
+        else:
+            x, _, flag, info = daqp.solve(
+                Q[i], q[i], rows[i], upper_all[i], lower_all[i], sense,
+                primal_tol=tol, eps_prox=-1, primal_start=guess,
+            )  # fmt: skip
         solved[i], iterations[i] = flag == _SOLVED_FLAG, info["iterations"]
         if solved[i]:
             z[i], mult[i] = x, info["lam"]
 
-    for_each(run, range(B), workers, blas=False)  # DAQP is self-contained C
+    for_each(run, range(B), workers)
     lam = np.zeros((B, m))
     lam[:, general] = mult[:, k + p :]
     # a bound's multiplier μ_j (> 0 upper, < 0 lower active) is g λ for its row g z_j ≤ h
     mu = mult[:, column]
     lam[:, bound] = np.where(upper == (mu > 0), mu / coef, 0.0)
-    return z, lam, mult[:, k : k + p], solved, iterations
+    return z, lam, mult[:, k : k + p], solved, iterations, ldp

@@ -267,6 +267,7 @@ class PDIPMResult:
     iterations: torch.Tensor  # (B,)
     system: AdjointSystem
     arrays: QPData | None = None  # the data as float64 arrays, where the active set ran
+    ldp: object | None = None  # the active set's `LeastDistance` factors, where formed
 
 
 class _Iterate:
@@ -418,9 +419,10 @@ def solve_batch(
     a = qp.arrays()
     B, device = qp.q.shape[0], qp.Q.device
     guess = None if start is None else as_array(start)
-    z, lam, nu, solved, iterations = active_set.solve_each(
-        a.Q, a.q, a.G, a.h, a.A, a.b, min(eps_abs, eps_rel), start=guess
-    )
+    z, lam, nu, solved, iterations, ldp = active_set.solve_each(
+        a.Q, a.q, a.G, a.h, a.A, a.b, min(eps_abs, eps_rel), start=guess,
+        factor=not _torch_backward(qp),
+    )  # fmt: skip
     s = np.maximum(a.h - mv(a.G, z), 0.0)
     solved &= _Iterate(a, z, s, lam, nu).converged(a, eps_abs, eps_rel)
     if verbose:
@@ -443,7 +445,7 @@ def solve_batch(
         iterations[rest.cpu()] = ipm.iterations
         parts.append((rest, ipm.system))
     system = AdjointSystem.assemble(parts)
-    return PDIPMResult(z, s, lam, nu, tuple(status), iterations, system, a)
+    return PDIPMResult(z, s, lam, nu, tuple(status), iterations, system, a, ldp)
 
 
 def _polish(qp: QPData, active: torch.Tensor, eps_abs: float, eps_rel: float):
@@ -535,7 +537,7 @@ def qp_vjp(
     rank two, so ∇T = 2 diag(p) T ∇Q = −diag(p)((T d_z) zᵀ + (T z) d_zᵀ) and
     ∇p = −(T d_z)∘(T z), without forming ∇Q."""
     z, lam, nu = sol.z, sol.lam, sol.nu
-    d_z, d_lam, d_nu = _adjoint_solve(qp, sol.system, g_z, g_lam, g_nu, sol.arrays)
+    d_z, d_lam, d_nu = _adjoint_solve(qp, sol.system, g_z, g_lam, g_nu, sol.arrays, sol.ldp)
 
     def outer(a, b, c, d):  # a bᵀ + c dᵀ, written once (one batched product of rank two)
         return torch.stack([a, c], -1) @ torch.stack([b, d], 1)
@@ -562,10 +564,11 @@ def _torch_backward(qp: QPData) -> bool:
     return qp.Q.device.type != "cpu" or ipm._compiled_engine() is None
 
 
-def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=None):
+def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=None, ldp=None):
     """(x, w, v) of `_refined_solve`'s system. On CPU tensors: active sets' systems (no row
-    with w_scale > 0) of up to `_BATCHED_KKT_MAX` rows by one batched LU
-    (`_active_set_kkt`), the others, and those it rejects, per element by the compiled
+    with w_scale > 0) through the forward's least-distance factors where it formed them
+    (`ldp`, `active_set_kernels`), else of up to `_BATCHED_KKT_MAX` rows by one batched LU
+    (`_active_set_kkt`), the others, and those both reject, per element by the compiled
     interior point's kernel (`ipm_compiled.adjoint_one`); on CUDA batched with the torch
     factorization. In the kernel's system the rows of A and the active rows of G (free,
     w_scale = 0) are equalities, the free rows with w_scale > 0 (an interior point's) one-row
@@ -588,9 +591,18 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=N
     equal, cone = free & (w_scale == 0), free & (w_scale > 0)
     x, w, v = np.zeros_like(gx), np.zeros((B, m)), np.zeros((B, p))
     done = np.zeros(B, dtype=bool)
+    sets = ~cone.any(1)
+    if ldp is not None and (sets & ldp.ok).any():
+        from cvxlayer.fastpaths import active_set_kernels
+
+        out = (x, v, w, done)
+        index = np.flatnonzero(sets & ldp.ok)
+        active_set_kernels.adjoint(
+            ldp, Q, A, G, equal, gx, g_nu_, g_lam_, index, _KKT_RESIDUAL, out
+        )
     bound_rows, bound_cols, _ = active_set.bound_rows(G)
     if qp.q.shape[1] + p + m - bound_rows.size <= _BATCHED_KKT_MAX:  # one LAPACK call
-        sets = np.flatnonzero(~cone.any(1))
+        sets = np.flatnonzero(sets & ~done)
         if sets.size:
             part = (t[sets] for t in (Q, A, G, equal, gx, g_nu_, g_lam_))
             solved = _active_set_kkt(*part, (bound_rows, bound_cols))
@@ -719,15 +731,15 @@ class _QPSolve(torch.autograd.Function):
         sol = solve_batch(qp, *settings, start=out.get("start"))
         out["result"] = sol
         ctx.qp, ctx.gram, ctx.failed_nan = qp, (T, p), out["failed_gradient"] == "nan"
-        ctx.rest = (sol.s, sol.status, sol.iterations, sol.system, sol.arrays)
+        ctx.rest = (sol.s, sol.status, sol.iterations, sol.system, sol.arrays, sol.ldp)
         ctx.save_for_backward(sol.z, sol.lam, sol.nu)
         return sol.z, sol.lam, sol.nu
 
     @staticmethod
     def backward(ctx, g_z, g_lam, g_nu):
         z, lam, nu = ctx.saved_tensors
-        s, status, iterations, system, arrays = ctx.rest
-        sol = PDIPMResult(z, s, lam, nu, status, iterations, system, arrays)
+        s, status, iterations, system, arrays, ldp = ctx.rest
+        sol = PDIPMResult(z, s, lam, nu, status, iterations, system, arrays, ldp)
         needed = ctx.needs_input_grad
         grads = qp_vjp(ctx.qp, sol, g_z, g_lam, g_nu, needed[:6], ctx.gram, needed[6:8])
         failed = [not st.ok for st in status]

@@ -74,22 +74,34 @@ def _cholesky(M, L):
 
 
 @njit(**_OPTIONS)
-def chol_solve_in_place(L, x):
-    """x ← (L Lᵀ)⁻¹ x by two triangular substitutions, both reading L by rows (the one
-    with Lᵀ subtracts each solved entry times its row from the entries above: by columns
-    it strode through memory, 3× slower at n = 600); loops: n is small, and a BLAS call
-    per row would cost more than its arithmetic. Also the MPC kernels' (`mpc_kernels`)."""
-    n = L.shape[0]
-    for i in range(n):
+def lower_solve_in_place(L, x):
+    """x ← L⁻¹ x (lower L), reading L by rows; loops: n is small, and a BLAS call per row
+    would cost more than its arithmetic."""
+    for i in range(L.shape[0]):
         t = x[i]
         for k in range(i):
             t -= L[i, k] * x[k]
         x[i] = t / L[i, i]
-    for i in range(n - 1, -1, -1):
+
+
+@njit(**_OPTIONS)
+def lower_t_solve_in_place(L, x):
+    """x ← L⁻ᵀ x (lower L), also reading L by rows: each solved entry times its row is
+    subtracted from the entries above (by columns it strode through memory, 3× slower at
+    n = 600)."""
+    for i in range(L.shape[0] - 1, -1, -1):
         x[i] /= L[i, i]
         t = x[i]
         for k in range(i):
             x[k] -= L[i, k] * t
+
+
+@njit(**_OPTIONS)
+def chol_solve_in_place(L, x):
+    """x ← (L Lᵀ)⁻¹ x by the two triangular substitutions. Also the MPC kernels'
+    (`mpc_kernels`) and the active set's backward (`active_set_kernels`)."""
+    lower_solve_in_place(L, x)
+    lower_t_solve_in_place(L, x)
 
 
 @njit(**_OPTIONS)
@@ -101,7 +113,7 @@ def _chol_solve(L, v):
 
 
 @njit(**_OPTIONS)
-def _forward_substitution(L, B):
+def forward_substitution(L, B):
     """L⁻¹ B for a block B (n, p) of right-hand sides, row by row (each row one BLAS
     product with the rows above: n²p/2 flops in n calls)."""
     X = np.empty_like(B)
@@ -195,9 +207,9 @@ def _factor(P, A, AT, p, lay, st, system):
         shift *= 100.0
     if not ok or p == 0:
         return ok
-    X = _forward_substitution(L, np.ascontiguousarray(AT[:, :p]))  # L⁻¹ A_eqᵀ
+    X = forward_substitution(L, np.ascontiguousarray(AT[:, :p]))  # L⁻¹ A_eqᵀ
     # M⁻¹A_eqᵀ = L⁻ᵀX: the substitution with Lᵀ reversed (rows and columns)
-    MinvAt[:] = _forward_substitution(np.ascontiguousarray(L.T[::-1, ::-1]), X[::-1].copy())[::-1]
+    MinvAt[:] = forward_substitution(np.ascontiguousarray(L.T[::-1, ::-1]), X[::-1].copy())[::-1]
     return _cholesky(X.T @ X + _REG * np.eye(p), LS)
 
 
