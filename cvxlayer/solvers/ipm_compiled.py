@@ -50,6 +50,7 @@ _REFINE, _REFINE_TOL, _DYNAMIC_TRIES = ipm._REFINE, ipm._REFINE_TOL, ipm._DYNAMI
 _STALL, _DIVERGED, _SLOW, _SLOW_COUNT = ipm._STALL, ipm._DIVERGED, ipm._SLOW, ipm._SLOW_COUNT
 _SOLVED, _INFEASIBLE, _UNBOUNDED = ipm._SOLVED, ipm._INFEASIBLE, ipm._UNBOUNDED
 _FAILED, _MAX_ITERS = ipm._FAILED, ipm._MAX_ITERS
+_BLOCK = 16  # rows per block of `forward_substitution` (8 and 32 measured slower)
 _ADJOINT_CLIP = 1e8  # the backward's bound on H's spectrum (as the QP path's polish)
 _EPS = np.finfo(np.float64).eps
 # the factorization's work space: dense (L, LS, MinvAt) or sparse (pat used, F, with A's
@@ -114,11 +115,24 @@ def _chol_solve(L, v):
 
 @njit(**_OPTIONS)
 def forward_substitution(L, B):
-    """L⁻¹ B for a block B (n, p) of right-hand sides, row by row (each row one BLAS
-    product with the rows above: n²p/2 flops in n calls)."""
-    X = np.empty_like(B)
-    for i in range(L.shape[0]):
-        X[i] = (B[i] - L[i, :i] @ X[:i]) / L[i, i]
+    """L⁻¹ B for a block B (n, p) of right-hand sides, by blocks of `_BLOCK` rows: each
+    block first takes one BLAS product with the rows solved before it (most of the n²p/2
+    flops), then is solved in loops (measured, n = p = 100 with the Cholesky factorization:
+    74 µs; 145 row by row, one BLAS product a row)."""
+    n, p = B.shape
+    X = B.copy()
+    for start in range(0, n, _BLOCK):
+        stop = min(n, start + _BLOCK)
+        if start > 0:
+            X[start:stop] -= np.ascontiguousarray(L[start:stop, :start]) @ X[:start]
+        for i in range(start, stop):
+            for j in range(start, i):
+                factor = L[i, j]
+                for k in range(p):
+                    X[i, k] -= factor * X[j, k]
+            inverse = 1.0 / L[i, i]
+            for k in range(p):
+                X[i, k] *= inverse
     return X
 
 
