@@ -283,10 +283,13 @@ class CvxpyLayer(torch.nn.Module):
                 return options
             return replace(options, warm_start=warm[start : start + chunk])
 
-        parts = [
-            self._solve(theta[start : start + chunk], part(start), adjoint, mode)
-            for start in range(0, theta.shape[0], chunk)
-        ]
+        if chunk >= theta.shape[0]:  # θ̃ itself: a slice's backward zero-fills a θ̃-sized
+            parts = [self._solve(theta, options, adjoint, mode)]  # gradient and copies
+        else:
+            parts = [
+                self._solve(theta[start : start + chunk], part(start), adjoint, mode)
+                for start in range(0, theta.shape[0], chunk)
+            ]
         modes = [name for _, name in parts]
         # a chunk that needed the generic fallback names the call's mode ("qp+scs")
         mode = next((name for name in modes if "+" in name), modes[0])

@@ -56,16 +56,19 @@ class SparseLinear:
         padded = sp.vstack([self.matrix, sp.csr_matrix((1, self.matrix.shape[1]))]).tocsr()
         return SparseLinear(padded[np.where(rows < 0, self.matrix.shape[0], rows)].tocsr())
 
-    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
-        key = (theta.dtype, theta.device)
+    def coo(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """M's (rows, cols, values) as tensors on `like`'s device and dtype (made once)."""
+        key = (like.dtype, like.device)
         if key not in self._cache:
             coo = self.matrix.tocoo()
             self._cache[key] = tuple(
-                torch.as_tensor(a, device=theta.device)
+                torch.as_tensor(a, device=like.device)
                 for a in (coo.row.astype(np.int64), coo.col.astype(np.int64))
-            ) + (torch.as_tensor(coo.data, dtype=theta.dtype, device=theta.device),)
-        rows, cols, vals = self._cache[key]
-        return _SparseLinearFn.apply(theta, rows, cols, vals, self.matrix.shape[0])
+            ) + (torch.as_tensor(coo.data, dtype=like.dtype, device=like.device),)
+        return self._cache[key]
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        return _SparseLinearFn.apply(theta, *self.coo(theta), self.matrix.shape[0])
 
 
 @dataclass(frozen=True, eq=False)

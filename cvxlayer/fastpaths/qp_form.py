@@ -50,7 +50,7 @@ from cvxlayer.fastpaths.qp import (
     QPData,
     qp_solve_differentiable,
 )
-from cvxlayer.linalg import mtv, mv
+from cvxlayer.linalg import coo_mv, mtv, mv
 from cvxlayer.program import ConeStructure
 from cvxlayer.solvers.base import Solution, SolveSettings
 
@@ -94,8 +94,13 @@ def _positions(pattern, shape, row_sel, col_sel, symmetric: bool = False) -> np.
 def split_pieces(linear: SparseLinear, shapes: dict, theta: torch.Tensor) -> dict:
     """Apply a map θ̃ ↦ concatenated pieces and cut its output into the pieces,
     name ↦ (B, *shape)."""
-    parts = torch.split(linear(theta), [math.prod(s) for s in shapes.values()], dim=1)
-    return {k: t.reshape(theta.shape[0], *s) for (k, s), t in zip(shapes.items(), parts)}
+    return _split(linear(theta), shapes)
+
+
+def _split(flat: torch.Tensor, shapes: dict) -> dict:
+    """The pieces (name ↦ (B, *shape)) of a map's concatenated output flat (B, total)."""
+    parts = torch.split(flat, [math.prod(s) for s in shapes.values()], dim=1)
+    return {k: t.reshape(flat.shape[0], *s) for (k, s), t in zip(shapes.items(), parts)}
 
 
 def piece_rows(linear: SparseLinear, shapes: dict, key: str):
@@ -160,12 +165,15 @@ class Pieces:
                 for name, v in self.constants.items()
             }
         d = dict(self._cache[key])
+        if not (self.shapes or self.views):
+            return d
+        coo = (*self.linear.coo(theta), self.linear.matrix.shape[0]) if self.shapes else None
+        specs = tuple(self.views.values())
+        mapped, *views = _Read.apply(theta, coo, specs)
         if self.shapes:
-            d.update(split_pieces(self.linear, self.shapes, theta))
-        if self.views:
-            specs = tuple(self.views.values())
-            for name, view, (*_, factor) in zip(self.views, _Views.apply(theta, specs), specs):
-                d[name] = view if factor == 1 else factor * view
+            d.update(_split(mapped, self.shapes))
+        for name, view, (*_, factor) in zip(self.views, views, specs):
+            d[name] = view if factor == 1 else factor * view
         return d
 
 
@@ -177,27 +185,37 @@ def _strided_view(theta: torch.Tensor, spec: tuple) -> torch.Tensor:
     )
 
 
-class _Views(torch.autograd.Function):
-    """The strided views of θ̃ (`Pieces.views`), with one gradient of θ̃ for all of them:
-    torch's own as_strided backward zero-fills a θ̃-sized tensor per view and sums them
-    (T1: 2 × 128 × 20 000 entries, ~25% of its backward)."""
+class _Read(torch.autograd.Function):
+    """What `Pieces` reads from θ̃: the sparse map's output (B, rows) (empty without a map,
+    coo = None) and the strided views of θ̃ (no copies), with one gradient of θ̃ for all of
+    them: torch's as_strided backward zero-fills a θ̃-sized tensor per view, and the map's
+    backward another, all summed after (T1: 2 × 128 × 20 000 entries a view)."""
 
     @staticmethod
-    def forward(ctx, theta: torch.Tensor, specs: tuple):
+    def forward(ctx, theta: torch.Tensor, coo: tuple | None, specs: tuple):
         theta = theta.contiguous()
-        ctx.specs, ctx.shape = specs, theta.shape
-        return tuple(_strided_view(theta, spec) for spec in specs)
+        ctx.coo, ctx.specs, ctx.shape = coo, specs, theta.shape
+        if coo is None:
+            mapped = theta.new_zeros(theta.shape[0], 0)
+        else:
+            rows, cols, vals, size = coo
+            mapped = coo_mv(vals, rows, cols, theta, size)
+        return (mapped, *(_strided_view(theta, spec) for spec in specs))
 
     @staticmethod
-    def backward(ctx, *grads):
+    def backward(ctx, g_mapped, *grads):
         given = [g for g in grads if g is not None]
-        if not given:
-            return None, None
-        out = given[0].new_zeros(ctx.shape)
+        if ctx.coo is not None and g_mapped is not None:
+            rows, cols, vals, _ = ctx.coo
+            out = coo_mv(vals, cols, rows, g_mapped, ctx.shape[1])
+        elif given:
+            out = given[0].new_zeros(ctx.shape)
+        else:
+            return None, None, None
         for grad, spec in zip(grads, ctx.specs):
             if grad is not None:
                 _strided_view(out, spec).add_(grad)
-        return out, None
+        return out, None, None
 
 
 def _strided(rows: sp.csr_matrix, shape: tuple) -> tuple | None:
