@@ -47,6 +47,12 @@ _NO_LOWER = -1e30  # DAQP's "no lower bound"
 _THREADED_WORK = 1e6
 
 
+def element_workers(n: int, m: int, p: int) -> int | None:
+    """Threads for per-element work on QPs of n variables, m inequalities and p equalities:
+    one below `_THREADED_WORK`, else None (torch's thread count)."""
+    return 1 if n * n * (n + m + p) < _THREADED_WORK else None
+
+
 def bound_rows(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of G (B, m, n) that are bounds on one variable in every element: (rows,
     columns, upper) with upper True for g z_j ≤ h (g > 0), False for g < 0; at most one
@@ -97,8 +103,8 @@ def solve_each(
     """
     B, n = q.shape
     m, p = h.shape[1], b.shape[1]
-    if workers is None and n * n * (n + m + p) < _THREADED_WORK:
-        workers = 1
+    if workers is None:
+        workers = element_workers(n, m, p)
     bound, column, upper = bound_rows(G)
     k = n if bound.size else 0  # DAQP's simple bounds: on every variable, or none
     general = np.ones(m, dtype=bool)
@@ -121,7 +127,7 @@ def solve_each(
     if factor and k == 0:  # DAQP would take no simple bounds
         from cvxlayer.fastpaths import active_set_kernels
 
-        ldp = active_set_kernels.least_distance(Q, q, rows)
+        ldp = active_set_kernels.least_distance(Q, q, rows, workers)
     identity = np.eye(n)
 
     def run(i):

@@ -77,9 +77,11 @@ def _factor_each(Q, q, rows, L, M, f, index, ok):
         ok[i] = True
 
 
-def least_distance(Q: np.ndarray, q: np.ndarray, rows: np.ndarray) -> LeastDistance:
+def least_distance(
+    Q: np.ndarray, q: np.ndarray, rows: np.ndarray, workers: int | None = None
+) -> LeastDistance:
     """The `LeastDistance` form of QPs with Q (B, n, n), q (B, n) and constraint rows
-    [A; G] (B, p + m, n), over the kept thread pool."""
+    [A; G] (B, p + m, n), over `workers` threads of the kept pool (`for_chunks`)."""
     (B, n), r = q.shape, rows.shape[1]
     # written here, not by np.zeros' lazily mapped pages: the threads' first writes to
     # them fault concurrently (measured, T1: 27–34 ms a call that way, 15–20 this way)
@@ -89,7 +91,7 @@ def least_distance(Q: np.ndarray, q: np.ndarray, rows: np.ndarray) -> LeastDista
     def run(chunk):
         _factor_each(Q, q, rows, ldp.L, ldp.M, ldp.f, chunk, ldp.ok)
 
-    for_chunks(run, range(B))
+    for_chunks(run, range(B), workers)
     return ldp
 
 
@@ -166,10 +168,11 @@ def adjoint(
     index: np.ndarray,
     tol: float,
     out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    workers: int | None = None,
 ) -> None:
     """The system of each element in `index` (batch-first arrays as in `adjoint_one`,
-    active (B, m)), over the kept thread pool, into out = (x (B, n), v (B, p), w (B, m),
-    ok (B,) bool)."""
+    active (B, m)), over `workers` threads of the kept pool, into out = (x (B, n), v (B,
+    p), w (B, m), ok (B,) bool)."""
     x, v, w, ok = out
 
     def run(chunk):
@@ -177,4 +180,4 @@ def adjoint(
             Q, A, G, ldp.L, ldp.M, active, g_x, g_nu, g_lam, tol, x, v, w, chunk, ok
         )  # fmt: skip
 
-    for_chunks(run, index)
+    for_chunks(run, index, workers)

@@ -595,10 +595,10 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=N
     if ldp is not None and (sets & ldp.ok).any():
         from cvxlayer.fastpaths import active_set_kernels
 
-        out = (x, v, w, done)
-        index = np.flatnonzero(sets & ldp.ok)
+        out, index = (x, v, w, done), np.flatnonzero(sets & ldp.ok)
+        workers = active_set.element_workers(qp.q.shape[1], m, p)
         active_set_kernels.adjoint(
-            ldp, Q, A, G, equal, gx, g_nu_, g_lam_, index, _KKT_RESIDUAL, out
+            ldp, Q, A, G, equal, gx, g_nu_, g_lam_, index, _KKT_RESIDUAL, out, workers
         )
     bound_rows, bound_cols, _ = active_set.bound_rows(G)
     if qp.q.shape[1] + p + m - bound_rows.size <= _BATCHED_KKT_MAX:  # one LAPACK call
