@@ -35,11 +35,11 @@ class ParameterSlot:
     symmetric: bool = False  # symmetric/PSD/NSD: only the upper triangle is read
 
 
-def _vec_f(value: torch.Tensor) -> torch.Tensor:
-    """(B, *shape) ↦ (B, prod(shape)) in column-major order (cvxpy's vec)."""
-    ndim = value.dim() - 1
-    if ndim > 1:
-        value = value.permute(0, *range(ndim, 0, -1))
+def _flat(value: torch.Tensor) -> torch.Tensor:
+    """(B, *shape) ↦ (B, prod(shape)) in row-major order: θ̃ holds each parameter as torch
+    stores it, so that reading it costs no transposed copy, and the pieces that are a
+    parameter as it is are views of θ̃ in its own layout (`_parameter_columns` maps this
+    order to cvxpy's column-major one)."""
     return value.reshape(value.shape[0], -1)
 
 
@@ -89,7 +89,7 @@ class CompiledProblem:
                         f"parameter '{slot.name}' of a geometric program must be positive"
                     )
                 v = torch.log(v)
-            columns.append(_vec_f(v))
+            columns.append(_flat(v))
         return torch.cat(columns + [ones], dim=1)
 
     def cone_program(self, values: Sequence[torch.Tensor]) -> ConeProgram:
@@ -109,7 +109,8 @@ class CompiledProblem:
 def _parameter_columns(
     parameters: Sequence[cp.Parameter], param_prob, chain, log_ids: dict | None = None
 ) -> tuple[tuple[ParameterSlot, ...], sp.csr_matrix]:
-    """Our θ̃ (the user's parameters, full size, in the user's order, then 1) ↦ cvxpy's θ̃.
+    """Our θ̃ (the user's parameters, full size, each row-major, in the user's order, then 1)
+    ↦ cvxpy's θ̃.
 
     cvxpy lowers parameters with dimension-reducing attributes (symmetric, PSD, diag) to
     their free entries. Where two full entries share a lowered one (C_ij and C_ji of a
@@ -146,9 +147,10 @@ def _parameter_columns(
             k = param.shape[0]
             full = full[~shared | (full % k <= full // k)]
         rows.append(param_prob.param_id_to_col[target] + local[full])
-        cols.append(offset + full)
-        vals.append(np.ones(full.size))
+        # cvxpy's entries are column-major, ours row-major (`_flat`)
         shape = tuple(int(d) for d in param.shape)
+        cols.append(offset + _row_major(full, shape))
+        vals.append(np.ones(full.size))
         slots.append(
             ParameterSlot(param.name(), shape, param.id, param.id in log_ids, bool(shared.any()))
         )
@@ -162,6 +164,13 @@ def _parameter_columns(
         shape=(p_cvxpy + 1, offset + 1),
     )
     return tuple(slots), columns
+
+
+def _row_major(index: np.ndarray, shape: tuple) -> np.ndarray:
+    """Column-major flat indices of an array of `shape` as row-major ones."""
+    if len(shape) < 2:
+        return index
+    return np.ravel_multi_index(np.unravel_index(index, shape, order="F"), shape)
 
 
 # compiled problems by problem object, then by the rest of the arguments: wrapping the same
