@@ -35,12 +35,6 @@ def min_norm_solve(M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return scipy.linalg.lstsq(M, rhs, cond=cutoff, lapack_driver="gelsy", check_finite=False)[0]
 
 
-def namespace(t: torch.Tensor | np.ndarray):
-    """The array module of `t`: numpy for arrays, torch for tensors (for the few routines
-    written once for both, e.g. the QP stopping rule, checked in numpy on the CPU)."""
-    return np if isinstance(t, np.ndarray) else torch
-
-
 def mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Batched matrix-vector product (B, r, c) @ (B, c) → (B, r) (tensors or arrays).
 
@@ -68,10 +62,10 @@ def coo_mv(
 
 
 def inf_norm(t: torch.Tensor) -> torch.Tensor:
-    """(B,) the ∞-norm of each row of t (B, k), a tensor or an array; 0 for k = 0."""
+    """(B,) the ∞-norm of each row of t (B, k); 0 for k = 0."""
     if not t.shape[1]:
         return t.sum(1)
-    return abs(t).max(1) if isinstance(t, np.ndarray) else t.abs().amax(1)
+    return t.abs().amax(1)
 
 
 def finite_rows(t: torch.Tensor) -> list[bool]:

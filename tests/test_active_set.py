@@ -315,3 +315,31 @@ def test_solve_qp_takes_a_previous_solution_as_its_warm_start():
     assert (cold_its >= 5).all() and (warm_its < cold_its).all()
     with pytest.raises(ValueError, match="warm_start has shape"):
         solve_qp(Q, q1, G, h, warm_start=z0[:2])
+
+
+@pytest.mark.parametrize("m, p", [(6, 2), (6, 0), (0, 2)])
+def test_compiled_stopping_rule_is_the_torch_rule(m, p):
+    """`active_set_kernels.converged` (the compiled twin checking the active set's
+    solutions) decides as `qp._Iterate.converged` on the same points: DAQP's solutions
+    moved by 0 to 1e-3, so that some pass eps = 1e-6 and some do not."""
+    gen = np.random.default_rng(7 + m + p)
+    B, n = 16, 5
+    U = gen.standard_normal((B, n, n))
+    Q = U @ U.transpose(0, 2, 1) + np.eye(n)
+    q, G, A = (gen.standard_normal(shape) for shape in ((B, n), (B, m, n), (B, p, n)))
+    z0 = gen.standard_normal((B, n, 1))  # a feasible point
+    h, b = (G @ z0)[..., 0] + 1, (A @ z0)[..., 0]
+    z, lam, nu, solved, *_ = active_set.solve_each(Q, q, G, h, A, b, 1e-10, 1)
+    assert solved.all()
+    shift = np.repeat([0.0, 1e-9, 1e-6, 1e-3], B // 4)[:, None]
+    z, lam, nu = (t + shift * gen.standard_normal(t.shape) for t in (z, lam, nu))
+    lam = np.abs(lam)
+    s, ok = active_set_kernels.converged(Q, q, G, h, A, b, (z, lam, nu), 1e-6, 1e-6)
+    data = qp.QPData(*(torch.from_numpy(t) for t in (Q, q, G, h, A, b)))
+    z_t, lam_t, nu_t = (torch.from_numpy(t) for t in (z, lam, nu))
+    s_t = (data.h - qp.g_mv(data, z_t)).clamp(min=0)
+    expected = qp._Iterate(data, z_t, s_t, lam_t, nu_t).converged(data, 1e-6, 1e-6)
+    # the products sum in another order: rounding of n·ε·‖G‖‖z‖ (~1e-15 here)
+    np.testing.assert_allclose(s, s_t.numpy(), rtol=0, atol=1e-13)
+    np.testing.assert_array_equal(ok, expected.numpy())
+    assert ok.any() and not ok.all()

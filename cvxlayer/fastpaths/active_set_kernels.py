@@ -96,6 +96,61 @@ def least_distance(
 
 
 @njit(**_OPTIONS)
+def _largest(v):
+    """‖v‖∞, 0 for an empty v."""
+    return np.abs(v).max() if v.size else 0.0
+
+
+@njit(**_OPTIONS)
+def _converged_each(Q, q, G, h, A, b, z, lam, nu, eps_abs, eps_rel, s, ok, index):
+    """`qp._Iterate.converged` (the compiled twin of its rule, on one element at a time)
+    for the elements in `index` of batch-first arrays; writes s = max(h − Gz, 0)."""
+    for i in index:
+        Qz, Gz, Az = Q[i] @ z[i], G[i] @ z[i], A[i] @ z[i]
+        Gt_lam, At_nu = lam[i] @ G[i], nu[i] @ A[i]
+        s[i] = np.maximum(h[i] - Gz, 0.0)
+        res_pri = max(_largest(Gz + s[i] - h[i]), _largest(Az - b[i]))
+        scale_pri = max(_largest(Gz), _largest(s[i]), _largest(h[i]), _largest(Az))
+        scale_pri = max(scale_pri, _largest(b[i]))
+        res_dual = _largest(Qz + q[i] + Gt_lam + At_nu)
+        scale_dual = max(_largest(Qz), _largest(Gt_lam), _largest(At_nu), _largest(q[i]))
+        gap = s[i] @ lam[i] if s.shape[1] else 0.0
+        dual_obj = (h[i] @ lam[i] if h.shape[1] else 0.0) + (b[i] @ nu[i] if b.shape[1] else 0.0)
+        scale_gap = max(abs(z[i] @ Qz), abs(q[i] @ z[i]), abs(dual_obj))
+        ok[i] = (
+            res_pri <= eps_abs + eps_rel * scale_pri
+            and res_dual <= eps_abs + eps_rel * scale_dual
+            and gap <= eps_abs + eps_rel * scale_gap
+        )
+
+
+def converged(
+    Q: np.ndarray,
+    q: np.ndarray,
+    G: np.ndarray,
+    h: np.ndarray,
+    A: np.ndarray,
+    b: np.ndarray,
+    solution: tuple[np.ndarray, np.ndarray, np.ndarray],
+    eps_abs: float,
+    eps_rel: float,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each element's solution = (z (B, n), λ (B, m), ν (B, p)) passes the QP
+    path's stopping rule (`qp._Iterate.converged`) on the data Q (B, n, n), q (B, n),
+    G (B, m, n), h (B, m), A (B, p, n), b (B, p); over `workers` threads of the kept pool.
+    Returns the slacks s = max(h − Gz, 0) (B, m) and (B,) bool."""
+    z, lam, nu = solution
+    s, ok = np.empty_like(h), np.zeros(q.shape[0], dtype=bool)
+
+    def run(chunk):
+        _converged_each(Q, q, G, h, A, b, z, lam, nu, eps_abs, eps_rel, s, ok, chunk)
+
+    for_chunks(run, range(q.shape[0]), workers)
+    return s, ok
+
+
+@njit(**_OPTIONS)
 def _solve(L, M_E, LS, g_x, r):
     """(x, w) of the system with the factors (module docstring); LS: M_E M_Eᵀ's Cholesky
     factor."""

@@ -47,7 +47,7 @@ from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.errors import SolverError
 from cvxlayer.fastpaths import active_set
 from cvxlayer.fastpaths.batching import broadcast_batch
-from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv, namespace
+from cvxlayer.linalg import coo_mv, inf_norm, mtv, mv
 from cvxlayer.program import ConeProgram, ConeStructure
 from cvxlayer.solvers.base import SolveSettings, Status, floor_tolerance
 from cvxlayer.solvers.elementwise import as_array, as_tensor, for_each
@@ -271,9 +271,9 @@ class PDIPMResult:
 
 
 class _Iterate:
-    """z, s, λ, ν of the running elements and their KKT residuals (tensors, or numpy arrays
-    with a `QPData` of arrays: the active set's solutions are checked in numpy, where a
-    small batch costs a tenth of the torch operations' dispatch)."""
+    """z, s, λ, ν of the running elements and their KKT residuals (the active set's
+    solutions are checked by the compiled twin of this rule, `active_set_kernels.converged`,
+    where a small batch costs a tenth of the torch operations' dispatch)."""
 
     def __init__(self, qp: QPData, z, s, lam, nu) -> None:
         self.z, self.s, self.lam, self.nu = z, s, lam, nu
@@ -299,12 +299,12 @@ class _Iterate:
 
     def _measures(self, qp: QPData):
         """(residual, scale) of the primal, dual and gap conditions, each (B,)."""
-        n, xp = inf_norm, namespace(self.z)
+        n = inf_norm
 
         def largest(*parts):
-            return xp.amax(xp.stack(parts), 0)
+            return torch.stack(parts).amax(0)
 
-        res_pri = xp.maximum(n(self.r_ineq), n(self.r_eq))
+        res_pri = torch.maximum(n(self.r_ineq), n(self.r_eq))
         scale_pri = largest(n(self.Gz), n(self.s), n(qp.h), n(self.Az), n(qp.b))
         scale_dual = largest(n(self.Qz), n(self.Gt_lam), n(self.At_nu), n(qp.q))
         zQz = (self.z * self.Qz).sum(1)
@@ -423,8 +423,13 @@ def solve_batch(
         a.Q, a.q, a.G, a.h, a.A, a.b, min(eps_abs, eps_rel), start=guess,
         factor=not _torch_backward(qp),
     )  # fmt: skip
-    s = np.maximum(a.h - mv(a.G, z), 0.0)
-    solved &= _Iterate(a, z, s, lam, nu).converged(a, eps_abs, eps_rel)
+    from cvxlayer.fastpaths import active_set_kernels
+
+    workers = active_set.element_workers(a.G.shape[2], a.G.shape[1], a.A.shape[1])
+    s, converged = active_set_kernels.converged(
+        a.Q, a.q, a.G, a.h, a.A, a.b, (z, lam, nu), eps_abs, eps_rel, workers
+    )
+    solved &= converged
     if verbose:
         print(f"[qp] active set: {int(solved.sum())} of {B} solved, iterations {iterations}")
     active = torch.as_tensor(lam > 0, device=device)
