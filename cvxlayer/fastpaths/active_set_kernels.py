@@ -140,7 +140,9 @@ def converged(
     path's stopping rule (`qp._Iterate.converged`) on the data Q (B, n, n), q (B, n),
     G (B, m, n), h (B, m), A (B, p, n), b (B, p); over `workers` threads of the kept pool.
     Returns the slacks s = max(h − Gz, 0) (B, m) and (B,) bool."""
-    z, lam, nu = solution
+    Q, q, G, h, A, b, z, lam, nu = (
+        np.ascontiguousarray(t) for t in (Q, q, G, h, A, b, *solution)
+    )  # one compiled specialization, and `@` on contiguous rows
     s, ok = np.empty_like(h), np.zeros(q.shape[0], dtype=bool)
 
     def run(chunk):

@@ -434,14 +434,18 @@ def solve_batch(
         print(f"[qp] active set: {int(solved.sum())} of {B} solved, iterations {iterations}")
     active = torch.as_tensor(lam > 0, device=device)
     z, s, lam, nu = (as_tensor(t, qp.Q) for t in (z, s, lam, nu))
-    ok, rest = (torch.as_tensor(np.flatnonzero(f), device=device) for f in (solved, ~solved))
+    ok, rest = np.flatnonzero(solved), np.flatnonzero(~solved)
     parts = []
-    if len(ok):
-        part, active = (qp, active) if len(ok) == B else (_select(qp, ok), active[ok])
+    if ok.size:
+        part = qp
+        if ok.size < B:
+            ok = torch.as_tensor(ok, device=device)
+            part, active = _select(qp, ok), active[ok]
         parts.append((ok, active_set_system(part, active, _torch_backward(qp))))
     status = [Status.SOLVED] * B
     iterations = torch.as_tensor(iterations)
-    if len(rest):
+    if rest.size:
+        rest = torch.as_tensor(rest, device=device)
         ipm = interior_point(_select(qp, rest), eps_abs, eps_rel, max_iters, verbose)
         for t, t_ipm in zip((z, s, lam, nu), (ipm.z, ipm.s, ipm.lam, ipm.nu)):
             t[rest] = t_ipm
@@ -605,10 +609,10 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=N
         active_set_kernels.adjoint(
             ldp, Q, A, G, equal, gx, g_nu_, g_lam_, index, _KKT_RESIDUAL, out, workers
         )
-    bound_rows, bound_cols, _ = active_set.bound_rows(G)
-    if qp.q.shape[1] + p + m - bound_rows.size <= _BATCHED_KKT_MAX:  # one LAPACK call
-        sets = np.flatnonzero(sets & ~done)
-        if sets.size:
+    sets = np.flatnonzero(sets & ~done)
+    if sets.size:
+        bound_rows, bound_cols, _ = active_set.bound_rows(G)
+        if qp.q.shape[1] + p + m - bound_rows.size <= _BATCHED_KKT_MAX:  # one LAPACK call
             part = (t[sets] for t in (Q, A, G, equal, gx, g_nu_, g_lam_))
             solved = _active_set_kkt(*part, (bound_rows, bound_cols))
             x[sets], w[sets], v[sets], done[sets] = solved
