@@ -45,25 +45,30 @@ class VariableRecovery:
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n) primal and (B, m) dual solutions ↦ (B, *shape) values of the output."""
         v = x if self.source == "x" else y
-        v_bar = torch.nn.functional.pad(v, (0, 1))
-        idx, scale = self._tensors(v)
-        flat = v_bar.index_select(1, idx)
+        idx, scale, zero = self._tensors(v)
+        if zero:  # x̄ = [x; 0]
+            v = torch.nn.functional.pad(v, (0, 1))
+        flat = v.index_select(1, idx)
         if scale is not None:
             flat = flat * scale
         if self.exp:
             flat = torch.exp(flat)
+        if len(self.shape) == 1:
+            return flat
         # column-major reshape: fill the reversed shape, then reverse the axes back
         out = flat.reshape(v.shape[0], *reversed(self.shape))
         return out.permute(0, *range(len(self.shape), 0, -1))
 
-    def _tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`index` and `scale` as tensors with `like`'s device (and dtype), made once each."""
+    def _tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """`index` and `scale` as tensors with `like`'s device (and dtype), made once each,
+        and whether `index` points at the structural zero (past `like`'s columns)."""
         key = (like.dtype, like.device)
         if key not in self._cache:
             scale = self.scale
             if scale is not None:
                 scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
-            self._cache[key] = (torch.as_tensor(self.index, device=like.device), scale)
+            zero = bool(self.index.size) and int(self.index.max()) >= like.shape[1]
+            self._cache[key] = (torch.as_tensor(self.index, device=like.device), scale, zero)
         return self._cache[key]
 
 

@@ -10,6 +10,8 @@ Elements it does not solve are re-solved by the layer's generic mode.
 
 from __future__ import annotations
 
+import dataclasses
+
 from cvxlayer.fastpaths.entropy_form import EntropyForm
 from cvxlayer.fastpaths.lml import lml
 from cvxlayer.fastpaths.lqr import lqr
@@ -36,7 +38,9 @@ def _match_qp(compiled, problem, by_name: bool) -> QPForm | None:
     st = compiled.structure
     if not by_name and st.n * (st.n + st.m) > QP_DENSE_LIMIT:
         return None
-    return QPForm.match(compiled.param_map)
+    qp = QPForm.match(compiled.param_map)
+    # no output is a dual variable: the path's y and s are not computed
+    return qp if qp is None or compiled.has_duals else dataclasses.replace(qp, duals=False)
 
 
 # name ↦ match(compiled, problem, by_name): by_name is True when the user asked for that path

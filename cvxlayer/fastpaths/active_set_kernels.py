@@ -91,7 +91,7 @@ def least_distance(
     def run(chunk):
         _factor_each(Q, q, rows, ldp.L, ldp.M, ldp.f, chunk, ldp.ok)
 
-    for_chunks(run, range(B), workers)
+    for_chunks(run, range(B), workers, blas=workers != 1)
     return ldp
 
 
@@ -148,7 +148,7 @@ def converged(
     def run(chunk):
         _converged_each(Q, q, G, h, A, b, z, lam, nu, eps_abs, eps_rel, s, ok, chunk)
 
-    for_chunks(run, range(q.shape[0]), workers)
+    for_chunks(run, range(q.shape[0]), workers, blas=workers != 1)
     return s, ok
 
 
@@ -237,4 +237,4 @@ def adjoint(
             Q, A, G, ldp.L, ldp.M, active, g_x, g_nu, g_lam, tol, x, v, w, chunk, ok
         )  # fmt: skip
 
-    for_chunks(run, index, workers)
+    for_chunks(run, index, workers, blas=workers != 1)

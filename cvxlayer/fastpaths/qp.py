@@ -594,13 +594,20 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=N
     B, m, p = qp.h.shape[0], qp.h.shape[1], qp.b.shape[1]
     if arrays is None:
         arrays = qp.arrays()
-    Q, A, G, w_scale = arrays.Q, arrays.A, arrays.G, as_array(system.w_scale)
+    Q, A, G = arrays.Q, arrays.A, arrays.G
     gx, g_nu_, g_lam_ = (as_array(t) for t in (g_z, g_nu, g_lam))
     free = system.free.cpu().numpy()
-    equal, cone = free & (w_scale == 0), free & (w_scale > 0)
-    x, w, v = np.zeros_like(gx), np.zeros((B, m)), np.zeros((B, p))
+    if bool(system.w_scale.any()):
+        w_scale = as_array(system.w_scale)
+        equal, cone = free & (w_scale == 0), free & (w_scale > 0)
+        sets = ~cone.any(1)
+    else:  # every element's system is an active set's
+        w_scale, equal, cone = np.zeros(free.shape), free, np.zeros_like(free)
+        sets = np.ones(B, dtype=bool)
+    # written through numpy views of the tensors returned
+    x_t, w_t, v_t = (torch.zeros(B, k, dtype=torch.float64) for k in (gx.shape[1], m, p))
+    x, w, v = x_t.numpy(), w_t.numpy(), v_t.numpy()
     done = np.zeros(B, dtype=bool)
-    sets = ~cone.any(1)
     if ldp is not None and (sets & ldp.ok).any():
         from cvxlayer.fastpaths import active_set_kernels
 
@@ -618,7 +625,7 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=N
             x[sets], w[sets], v[sets], done[sets] = solved
     todo = np.flatnonzero(~done)
     if todo.size == 0:
-        return tuple(as_tensor(a, qp.Q) for a in (x, w, v))
+        return tuple(t.to(qp.Q) for t in (x_t, w_t, v_t))
     # elements whose rows are all cones (an interior point's system) share one pattern
     interior = ~equal.any(1) & cone.all(1)
     lay_all, rows_all, pat_all = _rows_layout(p, m), None, None
@@ -647,7 +654,7 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=N
         v[i], w[i, e], w[i, c] = out[:p], out[p:k], out[k:]
 
     for_each(run, todo)
-    return tuple(as_tensor(a, qp.Q) for a in (x, w, v))
+    return tuple(t.to(qp.Q) for t in (x_t, w_t, v_t))
 
 
 def _active_set_kkt(Q, A, G, active, g_x, g_nu, g_lam, bounds):

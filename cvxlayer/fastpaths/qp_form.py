@@ -335,6 +335,7 @@ class QPForm:
     pinned: int = 0  # the first `pinned` of `elim` are pinned, the others lifted
     pieces: Pieces | None = None  # what a call reads from θ̃
     folded: bool = False  # whether `pieces` hold the reduced QP (`folded_rows`)
+    duals: bool = True  # whether `solve` computes y and s (else zeros: no output reads them)
     _cache: dict = field(default_factory=dict, repr=False)
 
     name = "qp"
@@ -470,6 +471,9 @@ class QPForm:
         # back to the cone program: x = (z, x_E), y = (y_R, ν, λ), s = (0, h − Gz)
         x_E = mv(T, z) + u
         x = torch.cat([z, x_E], 1)[:, x_order]
+        if not self.duals:
+            zeros = x.new_zeros(x.shape[0], self.structure.m)
+            return Solution(x, zeros, zeros, result.status, result.iterations)
         grad_E = eliminated_gradient(P_KE, P_EE, c_E, z, x_E)
         y_R = -grad_E / a_E
         if npin:  # a pinned column's other rows enter its stationarity
