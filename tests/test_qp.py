@@ -347,11 +347,10 @@ def _pinned_problem(n=4):
     return prob, [x, W, b, c], [z, W_var] + [con.dual_variables[0] for con in cons]
 
 
-def test_pinned_variables_are_eliminated_and_match_the_generic_path():
-    prob, params, outputs = _pinned_problem()
+def _matches_generic_path(prob, params, outputs) -> CvxpyLayer:
+    """The QP path's outputs and gradients on `_pinned_problem`'s data against the generic
+    path's, both solved to 1e-10; returns the QP path's layer."""
     fast = CvxpyLayer(prob, params, outputs)
-    assert isinstance(fast.fast_path, QPForm) and fast.fast_path.pinned == 16
-    assert fast.fast_path.keep.size == 4  # only z remains: the 16 entries of W̃ are gone
     generic = CvxpyLayer(prob, params, outputs, fast_path=False)
     gen = torch.Generator().manual_seed(3)
     W = 0.2 * torch.randn(3, 4, 4, generator=gen, dtype=torch.float64)
@@ -374,6 +373,23 @@ def test_pinned_variables_are_eliminated_and_match_the_generic_path():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     for a, b in zip(fast_grad, gen_grad):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    return fast
+
+
+def test_pinned_variables_are_eliminated_and_match_the_generic_path():
+    fast = _matches_generic_path(*_pinned_problem())
+    assert isinstance(fast.fast_path, QPForm) and fast.fast_path.pinned == 16
+    assert fast.fast_path.keep.size == 4  # only z remains: the 16 entries of W̃ are gone
+    assert fast.fast_path.duals and fast.fast_path.elim_read
+
+
+@pytest.mark.parametrize("read", [1, 2])
+def test_primal_outputs_leave_out_duals_and_unread_eliminated_variables(read):
+    """Without dual outputs the QP path computes no y and s, and differentiates the
+    eliminated W̃ only where it is an output: same outputs and gradients either way."""
+    prob, params, outputs = _pinned_problem()
+    fast = _matches_generic_path(prob, params, outputs[:read])  # z, or z and W̃
+    assert not fast.fast_path.duals and fast.fast_path.elim_read == (read == 2)
 
 
 def test_auto_takes_the_qp_path_on_the_cpu_by_size_and_batch(monkeypatch):

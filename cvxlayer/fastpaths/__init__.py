@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from cvxlayer.fastpaths.entropy_form import EntropyForm
 from cvxlayer.fastpaths.lml import lml
 from cvxlayer.fastpaths.lqr import lqr
@@ -39,8 +41,12 @@ def _match_qp(compiled, problem, by_name: bool) -> QPForm | None:
     if not by_name and st.n * (st.n + st.m) > QP_DENSE_LIMIT:
         return None
     qp = QPForm.match(compiled.param_map)
-    # no output is a dual variable: the path's y and s are not computed
-    return qp if qp is None or compiled.has_duals else dataclasses.replace(qp, duals=False)
+    if qp is None or compiled.has_duals:
+        return qp
+    # no output is a dual variable: the path's y and s are not computed, and its eliminated
+    # variables are differentiated only where an output reads them
+    read = np.concatenate([r.index for r in compiled.recoveries])
+    return dataclasses.replace(qp, duals=False, elim_read=bool(np.isin(qp.elim, read).any()))
 
 
 # name ↦ match(compiled, problem, by_name): by_name is True when the user asked for that path

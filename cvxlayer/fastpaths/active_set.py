@@ -107,15 +107,19 @@ def solve_each(
         workers = element_workers(n, m, p)
     bound, column, upper = bound_rows(G)
     k = n if bound.size else 0  # DAQP's simple bounds: on every variable, or none
-    general = np.ones(m, dtype=bool)
-    general[bound] = False
-    general = np.flatnonzero(general)
-    g = general.size
-    coef = G[:, bound, column]  # (B, bounds): the bound is h / coef on its side
     lb, ub = np.full((B, k), _NO_LOWER), np.full((B, k), -_NO_LOWER)
-    ub[:, column[upper]] = h[:, bound[upper]] / coef[:, upper]
-    lb[:, column[~upper]] = h[:, bound[~upper]] / coef[:, ~upper]
-    rows = G if p == 0 and g == m else np.concatenate([A, G[:, general]], axis=1)
+    if k:
+        general = np.ones(m, dtype=bool)
+        general[bound] = False
+        general = np.flatnonzero(general)
+        coef = G[:, bound, column]  # (B, bounds): the bound is h / coef on its side
+        ub[:, column[upper]] = h[:, bound[upper]] / coef[:, upper]
+        lb[:, column[~upper]] = h[:, bound[~upper]] / coef[:, ~upper]
+        rows = np.concatenate([A, G[:, general]], axis=1)
+    else:
+        general = slice(None)
+        rows = G if p == 0 else np.concatenate([A, G], axis=1)
+    g = m - bound.size
     upper_all = np.concatenate([ub, b, h[:, general]], axis=1)
     lower_all = np.concatenate([lb, b, np.full((B, g), _NO_LOWER)], axis=1)
     sense = np.repeat(np.array([_INEQUALITY, _EQUALITY, _INEQUALITY], dtype=np.intc), [k, p, g])
@@ -128,7 +132,7 @@ def solve_each(
         from cvxlayer.fastpaths import active_set_kernels
 
         ldp = active_set_kernels.least_distance(Q, q, rows, workers)
-    identity = np.eye(n)
+    identity = None if ldp is None else np.eye(n)
 
     def run(i):
         guess = None if start is None else start[i]
@@ -153,7 +157,7 @@ def solve_each(
     for_each(run, range(B), workers, blas=workers != 1)
     lam = np.zeros((B, m))
     lam[:, general] = mult[:, k + p :]
-    # a bound's multiplier μ_j (> 0 upper, < 0 lower active) is g λ for its row g z_j ≤ h
-    mu = mult[:, column]
-    lam[:, bound] = np.where(upper == (mu > 0), mu / coef, 0.0)
+    if k:  # a bound's multiplier μ_j (> 0 upper, < 0 lower active) is g λ for its row g z_j ≤ h
+        mu = mult[:, column]
+        lam[:, bound] = np.where(upper == (mu > 0), mu / coef, 0.0)
     return z, lam, mult[:, k : k + p], solved, iterations, ldp

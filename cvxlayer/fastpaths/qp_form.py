@@ -336,6 +336,7 @@ class QPForm:
     pieces: Pieces | None = None  # what a call reads from θ̃
     folded: bool = False  # whether `pieces` hold the reduced QP (`folded_rows`)
     duals: bool = True  # whether `solve` computes y and s (else zeros: no output reads them)
+    elim_read: bool = True  # whether x_E is differentiated (else no output reads it)
     _cache: dict = field(default_factory=dict, repr=False)
 
     name = "qp"
@@ -469,8 +470,9 @@ class QPForm:
             start=None if warm_start[0] is None else warm_start[0][:, self.keep],
         )
         # back to the cone program: x = (z, x_E), y = (y_R, ν, λ), s = (0, h − Gz)
-        x_E = mv(T, z) + u
-        x = torch.cat([z, x_E], 1)[:, x_order]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.elim_read):
+            x_E = mv(T, z) + u
+        x = torch.cat([z, x_E], 1).index_select(1, x_order)
         if not self.duals:
             zeros = x.new_zeros(x.shape[0], self.structure.m)
             return Solution(x, zeros, zeros, result.status, result.iterations)
