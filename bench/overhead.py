@@ -61,16 +61,19 @@ def build(system: str, kind: str, n: int) -> Callable:
 
 def median_seconds(fns: list[Callable[[], object]], calls: int) -> list[float]:
     """Median seconds per call of each of `fns`, timed interleaved (call k of every system,
-    then call k + 1, …) so that drifts in the machine's speed hit all systems alike."""
+    then call k + 1, …) so that drifts in the machine's speed hit all systems alike, and in
+    an order rotated at each call, so that what one system leaves behind (BLAS or pool
+    threads still spinning) slows each of the others alike, not only the one after it."""
     for fn in fns:
         for _ in range(WARMUP):
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(calls):
-        for fn, spent in zip(fns, times):
+    for k in range(calls):
+        for i in range(len(fns)):
+            j = (i + k) % len(fns)
             start = time.perf_counter()
-            fn()
-            spent.append(time.perf_counter() - start)
+            fns[j]()
+            times[j].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
 

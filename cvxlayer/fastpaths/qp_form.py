@@ -169,7 +169,10 @@ class Pieces:
             return d
         coo = (*self.linear.coo(theta), self.linear.matrix.shape[0]) if self.shapes else None
         specs = tuple(self.views.values())
-        mapped, *views = _Read.apply(theta, coo, specs)
+        if torch.is_grad_enabled() and theta.requires_grad:
+            mapped, *views = _Read.apply(theta, coo, specs)
+        else:  # nothing to differentiate: the reads without the Function's dispatch
+            mapped, *views = _read(theta.contiguous(), coo, specs)
         if self.shapes:
             d.update(_split(mapped, self.shapes))
         for name, view, (*_, factor) in zip(self.views, views, specs):
@@ -185,6 +188,16 @@ def _strided_view(theta: torch.Tensor, spec: tuple) -> torch.Tensor:
     )
 
 
+def _read(theta: torch.Tensor, coo: tuple | None, specs: tuple) -> tuple:
+    """(the sparse map's output (B, rows), *the strided views) of a contiguous θ̃ (`_Read`)."""
+    if coo is None:
+        mapped = theta.new_zeros(theta.shape[0], 0)
+    else:
+        rows, cols, vals, size = coo
+        mapped = coo_mv(vals, rows, cols, theta, size)
+    return (mapped, *(_strided_view(theta, spec) for spec in specs))
+
+
 class _Read(torch.autograd.Function):
     """What `Pieces` reads from θ̃: the sparse map's output (B, rows) (empty without a map,
     coo = None) and the strided views of θ̃ (no copies), with one gradient of θ̃ for all of
@@ -195,12 +208,7 @@ class _Read(torch.autograd.Function):
     def forward(ctx, theta: torch.Tensor, coo: tuple | None, specs: tuple):
         theta = theta.contiguous()
         ctx.coo, ctx.specs, ctx.shape = coo, specs, theta.shape
-        if coo is None:
-            mapped = theta.new_zeros(theta.shape[0], 0)
-        else:
-            rows, cols, vals, size = coo
-            mapped = coo_mv(vals, rows, cols, theta, size)
-        return (mapped, *(_strided_view(theta, spec) for spec in specs))
+        return _read(theta, coo, specs)
 
     @staticmethod
     def backward(ctx, g_mapped, *grads):
