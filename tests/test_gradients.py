@@ -301,3 +301,45 @@ def test_a_numerically_singular_jacobian_gets_the_least_squares_solution():
     expected = (torch.linalg.pinv(Jt) @ rhs.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(r, expected, atol=1e-10, rtol=1e-10)
     assert r.abs().max() < 100
+
+
+def test_compiled_residual_system_is_the_torch_assembly():
+    """The residual map's Jᵀ and right-hand side formed by the compiled kernel
+    (`dense_kernels`, zero, nonnegative and second-order rows) equal the torch assembly
+    (`ConeProjector` blocks, `residual_jacobian_t`) to rounding, with a P, at points v that
+    put the second-order block inside its cone (element 0), in the polar cone (element 1)
+    and on neither side (element 2), and the orthant's rows on both sides of 0."""
+    from cvxlayer.cones.projections import ConeProjector
+    from cvxlayer.diff import dense, dense_kernels
+    from cvxlayer.program import SparseOps
+
+    n = 5
+    x, M, y = cp.Parameter(n), cp.Parameter((n, n)), cp.Variable(n)
+    constraints = [cp.norm(M @ y) <= 1, y >= -1, cp.sum(y) == 0.5]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(y - x) + cp.sum(y)), constraints)
+    layer = CvxpyLayer(prob, [x, M], [y], fast_path=False)
+    gen = torch.Generator().manual_seed(11)
+    values = [torch.randn(3, *s, generator=gen, dtype=torch.float64) for s in [(n,), (n, n)]]
+    program = layer.compiled.cone_program(values)
+    st = program.structure
+    assert st.cones.zero and st.cones.nonneg and st.cones.soc and program.P is not None
+    v = torch.randn(3, st.m, generator=gen, dtype=torch.float64)
+    first = st.cones.zero + st.cones.nonneg  # the second-order block's head
+    v[0, first], v[1, first] = 100.0, -100.0
+    grads = [torch.randn(3, k, generator=gen, dtype=torch.float64) for k in (st.n, st.m, st.m)]
+    ops = SparseOps.of(st, program.b.device)
+    layout = dense._compiled_layout(program)
+    Jt, rhs = dense_kernels.system(
+        program.A.numpy(), (ops.a_rows.numpy(), ops.a_cols.numpy()),
+        program.P.numpy(), (ops.p_rows.numpy(), ops.p_cols.numpy()),
+        v.numpy(), tuple(g.numpy() for g in grads), layout,
+    )  # fmt: skip
+    projector = ConeProjector.of(st.cones)
+    blocks = projector.jacobian_blocks(v, dual=True)
+    dx, dy, ds = grads
+    rhs_ref = torch.cat([dx, projector.apply_blocks(blocks, dy + ds) - ds], 1)
+    Jt_ref = dense.residual_jacobian_t(
+        *ops.dense(program.A, program.P), projector.dense(blocks, rhs_ref[:, st.n :])
+    )
+    torch.testing.assert_close(torch.as_tensor(Jt), Jt_ref, atol=1e-13, rtol=0)
+    torch.testing.assert_close(torch.as_tensor(rhs), rhs_ref, atol=1e-13, rtol=0)

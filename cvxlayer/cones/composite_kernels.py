@@ -92,6 +92,14 @@ def interior(lay, s, z):
 
 
 @njit(**_OPTIONS)
+def projection_jacobian(lay, v, out):
+    """DΠ_K at v (mc,) into out (mc, mc), zero off the blocks (used with symmetric cones
+    only: self-dual, so it is also DΠ_{K*})."""
+    out[:] = 0.0
+    soc.projection_jacobian(lay.starts, v, out)
+
+
+@njit(**_OPTIONS)
 def symmetric_scaling(lay, s, z, st):
     """The second-order (and orthant) blocks' Nesterov–Todd scaling at interior (s, z),
     into st."""

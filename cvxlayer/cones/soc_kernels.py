@@ -203,3 +203,32 @@ def clip_scaling(starts, s, z, w, eta, delta):
             for i in range(a + 1, b):
                 w[i] *= shrink
             w[a] = math.cosh(beta_max)
+
+
+@njit(**_OPTIONS)
+def projection_jacobian(starts, v, out):
+    """DΠ at v of each block (`soc.d_soc`; the cone is self-dual, so it is also DΠ_{K*})
+    into out's diagonal blocks, zero on entry: I inside, 0 in the polar cone,
+    else ½[[1, x̄ᵀ], [x̄, (1 + t/‖x‖) I − (t/‖x‖) x̄x̄ᵀ]] with (t, x) = v, x̄ = x/‖x‖. A block of
+    one row is the half-line (`nonneg.d_nonneg`): 1 where v > 0, else 0."""
+    for k in range(starts.size - 1):
+        a, b = starts[k], starts[k + 1]
+        t = v[a]
+        if b - a == 1:
+            out[a, a] = 1.0 if t > 0 else 0.0
+            continue
+        norm = 0.0
+        for i in range(a + 1, b):
+            norm += v[i] * v[i]
+        norm = math.sqrt(norm)
+        if norm <= t:
+            for i in range(a, b):
+                out[i, i] = 1.0
+        elif norm > -t:  # else the polar cone: 0
+            ratio = t / norm
+            out[a, a] = 0.5
+            for i in range(a + 1, b):
+                out[a, i] = out[i, a] = 0.5 * v[i] / norm
+                for j in range(a + 1, b):
+                    out[i, j] = -0.5 * ratio * v[i] * v[j] / (norm * norm)
+                out[i, i] += 0.5 * (1.0 + ratio)

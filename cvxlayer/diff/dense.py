@@ -32,7 +32,7 @@ from cvxlayer.cones.projections import ConeProjector
 from cvxlayer.linalg import min_norm_solve
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers.base import Solution
-from cvxlayer.solvers.elementwise import for_each
+from cvxlayer.solvers.elementwise import as_array, for_each
 
 
 def residual_jacobian_t(A, P, D) -> torch.Tensor:
@@ -110,6 +110,19 @@ def solve_transposed_system(Jt: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor
 
     for_each(run, range(M.shape[0]))
     return torch.as_tensor(r)
+
+
+def _compiled_layout(program: ConeProgram) -> tuple | None:
+    """(the compiled engine's cone `Layout`, p equality rows) for CPU programs whose cones
+    are zero, nonnegative and second-order only (`dense_kernels`); None otherwise, or where
+    numba cannot load."""
+    cones = program.structure.cones
+    if program.b.device.type != "cpu" or cones.psd or cones.exp or cones.exp_dual or cones.power:
+        return None
+    from cvxlayer.solvers import ipm
+
+    compiled = ipm._compiled_engine()
+    return None if compiled is None else compiled.layout(cones)
 
 
 def _unreliable(min_pivot, max_pivot, r_max, rhs_max, size: int, eps: float):
@@ -201,26 +214,40 @@ class ResidualMapAdjoint:
         ops = SparseOps.of(st, program.b.device)
         A, P = rows_of(program.A), rows_of(program.P)
         x, y, s = rows_of(solution.x), rows_of(solution.y), rows_of(solution.s)
-        projector = ConeProjector.of(st.cones)
-        blocks = projector.jacobian_blocks(y - s, dual=True)
-
-        def D(w):
-            return projector.apply_blocks(blocks, w)
-
-        ds_active = rows_of(ds)
-        rhs = torch.cat([rows_of(dx), D(rows_of(dy) + ds_active) - ds_active], 1)
+        gradients = rows_of(dx), rows_of(dy), rows_of(ds)
         method = self.method
         if method == "auto":
             method = "dense" if st.n + st.m <= DENSE_LIMIT else "lsqr"
-        if method == "dense":
-            Jt = residual_jacobian_t(*ops.dense(A, P), projector.dense(blocks, rhs[:, st.n :]))
-            r = solve_transposed_system(Jt, rhs)
-        else:  # matrix-free on the sparse data: memory grows with nnz, not with n·m
-            jt, j = _transposed_operator(_BoundProducts(ops, A, P), D, st.n)
-            # min ‖Jᵀ S w − rhs‖ with r = S w, S equilibrating the columns of Jᵀ
-            S = _inverse_row_norms(j, rhs)
-            w, _ = lsqr(lambda v: jt(S * v), lambda u: S * j(u), rhs)
-            r = S * w
+        layout = _compiled_layout(program) if method == "dense" else None
+        if layout is not None:  # Jᵀ and rhs by one compiled call per thread
+            from cvxlayer.diff import dense_kernels
+
+            none = torch.zeros(0, dtype=torch.long)
+            p_pattern = (none, none) if P is None else (ops.p_rows, ops.p_cols)
+            Jt, rhs = dense_kernels.system(
+                as_array(A), tuple(t.numpy() for t in (ops.a_rows, ops.a_cols)),
+                None if P is None else as_array(P), tuple(t.numpy() for t in p_pattern),
+                as_array(y - s), tuple(as_array(g) for g in gradients), layout,
+            )  # fmt: skip
+            r = solve_transposed_system(torch.as_tensor(Jt), torch.as_tensor(rhs)).to(A)
+        else:
+            projector = ConeProjector.of(st.cones)
+            blocks = projector.jacobian_blocks(y - s, dual=True)
+
+            def D(w):
+                return projector.apply_blocks(blocks, w)
+
+            g_x, g_y, g_s = gradients
+            rhs = torch.cat([g_x, D(g_y + g_s) - g_s], 1)
+            if method == "dense":
+                dense_D = projector.dense(blocks, rhs[:, st.n :])
+                r = solve_transposed_system(residual_jacobian_t(*ops.dense(A, P), dense_D), rhs)
+            else:  # matrix-free on the sparse data: memory grows with nnz, not with n·m
+                jt, j = _transposed_operator(_BoundProducts(ops, A, P), D, st.n)
+                # min ‖Jᵀ S w − rhs‖ with r = S w, S equilibrating the columns of Jᵀ
+                S = _inverse_row_norms(j, rhs)
+                w, _ = lsqr(lambda v: jt(S * v), lambda u: S * j(u), rhs)
+                r = S * w
         r_u, r_v = r[:, : st.n], r[:, st.n :]
 
         rows, cols = ops.a_rows, ops.a_cols
