@@ -65,6 +65,35 @@ def test_a_nan_iterate_is_a_failure():
     assert solution.status == (Status.SOLVED, Status.FAILURE)
 
 
+def test_compiled_tolerance_check_is_the_torch_one(monkeypatch):
+    """`violates_tolerance` on CPU tensors (the compiled twin, `residual_kernels`) against
+    its torch form on one QP-with-a-cone program's data and perturbed solutions: solved
+    ones pass, residuals 10² and 10⁴ times the tolerance fail on the primal or dual side,
+    NaN fails."""
+    from cvxlayer.solvers import base, ipm
+
+    x, M, y = cp.Parameter(4), cp.Parameter((4, 4)), cp.Variable(4)
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(y - x)), [cp.norm(M @ y) <= 1, y >= -1])
+    layer = CvxpyLayer(prob, [x, M], [y], fast_path=False, mode="scs")
+    gen = torch.Generator().manual_seed(2)
+    values = [
+        torch.randn(6, *shape, generator=gen, dtype=torch.float64) for shape in [(4,), (4, 4)]
+    ]
+    program = layer.compiled.cone_program(values)
+    settings = SolveSettings(eps_abs=1e-6, eps_rel=1e-6)
+    sol = layer.solvers["scs"].solve(program, settings)
+    x_, y_, s_ = sol.x.clone(), sol.y.clone(), sol.s.clone()
+    s_[1, 0] += 1e-4  # primal residual, 100× the tolerance
+    x_[2] += 1e-2  # both
+    y_[3, -1] += 1e-2  # dual
+    x_[4, 0] = float("nan")
+    solution = replace(sol, x=x_, y=y_, s=s_)
+    compiled = base.violates_tolerance(program, solution, settings)
+    monkeypatch.setattr(ipm, "_compiled_engine", lambda: None)
+    reference = base.violates_tolerance(program, solution, settings)
+    assert compiled.tolist() == reference.tolist() == [False, True, True, True, True, False]
+
+
 def _box_qp():
     """min ‖y − x‖² s.t. Σy = 1, y ≥ 0 (projection onto the simplex), generic mode."""
     x = cp.Parameter(4, name="x")

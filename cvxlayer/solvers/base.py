@@ -160,7 +160,18 @@ RESIDUAL_SLACK = 10.0
 def violates_tolerance(program: ConeProgram, solution: Solution, settings: SolveSettings):
     """(B,) bool: the primal or dual residual of (x, y, s) exceeds `RESIDUAL_SLACK` times
     SCS's tolerance, ‖Ax + s − b‖∞ > eps_abs + eps_rel·max(‖Ax‖∞, ‖s‖∞, ‖b‖∞) (and
-    ‖Px + Aᵀy + c‖∞ likewise); NaN counts as exceeding."""
+    ‖Px + Aᵀy + c‖∞ likewise); NaN counts as exceeding. On the CPU by the compiled twin
+    (`residual_kernels`) where numba loads."""
+    if program.b.device.type == "cpu":
+        from cvxlayer.solvers import ipm  # ipm imports this module
+
+        if ipm._compiled_engine() is not None:
+            from cvxlayer.solvers import residual_kernels
+
+            solved = (solution.x, solution.y, solution.s)
+            return residual_kernels.violates_tolerance(
+                program, solved, settings.eps_abs, settings.eps_rel, RESIDUAL_SLACK
+            )
     ops = SparseOps.of(program.structure, program.b.device)
     x, y, s = solution.x, solution.y, solution.s
     Ax, Aty, Px = ops.a(program.A, x), ops.at(program.A, y), ops.p(program.P, x)
