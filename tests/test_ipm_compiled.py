@@ -268,3 +268,21 @@ def test_auto_runs_the_compiled_engine_on_dense_batches_only():
         return_status=True,
     )
     assert info.mode == "scs"
+
+
+def test_compiling_is_announced_once_on_stderr(monkeypatch, capsys):
+    """One line on stderr per process, at the first kernel without a cached build; and
+    `_cached` finds a compiled kernel's index in numba's cache."""
+    from cvxlayer.solvers import numba_cache, residual_kernels
+
+    kernel = residual_kernels._largest
+    kernel(np.ones(3))  # compiled (and cached) here if it was not already
+    assert numba_cache._cached(kernel)
+    monkeypatch.setattr(numba_cache, "_announced", False)
+    monkeypatch.setattr(numba_cache, "_checked", set())
+    monkeypatch.setattr(numba_cache, "_cached", lambda k: k == "cached")
+    numba_cache.announce_compile("cached")
+    assert capsys.readouterr().err == ""
+    numba_cache.announce_compile("first")
+    numba_cache.announce_compile("second")
+    assert capsys.readouterr().err.count("cvxlayer: compiling") == 1

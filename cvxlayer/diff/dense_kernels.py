@@ -18,6 +18,7 @@ from numba import njit
 
 from cvxlayer.cones import composite_kernels as cone
 from cvxlayer.solvers.elementwise import for_chunks
+from cvxlayer.solvers.numba_cache import announce_compile
 
 _OPTIONS = {"cache": True, "nogil": True}
 
@@ -78,6 +79,8 @@ def system(
     if p_vals is None:
         p_vals = np.zeros((B, 0))
     Jt, rhs = np.empty((B, n + m, n + m)), np.empty((B, n + m))
+
+    announce_compile(_system_each)
 
     def run(chunk):
         _system_each(a_vals, *a_pattern, p_vals, *p_pattern, v, dx, dy, ds, *layout, Jt, rhs, chunk)

@@ -31,6 +31,7 @@ from cvxlayer.solvers.ipm_compiled import (
     lower_solve_in_place,
     lower_t_solve_in_place,
 )
+from cvxlayer.solvers.numba_cache import announce_compile
 
 _OPTIONS = {"cache": True, "nogil": True}
 _REFINE = 2  # refinement steps (each one a solve with the factors)
@@ -87,6 +88,8 @@ def least_distance(
     # them fault concurrently (measured, T1: 27–34 ms a call that way, 15–20 this way)
     L, M = np.full((B, n, n), 0.0), np.full((B, r, n), 0.0)
     ldp = LeastDistance(L, M, np.zeros((B, n)), np.zeros(B, dtype=bool))
+
+    announce_compile(_factor_each)
 
     def run(chunk):
         _factor_each(Q, q, rows, ldp.L, ldp.M, ldp.f, chunk, ldp.ok)

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import sys
 from collections import namedtuple
 
 import numpy as np
@@ -41,6 +39,7 @@ from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers import ipm, polish, ruiz_kernels, sparse_ldl
 from cvxlayer.solvers.base import Solution, SolveSettings, floor_tolerance
 from cvxlayer.solvers.elementwise import as_array, for_each, worker_count
+from cvxlayer.solvers.numba_cache import announce_compile
 
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}  # x/0: inf, no raise
 # the torch engine's constants and status codes (one algorithm; numba reads them as
@@ -533,7 +532,7 @@ def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
     x, z, s = np.zeros((B, n)), np.zeros((B, m)), np.zeros((B, m))
     tau, codes = np.ones(B), np.full(B, _FAILED, dtype=np.int64)
     iterations, final = np.zeros(B, dtype=np.int64), np.zeros((B, 3))
-    _announce_compile()
+    announce_compile(solve_one)
 
     def run(i):
         tau[i], codes[i], iterations[i] = solve_one(
@@ -644,36 +643,6 @@ def _chosen(p: int, lay: cone.Layout, P_pattern, A_pattern, lifted: int) -> spar
     dense = nd * nd * (md - pd) + nd**3 / 3 + nd * nd * pd + pd**3 / 3
     pattern, flops = sparse_ldl.analyze(n, p, P_pattern, A_pattern, cone.block_sizes(lay))
     return pattern if _SPARSE_COST * flops < dense else sparse_ldl.unused()
-
-
-_announced = False
-
-
-def _announce_compile() -> None:
-    """Say once per process, on stderr, when the kernels are about to be compiled (no
-    cached build found): the first compile takes a while."""
-    global _announced
-    if _announced:
-        return
-    _announced = True
-    if not _cached():
-        print(
-            "cvxlayer: compiling the CPU interior point (numba), once; later runs load it "
-            "from numba's cache",
-            file=sys.stderr,
-        )
-
-
-def _cached() -> bool:
-    """Whether numba's cache holds a build of `solve_one` (its index file)."""
-    cache = getattr(solve_one, "_cache", None)
-    if cache is None:  # NUMBA_DISABLE_JIT: nothing to compile
-        return True
-    path = cache._impl.locator.get_cache_path()
-    return os.path.isdir(path) and any(
-        name.startswith("ipm_compiled.solve_one") and name.endswith(".nbi")
-        for name in os.listdir(path)
-    )
 
 
 # ------------------------------------------------------------------ the backward

@@ -15,6 +15,7 @@ from numba import njit
 
 from cvxlayer.program import ConeProgram, SparseOps
 from cvxlayer.solvers.elementwise import as_array
+from cvxlayer.solvers.numba_cache import announce_compile
 
 
 @njit(cache=True, nogil=True)
@@ -67,6 +68,7 @@ def violates_tolerance(
     else:
         P, p_rows, p_cols = as_array(program.P), ops.p_rows.numpy(), ops.p_cols.numpy()
     out = np.zeros(program.batch_size, dtype=bool)
+    announce_compile(_violates_each)
     _violates_each(
         as_array(program.A), ops.a_rows.numpy(), ops.a_cols.numpy(), P, p_rows, p_cols,
         *(as_array(t) for t in (*solution, program.b, program.c)),
