@@ -6,7 +6,7 @@ STAMP := $(VENV)/.cvxlayer-installed
 # the bench environment: cvxlayer plus the real peers (never in .venv)
 BENCH_VENV := .venv-bench
 
-.PHONY: demo test test-slow lint docs bench clean
+.PHONY: demo test test-slow lint docs bench clean clean-kernels
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,8 +32,13 @@ lint: $(STAMP)
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/run.py
 
-clean:
+clean: clean-kernels
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site
+
+# numba keys a cached kernel on its own file only: after editing a kernel that others
+# inline (a cone's, `ipm_compiled`'s helpers), drop every cached build
+clean-kernels:
+	find cvxlayer -name '*.nbi' -delete -o -name '*.nbc' -delete
 
 $(BENCH_VENV)/.installed: pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
