@@ -172,6 +172,18 @@ class SparseOps:
             )
             self.p_on_diagonal = self.p_rows == self.p_cols
 
+    def arrays(self, A: torch.Tensor, P: torch.Tensor | None) -> tuple[np.ndarray, ...]:
+        """(A, a_rows, a_cols, P, p_rows, p_cols) as C-contiguous float64 and int64 numpy
+        arrays, for the compiled kernels: A's values (B, nnz_A) at (a_rows, a_cols), P's upper
+        triangle (B, nnz_P) at (p_rows, p_cols), empty without P. CPU tensors."""
+        A_np = np.ascontiguousarray(A.detach().double().numpy())
+        a_rows, a_cols = self.a_rows.numpy(), self.a_cols.numpy()
+        if P is None:
+            none = np.zeros(0, dtype=np.int64)
+            return A_np, a_rows, a_cols, np.zeros((A_np.shape[0], 0)), none, none
+        P_np = np.ascontiguousarray(P.detach().double().numpy())
+        return A_np, a_rows, a_cols, P_np, self.p_rows.numpy(), self.p_cols.numpy()
+
     def a(self, A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """A v: (B, m) from v (B, n)."""
         return coo_mv(A, self.a_rows, self.a_cols, v, self.m)

@@ -330,10 +330,8 @@ def test_compiled_residual_system_is_the_torch_assembly():
     ops = SparseOps.of(st, program.b.device)
     layout = dense._compiled_layout(program)
     Jt, rhs = dense_kernels.system(
-        program.A.numpy(), (ops.a_rows.numpy(), ops.a_cols.numpy()),
-        program.P.numpy(), (ops.p_rows.numpy(), ops.p_cols.numpy()),
-        v.numpy(), tuple(g.numpy() for g in grads), layout,
-    )  # fmt: skip
+        ops.arrays(program.A, program.P), v.numpy(), tuple(g.numpy() for g in grads), layout
+    )
     projector = ConeProjector.of(st.cones)
     blocks = projector.jacobian_blocks(v, dual=True)
     dx, dy, ds = grads

@@ -275,7 +275,7 @@ def test_compiling_is_announced_once_on_stderr(monkeypatch, capsys):
     `_cached` finds a compiled kernel's index in numba's cache."""
     from cvxlayer.solvers import numba_cache, residual_kernels
 
-    kernel = residual_kernels._largest
+    kernel = residual_kernels.largest
     kernel(np.ones(3))  # compiled (and cached) here if it was not already
     assert numba_cache._cached(kernel)
     monkeypatch.setattr(numba_cache, "_announced", False)

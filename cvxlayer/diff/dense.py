@@ -157,13 +157,13 @@ def _compiled_layout(program: ConeProgram) -> tuple | None:
     """(the compiled engine's cone `Layout`, p equality rows) for CPU programs whose cones
     are zero, nonnegative and second-order only (`dense_kernels`); None otherwise, or where
     numba cannot load."""
-    cones = program.structure.cones
-    if program.b.device.type != "cpu" or cones.psd or cones.exp or cones.exp_dual or cones.power:
-        return None
     from cvxlayer.solvers import ipm
 
-    compiled = ipm._compiled_engine()
-    return None if compiled is None else compiled.layout(cones)
+    cones = program.structure.cones
+    symmetric = not (cones.exp or cones.power)
+    if program.b.device.type != "cpu" or not (symmetric and ipm.compiled_engine_supports(cones)):
+        return None
+    return ipm._compiled_engine().layout(cones)
 
 
 def _unreliable(min_pivot, max_pivot, r_max, rhs_max, size: int, eps: float):
@@ -263,13 +263,9 @@ class ResidualMapAdjoint:
         if layout is not None:  # Jᵀ and rhs by one compiled call per thread
             from cvxlayer.diff import dense_kernels
 
-            none = torch.zeros(0, dtype=torch.long)
-            p_pattern = (none, none) if P is None else (ops.p_rows, ops.p_cols)
             Jt, rhs = dense_kernels.system(
-                as_array(A), tuple(t.numpy() for t in (ops.a_rows, ops.a_cols)),
-                None if P is None else as_array(P), tuple(t.numpy() for t in p_pattern),
-                as_array(y - s), tuple(as_array(g) for g in gradients), layout,
-            )  # fmt: skip
+                ops.arrays(A, P), as_array(y - s), tuple(as_array(g) for g in gradients), layout
+            )
             r = solve_transposed_system(torch.as_tensor(Jt), torch.as_tensor(rhs)).to(A)
         else:
             projector = ConeProjector.of(st.cones)

@@ -62,28 +62,23 @@ def _system_each(
 
 
 def system(
-    a_vals: np.ndarray,
-    a_pattern: tuple[np.ndarray, np.ndarray],
-    p_vals: np.ndarray | None,
-    p_pattern: tuple[np.ndarray, np.ndarray],
+    data: tuple[np.ndarray, ...],
     v: np.ndarray,
     gradients: tuple[np.ndarray, np.ndarray, np.ndarray],
     layout: tuple,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(Jᵀ (B, N, N), rhs (B, N)) for a batch: A's values (B, nnz_A) on a_pattern = (rows,
-    columns), P's (B, nnz_P) or None on p_pattern, v = y − s (B, m), gradients = (dx (B, n),
-    dy (B, m), ds (B, m)), layout = (the cone rows' `composite_kernels.Layout`, p equality
-    rows), over torch's thread count of the kept pool."""
+    """(Jᵀ (B, N, N), rhs (B, N)) for a batch: data = A's and P's values on their patterns
+    (`SparseOps.arrays`), v = y − s (B, m), gradients = (dx (B, n), dy (B, m), ds (B, m)),
+    layout = (the cone rows' `composite_kernels.Layout`, p equality rows), over torch's
+    thread count of the kept pool."""
     dx, dy, ds = gradients
     (B, n), m = dx.shape, v.shape[1]
-    if p_vals is None:
-        p_vals = np.zeros((B, 0))
     Jt, rhs = np.empty((B, n + m, n + m)), np.empty((B, n + m))
 
     announce_compile(_system_each)
 
     def run(chunk):
-        _system_each(a_vals, *a_pattern, p_vals, *p_pattern, v, dx, dy, ds, *layout, Jt, rhs, chunk)
+        _system_each(*data, v, dx, dy, ds, *layout, Jt, rhs, chunk)
 
     for_chunks(run, range(B))
     return Jt, rhs

@@ -32,6 +32,7 @@ from cvxlayer.solvers.ipm_compiled import (
     lower_t_solve_in_place,
 )
 from cvxlayer.solvers.numba_cache import announce_compile
+from cvxlayer.solvers.residual_kernels import largest
 
 _OPTIONS = {"cache": True, "nogil": True}
 _REFINE = 2  # refinement steps (each one a solve with the factors)
@@ -99,12 +100,6 @@ def least_distance(
 
 
 @njit(**_OPTIONS)
-def _largest(v):
-    """‖v‖∞, 0 for an empty v."""
-    return np.abs(v).max() if v.size else 0.0
-
-
-@njit(**_OPTIONS)
 def _converged_each(Q, q, G, h, A, b, z, lam, nu, eps_abs, eps_rel, s, ok, index):
     """`qp._Iterate.converged` (the compiled twin of its rule, on one element at a time)
     for the elements in `index` of batch-first arrays; writes s = max(h − Gz, 0)."""
@@ -112,11 +107,11 @@ def _converged_each(Q, q, G, h, A, b, z, lam, nu, eps_abs, eps_rel, s, ok, index
         Qz, Gz, Az = Q[i] @ z[i], G[i] @ z[i], A[i] @ z[i]
         Gt_lam, At_nu = lam[i] @ G[i], nu[i] @ A[i]
         s[i] = np.maximum(h[i] - Gz, 0.0)
-        res_pri = max(_largest(Gz + s[i] - h[i]), _largest(Az - b[i]))
-        scale_pri = max(_largest(Gz), _largest(s[i]), _largest(h[i]), _largest(Az))
-        scale_pri = max(scale_pri, _largest(b[i]))
-        res_dual = _largest(Qz + q[i] + Gt_lam + At_nu)
-        scale_dual = max(_largest(Qz), _largest(Gt_lam), _largest(At_nu), _largest(q[i]))
+        res_pri = max(largest(Gz + s[i] - h[i]), largest(Az - b[i]))
+        scale_pri = max(largest(Gz), largest(s[i]), largest(h[i]), largest(Az))
+        scale_pri = max(scale_pri, largest(b[i]))
+        res_dual = largest(Qz + q[i] + Gt_lam + At_nu)
+        scale_dual = max(largest(Qz), largest(Gt_lam), largest(At_nu), largest(q[i]))
         gap = s[i] @ lam[i] if s.shape[1] else 0.0
         dual_obj = (h[i] @ lam[i] if h.shape[1] else 0.0) + (b[i] @ nu[i] if b.shape[1] else 0.0)
         scale_gap = max(abs(z[i] @ Qz), abs(q[i] @ z[i]), abs(dual_obj))

@@ -19,15 +19,15 @@ from cvxlayer.solvers.numba_cache import announce_compile
 
 
 @njit(cache=True, nogil=True)
-def _largest(v):
+def largest(v):
     """‖v‖∞ (NaN if an entry is), 0 for an empty v."""
     return np.abs(v).max() if v.size else 0.0
 
 
 @njit(cache=True, nogil=True)
 def _exceeds(residual, first, second, third, eps_abs, eps_rel, slack):
-    scale = max(_largest(first), _largest(second), _largest(third))
-    return not (_largest(residual) <= slack * (eps_abs + eps_rel * scale))
+    scale = max(largest(first), largest(second), largest(third))
+    return not (largest(residual) <= slack * (eps_abs + eps_rel * scale))
 
 
 @njit(cache=True, nogil=True)
@@ -60,17 +60,11 @@ def violates_tolerance(
 ) -> torch.Tensor:
     """(B,) bool: whether each element's solution = (x, y, s) violates the tolerance
     (module docstring), for a program on the CPU."""
-    st = program.structure
-    ops = SparseOps.of(st, program.b.device)
-    none = np.zeros(0, dtype=np.int64)
-    if program.P is None:
-        P, p_rows, p_cols = np.zeros((program.batch_size, 0)), none, none
-    else:
-        P, p_rows, p_cols = as_array(program.P), ops.p_rows.numpy(), ops.p_cols.numpy()
+    ops = SparseOps.of(program.structure, program.b.device)
     out = np.zeros(program.batch_size, dtype=bool)
     announce_compile(_violates_each)
     _violates_each(
-        as_array(program.A), ops.a_rows.numpy(), ops.a_cols.numpy(), P, p_rows, p_cols,
+        *ops.arrays(program.A, program.P),
         *(as_array(t) for t in (*solution, program.b, program.c)),
         np.array([eps_abs, eps_rel, slack]), out,
     )  # fmt: skip

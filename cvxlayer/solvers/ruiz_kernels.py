@@ -82,13 +82,6 @@ def equilibrate(
     st, B = program.structure, program.batch_size
     ids = st.cones.block_ids().astype(np.int64)
     count = int(ids.max()) + 1 if st.m else 0
-    a_rows, a_cols = (t.astype(np.int64) for t in st.a_coords())
-    A = program.A.detach().double().numpy()
-    if program.P is None:
-        P, p_rows, p_cols = np.zeros((B, 0)), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    else:
-        P = program.P.detach().double().numpy()
-        p_rows, p_cols = ops.p_rows.cpu().numpy(), ops.p_cols.cpu().numpy()
     D, E = np.empty((B, st.m)), np.empty((B, st.n))
-    _equilibrate(A, a_rows, a_cols, P, p_rows, p_cols, ids, count, passes, D, E)
+    _equilibrate(*ops.arrays(program.A, program.P), ids, count, passes, D, E)
     return (torch.as_tensor(t, dtype=program.b.dtype) for t in (D, E))
