@@ -339,6 +339,8 @@ def test_compiled_residual_system_is_the_torch_assembly():
     Jt_ref = dense.residual_jacobian_t(
         *ops.dense(program.A, program.P), projector.dense(blocks, rhs_ref[:, st.n :])
     )
+    # the same sums in another order: entries of D are ≤ 1, of A ≤ 2.3, at most m = 18 terms
+    # (rounding ≲ 18 · 2.3 · ε ≈ 1e-14)
     torch.testing.assert_close(torch.as_tensor(Jt), Jt_ref, atol=1e-13, rtol=0)
     torch.testing.assert_close(torch.as_tensor(rhs), rhs_ref, atol=1e-13, rtol=0)
 
@@ -351,11 +353,12 @@ def _nearest_psd():
 
 
 def _linear_lifted():
-    """min wᵀt s.t. t = M x, ‖x‖ ≤ 1, exp(x₀) ≤ 2: t is lifted and the objective linear;
+    """min wᵀt s.t. t = M x, ‖x‖ ≤ 1, exp(x₀) ≤ ½: t is lifted and the objective linear;
     w's gradient is −r_E (the eliminated part of the adjoint), and t and the defining rows'
     dual as outputs put right-hand sides on both eliminated parts."""
     M, w, x, t = cp.Parameter((3, 3)), cp.Parameter(3), cp.Variable(3), cp.Variable(3)
-    constraints = [t == M @ x, cp.norm(x) <= 1, cp.exp(x[0]) <= 2]
+    # the exponential cone active: an inactive one left this system singular (κ ~ 1e16)
+    constraints = [t == M @ x, cp.norm(x) <= 1, cp.exp(x[0]) <= 0.5]
     outputs = [x, t, constraints[0].dual_variables[0]]
     return cp.Problem(cp.Minimize(w @ t), constraints), [M, w], outputs, [(3, 3), (3,)]
 
@@ -394,4 +397,6 @@ def test_residual_map_with_lifted_variables_eliminated_is_the_full_system(build,
     )  # fmt: skip
     for got, ref in zip(reduced, gradients()):
         assert got.abs().max() > 0
+        # two exact solves of one system at the same solution: they differ by rounding
+        # amplified by its condition (κ ≲ 300 for both problems here: ~1e-13)
         torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-8)
