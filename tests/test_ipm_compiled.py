@@ -286,3 +286,117 @@ def test_compiling_is_announced_once_on_stderr(monkeypatch, capsys):
     numba_cache.announce_compile("first")
     numba_cache.announce_compile("second")
     assert capsys.readouterr().err.count("cvxlayer: compiling") == 1
+
+
+def _psd_problems():
+    """Programs with PSD cones (side 3), and a batch of their parameters: the nearest
+    matrix of the spectraplex's hull (PSD and orthant rows), and a linear objective with a
+    Frobenius-norm term (PSD, second-order and equality rows)."""
+    k = 3
+    X, C = cp.Variable((k, k), symmetric=True), cp.Parameter((k, k), symmetric=True)
+    nearest = cp.Problem(cp.Minimize(cp.sum_squares(X - C)), [X >> 0, cp.trace(X) <= 1])
+    linear = cp.Problem(
+        cp.Minimize(cp.trace(C @ X) + cp.norm(X - np.eye(k) / k, "fro")),
+        [X >> 0, cp.trace(X) == 1],
+    )
+    gen = torch.Generator().manual_seed(5)
+    M = torch.randn(4, k, k, generator=gen, dtype=torch.float64)
+    return {"nearest": nearest, "linear": linear}, [C], X, [M + M.transpose(1, 2)]
+
+
+@pytest.mark.parametrize("name", ["nearest", "linear"])
+def test_psd_cones_match_the_torch_engine_and_clarabel(name):
+    """PSD cones in the compiled engine: the torch engine's statuses and solutions (the same
+    iterates: measured ≤ 5e-15 apart; checked at 1e-7 as above) and Clarabel's at 1e-10
+    (measured ≤ 2.2e-10 apart) within 1e-6."""
+    problems, params, X, vals = _psd_problems()
+    prob = problems[name]
+    out = {}
+    for mode in ("ipm", "ipm-torch"):
+        layer = CvxpyLayer(prob, params, [X], mode=mode, fast_path=False)
+        assert layer.compiled.structure.cones.psd
+        (sol,), info = layer(*vals, solver_args=TIGHT, return_status=True)
+        out[mode] = sol, info.status
+    assert list(out["ipm"][1]) == list(out["ipm-torch"][1]) == [Status.SOLVED] * 4
+    torch.testing.assert_close(out["ipm"][0], out["ipm-torch"][0], atol=1e-7, rtol=0)
+    for i in range(4):
+        params[0].value = vals[0][i].numpy()
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+        np.testing.assert_allclose(out["ipm"][0][i].numpy(), X.value, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["ipm", "scs"])
+@pytest.mark.parametrize("name", ["nearest", "linear"])
+def test_kkt_backward_on_psd_cones_matches_the_residual_map(name, mode):
+    """Backward "kkt" with PSD cones (H the complementarity's linearization in the
+    eigenbasis of Y − S, `psd_kernels.adjoint_scaling`) against the residual map at the
+    same solution, primal and duals as outputs: at the interior point's interior solution
+    and at native SCS's on the boundary (the route backward "auto" takes after SCS on such
+    programs). Measured ≤ 8e-8 relative (H clipped at 1e8); checked at 1e-6."""
+    problems, params, X, vals = _psd_problems()
+    prob = problems[name]
+    duals = [c.dual_variables[0] for c in prob.constraints]
+    grads = {}
+    for backward in ("kkt", "dense"):
+        layer = CvxpyLayer(prob, params, [X, *duals], mode=mode, fast_path=False)
+        leaves = [v.clone().requires_grad_(True) for v in vals]
+        outputs = layer(*leaves, solver_args={**TIGHT, "backward": backward})
+        gen = torch.Generator().manual_seed(4)
+        loss = sum(
+            (torch.randn(out.shape, generator=gen, dtype=torch.float64) * out).sum()
+            for out in outputs
+        )
+        loss.backward()
+        grads[backward] = leaves[0].grad
+    scale = float(grads["dense"].abs().max())
+    torch.testing.assert_close(grads["kkt"], grads["dense"], rtol=0, atol=1e-6 * scale)
+
+
+def test_psd_scaling_matrices_match_the_operators():
+    """`psd_kernels`' svec matrices of H (general √M and √M = 1) and W⁻ᵀ against the
+    operators applied to each basis vector, and the backward's H at a point of the central
+    path (S Y = μI) against Nesterov–Todd's there."""
+    from cvxlayer.cones import psd_kernels as pk
+
+    rng = np.random.default_rng(0)
+    k = 4
+    size = k * (k + 1) // 2
+    F = rng.standard_normal((k, k)) + 3 * np.eye(k)
+    F_inv = np.linalg.inv(F)
+    root = rng.uniform(0.5, 2.0, (k, k))
+    root = (root + root.T) / 2
+
+    def columns(inverse, transpose, root, h=False):
+        out, column = np.empty((size, size)), np.empty(size)
+        for j in range(size):
+            basis = np.zeros(size)
+            basis[j] = 1.0
+            if h:
+                pk.apply_h(F, F_inv, root, k, basis, column, 0, False)
+            else:
+                pk.apply_w(F, F_inv, root, k, basis, column, 0, inverse, transpose)
+            out[:, j] = column
+        return out
+
+    for r in (root, np.ones((k, k))):
+        H = np.empty((size, size))
+        pk.h_matrix(F, r, k, H)
+        np.testing.assert_allclose(H, columns(False, False, r, h=True), atol=1e-12)
+        W = np.empty((size, size))
+        pk.winv_t_matrix(F_inv, r, k, W)
+        np.testing.assert_allclose(W, columns(True, True, r), atol=1e-12)
+    # central path: S = Q diag(s) Qᵀ, Y = Q diag(μ/s) Qᵀ
+    Q = np.linalg.qr(rng.standard_normal((k, k)))[0]
+    s_eig = rng.uniform(0.1, 2.0, k)
+    S, Y = ((Q * d) @ Q.T for d in (s_eig, 1e-2 / s_eig))
+    s, y = np.empty(size), np.empty(size)
+    pk.to_vec(S, k, s, 0)
+    pk.to_vec(Y, k, y, 0)
+    nt = [np.empty((k, k)) for _ in range(3)]
+    pk.scaling(s, y, 0, k, *nt, np.empty(k), np.empty(size))
+    exact = [np.empty((k, k)) for _ in range(3)]
+    pk.adjoint_scaling(s, y, 0, k, *exact, 1e8)
+    H_nt, H_exact = np.empty((size, size)), np.empty((size, size))
+    pk.h_matrix(nt[0], nt[2], k, H_nt)
+    pk.h_matrix(exact[0], exact[2], k, H_exact)
+    np.testing.assert_allclose(H_exact, H_nt, rtol=1e-10, atol=1e-12)

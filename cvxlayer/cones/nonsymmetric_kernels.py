@@ -72,6 +72,23 @@ def central(kind, a, out):
         power_kernels.central(a, out)
 
 
+@njit(**_OPTIONS)
+def project_dual(kind, a, v, tol, out, vec):
+    """out = Π_{K*}(v) for one block: −Π_{K°}(−v) (tol: the exponential cone's projection
+    tolerance); vec: `scratch`'s first part."""
+    w, primal, polar = vec[0], vec[1], vec[2]
+    for i in range(3):
+        w[i] = -v[i]
+    if kind == EXP:
+        exp_kernels.project_primal_polar(w, tol, primal, polar)
+    else:
+        power_kernels.project(w, a, primal)
+        for i in range(3):
+            polar[i] = w[i] - primal[i]
+    for i in range(3):
+        out[i] = -polar[i]
+
+
 # ---------------------------------------------------------------- 3 × 3 algebra
 @njit(**_OPTIONS)
 def _cross(u, v, out):

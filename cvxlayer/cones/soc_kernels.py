@@ -232,3 +232,25 @@ def projection_jacobian(starts, v, out):
                 for j in range(a + 1, b):
                     out[i, j] = -0.5 * ratio * v[i] * v[j] / (norm * norm)
                 out[i, i] += 0.5 * (1.0 + ratio)
+
+
+@njit(**_OPTIONS)
+def project(starts, v, out):
+    """out = Π(v) per block (self-dual, so also Π onto the dual cone): v inside, 0 in the
+    polar cone, else ((t + ‖x‖)/2)(1, x/‖x‖) for (t, x) = v; max(v, 0) on one-row blocks."""
+    for k in range(starts.size - 1):
+        a, b = starts[k], starts[k + 1]
+        t = v[a]
+        norm = 0.0
+        for i in range(a + 1, b):
+            norm += v[i] * v[i]
+        norm = math.sqrt(norm)
+        if norm <= t:
+            out[a:b] = v[a:b]
+        elif norm <= -t:
+            out[a:b] = 0.0
+        else:
+            half = (t + norm) / 2.0
+            out[a] = half
+            for i in range(a + 1, b):
+                out[i] = half * v[i] / norm

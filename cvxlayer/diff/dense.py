@@ -160,8 +160,8 @@ def _compiled_layout(program: ConeProgram) -> tuple | None:
     from cvxlayer.solvers import ipm
 
     cones = program.structure.cones
-    symmetric = not (cones.exp or cones.power)
-    if program.b.device.type != "cpu" or not (symmetric and ipm.compiled_engine_supports(cones)):
+    second_order = not (cones.exp or cones.power or cones.psd)
+    if program.b.device.type != "cpu" or not (second_order and ipm.compiled_engine_supports(cones)):
         return None
     return ipm._compiled_engine().layout(cones)
 

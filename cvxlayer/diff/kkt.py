@@ -16,7 +16,10 @@ differentiable (strict complementarity); at μ ~ 1e-13 (the ipm modes aim at eps
 agree to ~1e-7 relative or better. On exponential and power cones H = D⁻¹(I − D) with
 D = DΠ_{K*}(y − s), the residual map's own linearization (`polish.moreau_scaling`), valid
 on the boundary too: such programs' solutions are polished onto it, and their second-order
-and orthant rows are moved inside by ε for their scaling (`polish.moved_inside`). Each
+and orthant rows are moved inside by ε for their scaling (`polish.moved_inside`). PSD
+blocks take the same linearization in the eigenbasis of Y − S
+(`psd_kernels.adjoint_scaling`), so programs with PSD cones go this way from any solver's
+solution, native SCS's included. Each
 element is factored once per element in the compiled engine (`ipm_compiled.adjoint_one`:
 the sparse LDLᵀ of K where it pays, else Cholesky of P + A_cᵀH⁻¹A_c), over the kept thread
 pool, instead of the residual map's (n + m)² LU. Programs with other cones, and elements
@@ -62,7 +65,8 @@ class KKTAdjoint:
             return self.fallback.vjp(program, solution, dx, dy, ds, active)
         ipm_compiled, lay, p = engine
         x, s, y = (as_array(t) for t in (solution.x, solution.s, solution.y))
-        if lay.kinds.size:  # exponential or power cones: polished solutions on the boundary
+        if lay.kinds.size or program.structure.cones.psd:
+            # exponential, power or PSD cones: their H is exact on the boundary too
             s, y = moved_inside(lay, p, s, y)
             inside = active
         else:

@@ -11,9 +11,9 @@ equilibrated`; for dense factorizations its `_prepare`, which densifies and elim
 lifted variables, while a sparse one reads the values on the KKT pattern, never dense:
 `matrices`) and restored by its `_unscale`, so the two engines differ only in the loop.
 
-Cones: zero, nonnegative, second-order, exponential and power (`cvxlayer.cones.
-composite_kernels`; the nonnegative rows travel as one-row second-order blocks). PSD and
-dual exponential programs stay on the torch engine. The KKT system is factored densely (M
+Cones: zero, nonnegative, second-order, PSD, exponential and power (`cvxlayer.cones.
+composite_kernels`; the nonnegative rows travel as one-row second-order blocks). Dual
+exponential programs stay on the torch engine. The KKT system is factored densely (M
 by LAPACK's Cholesky, lifted variables eliminated first) or as a sparse LDLᵀ of the whole
 matrix (`sparse_ldl`), whichever the program's structure makes cheaper (`structure_pattern`).
 The backward (`adjoint_one`, backward "kkt" in `cvxlayer.diff.kkt`) and the polish
@@ -33,7 +33,7 @@ import torch
 from numba import njit
 
 from cvxlayer.cones import composite_kernels as cone
-from cvxlayer.cones import nonsymmetric_kernels, soc_kernels
+from cvxlayer.cones import nonsymmetric_kernels
 from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers import ipm, polish, ruiz_kernels, sparse_ldl
@@ -59,7 +59,7 @@ System = namedtuple("System", "L LS MinvAt pat F a_vals p_vals m n")
 
 def supports(cones: ConeSpec) -> bool:
     """Whether every cone of a `ConeSpec` is one the compiled engine handles."""
-    return not (cones.psd or cones.exp_dual)
+    return not cones.exp_dual
 
 
 # ------------------------------------------------------------------ dense linear algebra
@@ -494,10 +494,11 @@ def solve_one(
 def layout(cones: ConeSpec) -> tuple[cone.Layout, int]:
     """(the cone rows' `cone.Layout`, p) for a program whose cones `supports` takes; its
     rows come in SCS's order: p equality rows first, then the orthant's rows (one-row
-    second-order blocks), the second-order cones, the exponential and the power cones."""
+    second-order blocks), the second-order, PSD, exponential and power cones."""
     kinds = [nonsymmetric_kernels.EXP] * cones.exp + [nonsymmetric_kernels.POWER] * len(cones.power)
     params = [0.0] * cones.exp + list(cones.power)
-    return cone.layout_of([1] * cones.nonneg + list(cones.soc), kinds, params), cones.zero
+    sizes = [1] * cones.nonneg + list(cones.soc)
+    return cone.layout_of(sizes, list(cones.psd), kinds, params), cones.zero
 
 
 def solve(program: ConeProgram, settings: SolveSettings) -> Solution:
@@ -659,14 +660,14 @@ def adjoint_one(P, A, a_vals, p_vals, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u
     Nesterov–Todd scaling at (s, y) with its spectrum clipped into [1/δ, δ]
     (`_ADJOINT_CLIP`; near the solution it spans μ to 1/μ, and the factorization's
     regularization, proportional to its largest entry, would then leave refinement too
-    much to undo); on the nonsymmetric blocks H = U Uᵀ with W⁻ᵀ = L_inv, given (count, 3,
-    3) (`cvxlayer.diff.kkt`). The matrices as `solve_one` takes them. Returns False where a
-    factorization failed."""
+    much to undo); on PSD blocks the complementarity's linearization, clipped likewise
+    (`psd_kernels.adjoint_scaling`); on the nonsymmetric blocks H = U Uᵀ with W⁻ᵀ = L_inv,
+    given (count, 3, 3) (`cvxlayer.diff.kkt`). The matrices as `solve_one` takes them.
+    Returns False where a factorization failed."""
     m, n = y.size, u.size
     AT = np.ascontiguousarray(A.T)
     st = cone.state(lay)
-    cone.symmetric_scaling(lay, s[p:], y[p:], st)
-    soc_kernels.clip_scaling(lay.starts, s[p:], y[p:], st.w, st.eta, _ADJOINT_CLIP)
+    cone.adjoint_scaling(lay, s[p:], y[p:], st, _ADJOINT_CLIP)
     st.U[:], st.L_inv[:] = U, L_inv
     system = _system(m, n, p, pat, a_vals, p_vals)
     ok = _factor(P, A, AT, p, lay, st, system)
