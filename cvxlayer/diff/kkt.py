@@ -19,12 +19,12 @@ on the boundary too: such programs' solutions are polished onto it, and their se
 and orthant rows are moved inside by ε for their scaling (`polish.moved_inside`). PSD
 blocks take the same linearization in the eigenbasis of Y − S
 (`psd_kernels.adjoint_scaling`), so programs with PSD cones go this way from any solver's
-solution, native SCS's included. Each
-element is factored once per element in the compiled engine (`ipm_compiled.adjoint_one`:
-the sparse LDLᵀ of K where it pays, else Cholesky of P + A_cᵀH⁻¹A_c), over the kept thread
-pool, instead of the residual map's (n + m)² LU. Programs with other cones, and elements
-on the boundary of second-order or orthant cones of programs without nonsymmetric ones
-(first-order modes, fast paths), use the residual map (`dense.py`).
+solution, native SCS's included. Each element is factored once in the compiled engine
+(`ipm_compiled.adjoint_one`: the sparse LDLᵀ of K where it pays, else Cholesky of
+P + A_cᵀH⁻¹A_c after eliminating the lifted variables, as the forward does), over the kept
+thread pool, instead of the residual map's (n + m)² LU. Programs with other cones, and
+elements on the boundary of second-order or orthant cones of programs without nonsymmetric
+or PSD ones (first-order modes, fast paths), use the residual map (`dense.py`).
 """
 
 from __future__ import annotations
@@ -78,14 +78,15 @@ class KKTAdjoint:
         P, A, a_vals, p_vals = ipm_compiled.matrices(st, program.A, program.P)
         gx, gy, gs = (as_array(t) for t in (dx, dy, ds))
         U, L_inv = moreau_scaling(program, solution.y, solution.s)
-        pat = ipm_compiled.structure_pattern(st)
+        pat, lifted = ipm_compiled.structure_pattern(st), ipm_compiled.lifted_columns(st)
         u, v = np.zeros_like(x), np.zeros_like(y)
         ok = np.zeros(len(x), dtype=bool)
 
         def run(chunk):
             ipm_compiled.adjoint_each(
-                P, A, a_vals, p_vals, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v, chunk, ok
-            )
+                P, A, a_vals, p_vals, p, lay, pat, lifted, s, y, U, L_inv, gx, gy, gs, u, v,
+                chunk, ok,
+            )  # fmt: skip
 
         for_chunks(run, inside)
         # elements on the cones' boundary, or whose factorization failed: the residual map

@@ -648,8 +648,8 @@ def _adjoint_solve(qp: QPData, system: AdjointSystem, g_z, g_lam, g_nu, arrays=N
         gy = np.concatenate([g_nu_[i], g_lam_[i, e], g_lam_[i, c]])
         out, w[i] = np.zeros_like(gy), 0.0
         engine.adjoint_one(
-            Q[i], rows, *values, k, lay, pat, s, y, none, none, gx[i], gy, np.zeros_like(gy),
-            x[i], out,
+            Q[i], rows, *values, k, lay, pat, engine.NONE_LIFTED, s, y, none, none, gx[i], gy,
+            np.zeros_like(gy), x[i], out,
         )  # fmt: skip
         v[i], w[i, e], w[i, c] = out[:p], out[p:k], out[k:]
 

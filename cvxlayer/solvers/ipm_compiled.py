@@ -648,7 +648,7 @@ def _chosen(p: int, lay: cone.Layout, P_pattern, A_pattern, lifted: int) -> spar
 
 # ------------------------------------------------------------------ the backward
 @njit(**_OPTIONS)
-def adjoint_one(P, A, a_vals, p_vals, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v):
+def adjoint_one(P, A, a_vals, p_vals, p, lay, pat, lifted, s, y, U, L_inv, gx, gy, gs, u, v):
     """The adjoint of one element's solution map through the interior point's KKT system
     at an interior solution (s, y) (rows as in `solve_one`, equality rows first): solve
 
@@ -662,32 +662,83 @@ def adjoint_one(P, A, a_vals, p_vals, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u
     regularization, proportional to its largest entry, would then leave refinement too
     much to undo); on PSD blocks the complementarity's linearization, clipped likewise
     (`psd_kernels.adjoint_scaling`); on the nonsymmetric blocks H = U Uᵀ with W⁻ᵀ = L_inv,
-    given (count, 3, 3) (`cvxlayer.diff.kkt`). The matrices as `solve_one` takes them.
-    Returns False where a factorization failed."""
+    given (count, 3, 3) (`cvxlayer.diff.kkt`). The matrices as `solve_one` takes them;
+    with dense ones the lifted variables `lifted` (`lifted_columns`) are eliminated first,
+    as the forward does (`_reduced_adjoint`). Returns False where a factorization
+    failed."""
     m, n = y.size, u.size
-    AT = np.ascontiguousarray(A.T)
     st = cone.state(lay)
     cone.adjoint_scaling(lay, s[p:], y[p:], st, _ADJOINT_CLIP)
     st.U[:], st.L_inv[:] = U, L_inv
-    system = _system(m, n, p, pat, a_vals, p_vals)
-    ok = _factor(P, A, AT, p, lay, st, system)
     r2 = gy.copy()
     h_gs = np.empty(m - p)
     cone.apply_h(lay, st, gs[p:], h_gs, False)
     r2[p:] -= h_gs
+    cols, rows, keep, other = lifted
+    if not pat.used and cols.size > 0:
+        a = np.empty(cols.size)
+        for e in range(cols.size):
+            a[e] = A[rows[e], cols[e]]
+        if (a != 0).all():
+            return _reduced_adjoint(P, A, p, lay, pat, st, lifted, a, gx, r2, u, v)
+    AT = np.ascontiguousarray(A.T)
+    system = _system(m, n, p, pat, a_vals, p_vals)
+    ok = _factor(P, A, AT, p, lay, st, system)
     u[:], v[:] = _kkt_solve(P, A, AT, p, lay, st, system, gx, r2)
     return ok
 
 
 @njit(**_OPTIONS)
-def adjoint_each(P, A, a_vals, p_vals, p, lay, pat, s, y, U, L_inv, gx, gy, gs, u, v, index, ok):
+def _reduced_adjoint(P, A, p, lay, pat, st, lifted, a, g1, g2, u, v):
+    """[P Aᵀ; A −H][u; v] = [g1; g2] with the lifted columns E (each with one nonzero a, in
+    its equality row R) eliminated: with T = −A_RK/a and w = g2_R/a, u_E = T u_K + w and
+    v_R = (g1_E − P_EK u_K − P_EE u_E)/a, and (u_K, v_O) solve the reduced system with
+    P_KK + P_KE T + Tᵀ P_EK + Tᵀ P_EE T, right-hand side g1_K + Tᵀ g1_E − (P_KE + Tᵀ P_EE) w
+    (`elimination`'s reduced objective), A_OK and g2_O."""
+    cols, rows, keep, other = lifted
+    A_RK = np.ascontiguousarray(A[rows][:, keep])
+    T = -A_RK / a.reshape(-1, 1)
+    w = g2[rows] / a
+    P_KE, P_EE = np.ascontiguousarray(P[keep][:, cols]), np.ascontiguousarray(P[cols][:, cols])
+    P_KE_T = P_KE @ T
+    PT = P_EE @ T
+    Q = np.ascontiguousarray(P[keep][:, keep]) + P_KE_T + P_KE_T.T + T.T @ PT
+    rhs = g1[keep] + T.T @ g1[cols] - (P_KE @ w + PT.T @ w)
+    A_r = np.ascontiguousarray(A[other][:, keep])
+    AT_r = np.ascontiguousarray(A_r.T)
+    p_r = p - rows.size
+    system = _system(other.size, keep.size, p_r, pat, np.empty(0), np.empty(0))  # dense
+    ok = _factor(Q, A_r, AT_r, p_r, lay, st, system)
+    u_K, v_O = _kkt_solve(Q, A_r, AT_r, p_r, lay, st, system, rhs, g2[other])
+    u_E = T @ u_K + w
+    u[keep], u[cols] = u_K, u_E
+    v[other] = v_O
+    v[rows] = (g1[cols] - P_KE.T @ u_K - P_EE @ u_E) / a
+    return ok
+
+
+@njit(**_OPTIONS)
+def adjoint_each(
+    P, A, a_vals, p_vals, p, lay, pat, lifted, s, y, U, L_inv, gx, gy, gs, u, v, index, ok
+):  # fmt: skip
     """`adjoint_one` for the elements in `index` of batch-first arrays (one call for a
     chunk of the batch); ok[i] its result."""
     for i in index:
         ok[i] = adjoint_one(
-            P[i], A[i], a_vals[i], p_vals[i], p, lay, pat, s[i], y[i], U[i], L_inv[i], gx[i],
-            gy[i], gs[i], u[i], v[i],
+            P[i], A[i], a_vals[i], p_vals[i], p, lay, pat, lifted, s[i], y[i], U[i], L_inv[i],
+            gx[i], gy[i], gs[i], u[i], v[i],
         )  # fmt: skip
+
+
+NONE_LIFTED = (np.zeros(0, dtype=np.int64),) * 4  # `adjoint_one` eliminates nothing
+
+
+def lifted_columns(structure: ConeStructure) -> tuple[np.ndarray, ...]:
+    """(E, R, K, O) of `ipm._lifted_columns` where the kernels' matrices are dense (the
+    adjoint then eliminates them), `NONE_LIFTED` where `structure_pattern` is used."""
+    if structure_pattern(structure).used:
+        return NONE_LIFTED
+    return tuple(t.astype(np.int64) for t in ipm._lifted_columns(structure))
 
 
 @njit(**_OPTIONS)

@@ -72,14 +72,14 @@ def polish(
     st = program.structure
     lay, p = ipm_compiled.layout(st.cones)
     matrices = ipm_compiled.matrices(st, program.A, program.P)
-    pattern = ipm_compiled.structure_pattern(st)
+    pattern, lifted = ipm_compiled.structure_pattern(st), ipm_compiled.lifted_columns(st)
     b, c = as_array(program.b), as_array(program.c)
     xs, ys, ss = (as_array(t).copy() for t in (x, y, s))
     done = np.zeros(len(xs), dtype=bool)
 
     def run(chunk):
         polish_kernels.polish_each(
-            *matrices, b, c, p, lay, pattern, exp._TOL, xs, ys, ss, chunk, done
+            *matrices, b, c, p, lay, pattern, lifted, exp._TOL, xs, ys, ss, chunk, done
         )
 
     for_chunks(run, solved.nonzero().flatten().tolist())

@@ -55,9 +55,10 @@ def moved_inside(lay, p, s, y, shift_s, shift_y):
 
 
 @njit(**_OPTIONS)
-def polish_one(P, A, a_vals, p_vals, b, c, p, lay, pat, tol, x, y, s):
+def polish_one(P, A, a_vals, p_vals, b, c, p, lay, pat, lifted, tol, x, y, s):
     """Newton steps from one element's solution (x, y, s) (n,), (m,), (m,), written back
-    where they lowered the residuals; tol: the exponential cone's projection tolerance.
+    where they lowered the residuals; lifted: `ipm_compiled.lifted_columns`; tol: the
+    exponential cone's projection tolerance.
     Returns whether they reached rounding (residuals below `_TOL`)."""
     m, n = b.size, c.size
     AT = np.ascontiguousarray(A.T)
@@ -80,8 +81,9 @@ def polish_one(P, A, a_vals, p_vals, b, c, p, lay, pat, tol, x, y, s):
         cone.moreau_factors(lay, yk[p:], sk[p:], _CLIP, U, L_inv)
         moved_inside(lay, p, sk, yk, s_in, y_in)
         ok = engine.adjoint_one(
-            P, A, a_vals, p_vals, p, lay, pat, s_in, y_in, U, L_inv, -r1, -r2, np.zeros(m), dx, dy
-        )
+            P, A, a_vals, p_vals, p, lay, pat, lifted, s_in, y_in, U, L_inv, -r1, -r2, np.zeros(m),
+            dx, dy,
+        )  # fmt: skip
         if not ok:
             break
         dv = dy + r2 + engine._ax(system, A, dx)  # Δv = Δy − Δs, Δs = −r₂ − AΔx
@@ -107,10 +109,10 @@ def polish_one(P, A, a_vals, p_vals, b, c, p, lay, pat, tol, x, y, s):
 
 
 @njit(**_OPTIONS)
-def polish_each(P, A, a_vals, p_vals, b, c, p, lay, pat, tol, x, y, s, index, done):
+def polish_each(P, A, a_vals, p_vals, b, c, p, lay, pat, lifted, tol, x, y, s, index, done):
     """`polish_one` for the elements in `index` of batch-first arrays; done[i] its
     result."""
     for i in index:
         done[i] = polish_one(
-            P[i], A[i], a_vals[i], p_vals[i], b[i], c[i], p, lay, pat, tol, x[i], y[i], s[i]
+            P[i], A[i], a_vals[i], p_vals[i], b[i], c[i], p, lay, pat, lifted, tol, x[i], y[i], s[i]
         )
