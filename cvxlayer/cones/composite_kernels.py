@@ -114,7 +114,9 @@ def margin(lay, v):
     for j in range(_psd_count(lay)):
         a = lay.psd[j, 0]
         lowest = psd.margin(v, a, psd.side(lay.psd[j + 1, 0] - a))
-        out = lowest if math.isnan(lowest) else min(out, lowest)
+        if math.isnan(lowest):
+            return lowest
+        out = min(out, lowest)
     return out
 
 

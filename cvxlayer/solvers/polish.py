@@ -16,9 +16,10 @@ the backward "kkt"'s system, solved by the same kernel (`ipm_compiled.adjoint_on
 second-order and orthant rows with the Nesterov–Todd scaling at (s, y) moved inside the
 cones by ε, which tends to the same limits). Each element takes a step only while it
 lowers max(‖r₁‖∞, ‖r₂‖∞) (semismooth Newton: quadratic near a strictly complementary
-solution; the full step, else half or a quarter of it), at most `_STEPS` of them, and
-not once its residuals are down to `_TOL`. Each element's steps are one compiled call
-(`polish_kernels.polish_one`) over the kept thread pool.
+solution; the full step, else half or a quarter of it), at most three of them, and not
+once its residuals are down to 1e-13 relative (`polish_kernels`' `_STEPS`, `_TOL`). Each
+element's steps are one compiled call (`polish_kernels.polish_one`) over the kept thread
+pool.
 """
 
 from __future__ import annotations
