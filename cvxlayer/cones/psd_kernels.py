@@ -80,8 +80,9 @@ def margin(v, a, k):
 
 
 @njit(**_OPTIONS)
-def _factor(X, L):
-    """L Lᵀ = X (lower L); False where X is not positive definite."""
+def cholesky(X, L):
+    """L Lᵀ = X (lower L, LAPACK's potrf); False where X is not positive definite (also
+    the compiled engine's factorization of its dense KKT matrices)."""
     try:
         L[:] = np.linalg.cholesky(X)
     except Exception:
@@ -99,7 +100,7 @@ def scaling(s, z, a, k, F, F_inv, root, sigma, lam):
     to_mat(s, a, k, S)
     to_mat(z, a, k, Z)
     root[:] = 1.0
-    if not (_factor(S, Ls) and _factor(Z, Lz)):
+    if not (cholesky(S, Ls) and cholesky(Z, Lz)):
         F[:], F_inv[:], sigma[:] = np.nan, np.nan, np.nan
         to_vec(np.diag(sigma), k, lam, a)
         return

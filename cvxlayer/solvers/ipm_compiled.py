@@ -34,6 +34,7 @@ from numba import njit
 
 from cvxlayer.cones import composite_kernels as cone
 from cvxlayer.cones import nonsymmetric_kernels
+from cvxlayer.cones.psd_kernels import cholesky
 from cvxlayer.cones.spec import ConeSpec
 from cvxlayer.program import ConeProgram, ConeStructure, SparseOps
 from cvxlayer.solvers import ipm, polish, ruiz_kernels, sparse_ldl
@@ -63,16 +64,6 @@ def supports(cones: ConeSpec) -> bool:
 
 
 # ------------------------------------------------------------------ dense linear algebra
-@njit(**_OPTIONS)
-def _cholesky(M, L):
-    """L Lᵀ = M (lower L, LAPACK's potrf); False where M is not positive definite."""
-    try:
-        L[:] = np.linalg.cholesky(M)
-    except Exception:
-        return False
-    return True
-
-
 @njit(**_OPTIONS)
 def lower_solve_in_place(L, x):
     """x ← L⁻¹ x (lower L), reading L by rows; loops: n is small, and a BLAS call per row
@@ -214,7 +205,7 @@ def _factor(P, A, AT, p, lay, st, system):
     shift = _REG + _EPS * largest
     ok = False
     for _ in range(_DYNAMIC_TRIES + 1):
-        ok = _cholesky(M + shift * np.eye(n), L)
+        ok = cholesky(M + shift * np.eye(n), L)
         if ok:
             break
         shift *= 100.0
@@ -223,7 +214,7 @@ def _factor(P, A, AT, p, lay, st, system):
     X = forward_substitution(L, np.ascontiguousarray(AT[:, :p]))  # L⁻¹ A_eqᵀ
     # M⁻¹A_eqᵀ = L⁻ᵀX: the substitution with Lᵀ reversed (rows and columns)
     MinvAt[:] = forward_substitution(np.ascontiguousarray(L.T[::-1, ::-1]), X[::-1].copy())[::-1]
-    return _cholesky(X.T @ X + _REG * np.eye(p), LS)
+    return cholesky(X.T @ X + _REG * np.eye(p), LS)
 
 
 @njit(**_OPTIONS)
